@@ -1,0 +1,202 @@
+"""Per-company CRM credentials read from the secrets directory.
+
+Layout (``$CRM_SYNC_SECRETS_DIR``, default ``./secrets``)::
+
+    <company_id>/salesforce.json   {"instance_url": ..., "session_id": ...}
+                                   or {"username", "password", "security_token", "domain"?}
+                                   or {"consumer_key", "consumer_secret", "domain"}   (client credentials)
+    <company_id>/hubspot.json      {"access_token": ..., "base_url"?: "https://api.hubapi.com"}
+
+Fallback for demos and tests: when a company has **no directory at all**, the files under
+``_default/`` are used for it. A company directory that exists but lacks a CRM's file means the
+company has no credentials for that CRM (``CredentialsMissing``), never the default's.
+
+Files are re-read when they change on disk (secret rotation) and when ``invalidate()`` or
+``reload()`` is called, which the connectors do after a 401. Secrets never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from connectors.errors import PermanentError
+
+DEFAULT_HUBSPOT_BASE_URL = "https://api.hubapi.com"
+DEFAULT_DIRECTORY = "_default"
+_COMPANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class CredentialsMissing(PermanentError):
+    """No usable credentials file for this company and CRM."""
+
+    def __init__(self, crm: str, reason: str = "no credentials are configured for this CRM") -> None:
+        super().__init__(crm, "CREDENTIALS_MISSING", None, reason)
+
+
+class CredentialsInvalid(PermanentError):
+    """The credentials file exists but cannot be used (bad JSON or missing keys)."""
+
+    def __init__(self, crm: str, reason: str) -> None:
+        super().__init__(crm, "CREDENTIALS_INVALID", None, reason)
+
+
+@dataclass(frozen=True, repr=False)
+class SalesforceCredentials:
+    """Either a session (``instance_url`` + ``session_id``) or a login configuration."""
+
+    instance_url: str | None = None
+    session_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    security_token: str | None = None
+    consumer_key: str | None = None
+    consumer_secret: str | None = None
+    domain: str | None = None
+
+    @property
+    def auth_type(self) -> str:
+        """``session``, ``password`` or ``client_credentials``."""
+        if self.username and self.password:
+            return "password"
+        if self.consumer_key and self.consumer_secret:
+            return "client_credentials"
+        return "session"
+
+    @property
+    def can_login(self) -> bool:
+        """True when a fresh session can be obtained without operator action."""
+        return self.auth_type != "session"
+
+    def salesforce_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for ``simple_salesforce.Salesforce``."""
+        if self.auth_type == "password":
+            kwargs = {
+                "username": self.username or "",
+                "password": self.password or "",
+                "security_token": self.security_token or "",
+            }
+        elif self.auth_type == "client_credentials":
+            kwargs = {
+                "consumer_key": self.consumer_key or "",
+                "consumer_secret": self.consumer_secret or "",
+            }
+        else:
+            kwargs = {"session_id": self.session_id or "", "instance_url": self.instance_url or ""}
+        if self.domain and self.auth_type != "session":
+            kwargs["domain"] = self.domain
+        return kwargs
+
+    def __repr__(self) -> str:
+        return f"SalesforceCredentials(instance_url={self.instance_url!r}, auth={self.auth_type!r})"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SalesforceCredentials:
+        """Validate a parsed ``salesforce.json``."""
+        known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and v}
+        creds = cls(**known)
+        if creds.auth_type == "session" and not (creds.instance_url and creds.session_id):
+            raise CredentialsInvalid(
+                "salesforce",
+                "salesforce.json needs instance_url and session_id, username/password/"
+                "security_token, or consumer_key/consumer_secret/domain",
+            )
+        if creds.auth_type == "client_credentials" and not creds.domain:
+            raise CredentialsInvalid("salesforce", "client credentials need a domain")
+        return creds
+
+
+@dataclass(frozen=True, repr=False)
+class HubSpotCredentials:
+    """A private-app or OAuth access token and the API base URL."""
+
+    access_token: str
+    base_url: str = DEFAULT_HUBSPOT_BASE_URL
+
+    def __repr__(self) -> str:
+        return f"HubSpotCredentials(base_url={self.base_url!r})"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HubSpotCredentials:
+        """Validate a parsed ``hubspot.json``."""
+        token = data.get("access_token")
+        if not token or not isinstance(token, str):
+            raise CredentialsInvalid("hubspot", "hubspot.json needs an access_token")
+        base_url = str(data.get("base_url") or DEFAULT_HUBSPOT_BASE_URL).rstrip("/")
+        return cls(access_token=token, base_url=base_url)
+
+
+C = TypeVar("C", SalesforceCredentials, HubSpotCredentials)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    stamp: tuple[int, int]
+    value: SalesforceCredentials | HubSpotCredentials
+
+
+class CredentialStore:
+    """Reads and caches credentials per company; thread-safe (connectors run in executors)."""
+
+    def __init__(self, secrets_dir: str | os.PathLike[str] | None = None) -> None:
+        self.secrets_dir = Path(secrets_dir or os.environ.get("CRM_SYNC_SECRETS_DIR") or "secrets")
+        self._cache: dict[Path, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CredentialStore(secrets_dir={str(self.secrets_dir)!r})"
+
+    def salesforce(self, company_id: str) -> SalesforceCredentials:
+        """The company's Salesforce credentials."""
+        return self._get(company_id, "salesforce", SalesforceCredentials)
+
+    def hubspot(self, company_id: str) -> HubSpotCredentials:
+        """The company's HubSpot credentials."""
+        return self._get(company_id, "hubspot", HubSpotCredentials)
+
+    def invalidate(self, company_id: str, crm: str) -> None:
+        """Forget one cached file, e.g. after the CRM answered 401."""
+        with self._lock:
+            self._cache.pop(self._path(company_id, crm), None)
+
+    def reload(self) -> None:
+        """Forget everything cached; the next lookups read the files again."""
+        with self._lock:
+            self._cache.clear()
+
+    def _path(self, company_id: str, crm: str) -> Path:
+        if not _COMPANY_ID.match(company_id) or company_id == DEFAULT_DIRECTORY:
+            raise CredentialsMissing(crm, "the company id cannot name a secrets directory")
+        directory = self.secrets_dir / company_id
+        if not directory.is_dir():
+            directory = self.secrets_dir / DEFAULT_DIRECTORY
+        return directory / f"{crm}.json"
+
+    def _get(self, company_id: str, crm: str, cls: type[C]) -> C:
+        path = self._path(company_id, crm)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise CredentialsMissing(crm) from None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._cache.get(path)
+        if cached is not None and cached.stamp == stamp and isinstance(cached.value, cls):
+            return cached.value
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CredentialsMissing(crm) from None
+        except (OSError, ValueError):
+            raise CredentialsInvalid(crm, f"{crm}.json is not readable JSON") from None
+        if not isinstance(data, dict):
+            raise CredentialsInvalid(crm, f"{crm}.json must hold a JSON object")
+        value = cls.from_dict(data)
+        with self._lock:
+            self._cache[path] = _Cached(stamp, value)
+        return value

@@ -1,0 +1,159 @@
+"""One retry policy and a per-account rate limiter for CRM calls.
+
+Backoff is exponential with full jitter (AWS architecture blog, "Exponential Backoff And
+Jitter"): concurrent workers spread out instead of retrying in lock step. A CRM's
+``Retry-After`` wins over the computed delay. Only ``TransientError`` is retried; the blocking
+CRM clients run in a thread executor so one company's waits never block another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from connectors.errors import TransientError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OnRetry = Callable[[int, TransientError, float], object]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Delays grow as ``base * 2**(attempt-1)`` up to ``cap``; give up after ``max_elapsed``."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    max_elapsed: float = 300.0
+    max_attempts: int | None = None
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full-jitter delay before retry number ``attempt`` (1 = first retry)."""
+        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        return ceiling * rng()
+
+    def delay_for(
+        self,
+        attempt: int,
+        error: BaseException,
+        elapsed: float = 0.0,
+        rng: Callable[[], float] = random.random,
+    ) -> float | None:
+        """Seconds to wait before retry ``attempt``, or None to give up."""
+        if not isinstance(error, TransientError):
+            return None
+        if self.max_attempts is not None and attempt > self.max_attempts:
+            return None
+        delay = self.backoff(attempt, rng)
+        if error.retry_after is not None:
+            delay = error.retry_after + min(self.base, delay)
+        if elapsed + delay > self.max_elapsed:
+            return None
+        return delay
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def delay_for(
+    attempt: int, error: BaseException, policy: RetryPolicy = DEFAULT_POLICY, elapsed: float = 0.0
+) -> float | None:
+    """Module-level shortcut for ``policy.delay_for``."""
+    return policy.delay_for(attempt, error, elapsed)
+
+
+async def call_with_retry(
+    fn: Callable[..., T],
+    *args: object,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    on_retry: OnRetry | None = None,
+    executor: Executor | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run blocking ``fn(*args)`` in an executor, retrying ``TransientError`` per ``policy``.
+
+    Any other exception (``PermanentError``, ``AuthError``, bugs) propagates at once; when
+    the policy gives up, the last ``TransientError`` propagates.
+    """
+    loop = asyncio.get_running_loop()
+    call = functools.partial(fn, *args)
+    started = clock()
+    attempt = 0
+    while True:
+        try:
+            return await loop.run_in_executor(executor, call)
+        except TransientError as error:
+            attempt += 1
+            delay = policy.delay_for(attempt, error, clock() - started)
+            if delay is None:
+                raise
+            logger.info(
+                "retrying %s call after %s (attempt %d, %.2fs)", error.crm, error.code, attempt, delay
+            )
+            if on_retry is not None:
+                on_retry(attempt, error, delay)
+            await sleep(delay)
+
+
+@dataclass
+class TokenBucket:
+    """Allows ``rate`` calls per second with bursts up to ``burst``; ``acquire`` waits."""
+
+    rate: float
+    burst: float
+    clock: Callable[[], float] = time.monotonic
+    _tokens: float = field(init=False)
+    _updated: float = field(init=False)
+    _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._tokens = float(self.burst)
+        self._updated = self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def try_acquire(self, tokens: float = 1.0) -> bool:
+        """Take tokens if available now, without waiting."""
+        self._refill()
+        if self._tokens >= tokens:
+            self._tokens -= tokens
+            return True
+        return False
+
+    async def acquire(self, tokens: float = 1.0) -> None:
+        """Wait (first come, first served) until ``tokens`` are available, then take them."""
+        if tokens > self.burst:
+            raise ValueError("cannot acquire more tokens than the burst size")
+        async with self._lock:
+            while not self.try_acquire(tokens):
+                await asyncio.sleep((tokens - self._tokens) / self.rate)
+
+
+@dataclass
+class TokenBuckets:
+    """One ``TokenBucket`` per account key (e.g. company id + CRM), created on first use."""
+
+    rate: float
+    burst: float
+    _buckets: dict[str, TokenBucket] = field(init=False, default_factory=dict)
+
+    def get(self, key: str) -> TokenBucket:
+        """The bucket for ``key``."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+        return bucket

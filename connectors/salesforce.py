@@ -1,0 +1,215 @@
+"""The Salesforce I/O shell over simple-salesforce: lookups by email and Task creation.
+
+Every failure leaves as a ``connectors.errors.CrmError``. On ``INVALID_SESSION_ID`` the client
+logs in again (login credentials) or re-reads its credentials (``reload``, e.g. after a secret
+rotation) and retries once; a second failure is an ``AuthError`` (permanent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from simple_salesforce import Salesforce, format_soql
+from simple_salesforce.exceptions import SalesforceError
+
+from connectors.credentials import SalesforceCredentials
+from connectors.errors import (
+    SALESFORCE, AuthError, CrmError, classify_network, classify_salesforce,
+    classify_salesforce_errors, is_network_error,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+API_VERSION = "59.0"
+QUERY_CHUNK = 100
+COLLECTION_LIMIT = 200
+PERSON_SOBJECTS = ("Contact", "Lead")
+
+
+@dataclass(frozen=True)
+class Person:
+    """A matched Lead or Contact."""
+
+    id: str
+    owner_id: str
+    sobject: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """One record's outcome in a batch create: ``id`` on success, else ``error``."""
+
+    id: str | None = None
+    error: CrmError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unique_lower(emails: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
+
+
+class SalesforceClient:
+    """One company's Salesforce connection; blocking, meant to run in an executor thread."""
+
+    def __init__(
+        self,
+        creds: SalesforceCredentials,
+        ca_bundle: str | None = None,
+        *,
+        reload: Callable[[], SalesforceCredentials] | None = None,
+        timeout: float = 30.0,
+        api_version: str = API_VERSION,
+    ) -> None:
+        self._creds = creds
+        self._ca_bundle = ca_bundle
+        self._reload = reload
+        self._timeout = timeout
+        self._api_version = api_version
+        self._last = threading.local()
+        self._sf: Salesforce | None = None
+
+    def __repr__(self) -> str:
+        return f"SalesforceClient({self._creds!r})"
+
+    def _session(self) -> requests.Session:
+        """A session that ignores REQUESTS_CA_BUNDLE & co. so ``verify`` really applies."""
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = self._ca_bundle or True
+        session.hooks["response"].append(self._remember)
+        return session
+
+    def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._last.headers = response.headers
+
+    def _connect(self) -> Salesforce:
+        kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())
+        instance_url = kwargs.get("instance_url", "")
+        if "instance_url" in kwargs and "://" not in instance_url:
+            kwargs["instance"] = kwargs.pop("instance_url")
+        return Salesforce(session=self._session(), version=self._api_version, **kwargs)
+
+    @property
+    def sf(self) -> Salesforce:
+        """The simple-salesforce client (logs in on first use for login credentials)."""
+        if self._sf is None:
+            self._sf = self._guard(self._connect)
+        return self._sf
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """``(used, limit)`` from the last ``Sforce-Limit-Info`` header, if any."""
+        usage = self._sf.api_usage.get("api-usage") if self._sf is not None else None
+        return (usage.used, usage.total) if usage is not None else None
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` converting every failure to a ``CrmError``."""
+        self._last.headers = None
+        try:
+            return fn()
+        except SalesforceError as exc:
+            raise classify_salesforce(exc, getattr(self._last, "headers", None)) from None
+        except Exception as exc:
+            if is_network_error(exc):
+                raise classify_network(SALESFORCE, exc) from None
+            raise
+
+    def _call(self, fn: Callable[[Salesforce], T]) -> T:
+        """``fn(sf)`` with one re-authentication and retry on an expired session."""
+        try:
+            return self._guard(lambda: fn(self.sf))
+        except AuthError:
+            if not self._reauthenticate():
+                raise
+            logger.info("salesforce session rejected; retrying once with fresh credentials")
+            return self._guard(lambda: fn(self.sf))
+
+    def _reauthenticate(self) -> bool:
+        if self._creds.can_login:
+            self._sf = None
+            return True
+        if self._reload is None:
+            return False
+        fresh = self._reload()
+        self._creds, self._sf = fresh, None
+        return True
+
+    def _query(self, soql: str) -> list[dict[str, Any]]:
+        result = self._call(lambda sf: sf.query_all(soql, timeout=self._timeout))
+        return list(result.get("records", []))
+
+    def find_users(self, emails: Iterable[str], active_only: bool = True) -> dict[str, str]:
+        """Active Users by email: ``{email_lower: user_id}``."""
+        wanted = _unique_lower(emails)
+        found: dict[str, str] = {}
+        active = " AND IsActive = true" if active_only else ""
+        for chunk in _chunks(wanted, QUERY_CHUNK):
+            soql = format_soql("SELECT Id, Email FROM User WHERE Email IN {}", list(chunk)) + active
+            for record in self._query(soql):
+                found.setdefault(str(record["Email"]).lower(), str(record["Id"]))
+        return found
+
+    def find_people(self, emails: Iterable[str]) -> dict[str, Person]:
+        """Contacts, else unconverted Leads, by email; the most recently modified wins."""
+        remaining = _unique_lower(emails)
+        found: dict[str, Person] = {}
+        for sobject in PERSON_SOBJECTS:
+            extra = " AND IsConverted = false" if sobject == "Lead" else ""
+            for chunk in _chunks(remaining, QUERY_CHUNK):
+                soql = (
+                    format_soql(
+                        f"SELECT Id, OwnerId, Email, LastModifiedDate FROM {sobject} WHERE Email IN {{}}",
+                        list(chunk),
+                    )
+                    + extra
+                    + " ORDER BY LastModifiedDate DESC"
+                )
+                for record in self._query(soql):
+                    key = str(record["Email"]).lower()
+                    if key not in found:
+                        found[key] = Person(str(record["Id"]), str(record["OwnerId"]), sobject)
+            remaining = [e for e in remaining if e not in found]
+        return found
+
+    def create_task(self, fields: Mapping[str, Any]) -> str:
+        """Create one Task; returns its id."""
+        result = self._call(lambda sf: sf.Task.create(dict(fields)))
+        return str(result["id"])
+
+    def create_tasks(self, records: Sequence[Mapping[str, Any]]) -> list[Result]:
+        """Create Tasks through sObject Collections (200 per call); one ``Result`` per record."""
+        results: list[Result] = []
+        for chunk in _chunks(records, COLLECTION_LIMIT):
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": "Task"}, **dict(r)} for r in chunk],
+            }
+            answer = self._call(
+                lambda sf: sf.restful("composite/sobjects", method="POST", json=body,
+                                      timeout=self._timeout)
+            )
+            results.extend(self._result(item) for item in answer or [])
+        if len(results) != len(records):
+            raise CrmError(SALESFORCE, "UNEXPECTED_RESPONSE", None,
+                           "the CRM answered with a different number of results")
+        return results
+
+    @staticmethod
+    def _result(item: Mapping[str, Any]) -> Result:
+        if item.get("success"):
+            return Result(id=str(item["id"]))
+        return Result(error=classify_salesforce_errors(None, item.get("errors") or []))

@@ -1,0 +1,19 @@
+"""A local Salesforce + HubSpot sandbox for tests and demos (see ``server.CrmSandbox``).
+
+Seed document (Python ``CrmSandbox.seed``, ``POST /__sandbox/seed``, CLI ``--seed FILE``)::
+
+    {"salesforce": {"sessions": ["..."],
+                    "users": [{"email": "...", "id"?: "005...", "active"?: true, "name"?: "..."}],
+                    "contacts": [{"email": "...", "owner_id" | "owner_email": "...",
+                                  "last_modified"?: "2024-01-01T00:00:00Z", "id"?: "003..."}],
+                    "leads": [{... as contacts ..., "is_converted"?: false}],
+                    "task_custom_fields"?: ["CrmSyncActionId__c"]},
+     "hubspot": {"tokens": ["..."],
+                 "contacts": [{"email": "...", "id"?: "...", "firstname"?: "...", ...}],
+                 "owners": [{"email": "...", "first_name"?: "...", "last_name"?: "...", "id"?: "..."}]}}
+"""
+
+from connectors.sandbox.server import CrmSandbox
+from connectors.sandbox.state import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, Fault
+
+__all__ = ["CrmSandbox", "DEFAULT_HUBSPOT_TOKEN", "DEFAULT_SESSION_ID", "Fault"]

@@ -1,0 +1,121 @@
+"""The one configuration object: environment variables (SPEC §10) with documented defaults.
+
+A `.env` file in the working directory may supply variables; real environment variables win.
+Names in SPEC §10 are a contract with deployments: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _load_dotenv() -> None:
+    path = Path(".env")
+    if path.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; inputs and settings are the upstream contract, the rest are internal."""
+
+    meetings: str = "scheduling.meetings.v1"
+    research: str = "scheduling.research.v1"
+    surveys: str = "scheduling.surveys.v1"
+    settings: str = "crm-sync.settings.v1"
+    dead_letter: str = "crm-sync.dead-letter.v1"
+    delay: str = "crm-sync.actions.delay.v1"
+    due_salesforce: str = "crm-sync.actions.salesforce.v1"
+    due_hubspot: str = "crm-sync.actions.hubspot.v1"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.meetings, self.research, self.surveys)
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    schema_registry_url: str | None = None
+    delay_seconds: float = 600.0
+    topics: Topics = field(default_factory=Topics)
+    topic_partitions: int = 6
+    replication_factor: int = 1
+    secrets_dir: Path = Path("./secrets")
+    metrics_port: int = 9464
+    ca_bundle: str | None = None
+    app_id: str = "crm-sync"
+    state_dir: Path = Path("./.run/state")
+    log_level: str = "INFO"
+    delay_lookahead_seconds: float = 60.0
+    sink_max_attempts_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        if env is None:
+            _load_dotenv()
+            env = os.environ
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else default
+
+        topics = Topics(
+            meetings=get("CRM_SYNC_TOPIC_MEETINGS", Topics.meetings),
+            research=get("CRM_SYNC_TOPIC_RESEARCH", Topics.research),
+            surveys=get("CRM_SYNC_TOPIC_SURVEYS", Topics.surveys),
+            settings=get("CRM_SYNC_TOPIC_SETTINGS", Topics.settings),
+            dead_letter=get("CRM_SYNC_TOPIC_DEAD_LETTER", Topics.dead_letter),
+            delay=get("CRM_SYNC_TOPIC_DELAY", Topics.delay),
+            due_salesforce=get("CRM_SYNC_TOPIC_DUE_SALESFORCE", Topics.due_salesforce),
+            due_hubspot=get("CRM_SYNC_TOPIC_DUE_HUBSPOT", Topics.due_hubspot),
+        )
+        return cls(
+            bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
+            security_protocol=get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=get("KAFKA_SASL_MECHANISM"),
+            sasl_username=get("KAFKA_SASL_USERNAME"),
+            sasl_password=get("KAFKA_SASL_PASSWORD"),
+            ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"),
+            schema_registry_url=get("SCHEMA_REGISTRY_URL"),
+            delay_seconds=float(get("CRM_SYNC_DELAY_SECONDS", "600")),
+            topics=topics,
+            topic_partitions=int(get("CRM_SYNC_TOPIC_PARTITIONS", "6")),
+            replication_factor=int(get("CRM_SYNC_REPLICATION_FACTOR", "1")),
+            secrets_dir=Path(get("CRM_SYNC_SECRETS_DIR", "./secrets")),
+            metrics_port=int(get("CRM_SYNC_METRICS_PORT", "9464")),
+            ca_bundle=get("CRM_SYNC_CA_BUNDLE"),
+            app_id=get("CRM_SYNC_APP_ID", "crm-sync"),
+            state_dir=Path(get("CRM_SYNC_STATE_DIR", "./.run/state")),
+            log_level=get("CRM_SYNC_LOG_LEVEL", "INFO"),
+            delay_lookahead_seconds=float(get("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", "60")),
+            sink_max_attempts_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "300")),
+        )
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings for every client of ours."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf

@@ -1,0 +1,65 @@
+"""Prometheus metrics, built on an injectable registry (no module globals), bounded labels only.
+
+Labels are topics, CRMs, event types, outcomes, reasons and error classes: never a person, an
+e-mail, or a company id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    ingested: Counter
+    invalid: Counter
+    planned: Counter
+    skipped: Counter
+    held: Gauge
+    released: Counter
+    lateness: Histogram
+    delivered: Counter
+    dead_lettered: Counter
+    crm_requests: Counter
+    crm_latency: Histogram
+    retries: Counter
+    paused_tenants: Gauge
+    settings_rejected: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> "Metrics":
+        r = registry or CollectorRegistry()
+        return cls(
+            registry=r,
+            ingested=Counter("crm_sync_records_ingested_total", "Input records read", ["topic"], registry=r),
+            invalid=Counter("crm_sync_records_invalid_total", "Input records rejected", ["topic", "reason"], registry=r),
+            planned=Counter("crm_sync_actions_planned_total", "Actions planned", ["crm", "event_type"], registry=r),
+            skipped=Counter("crm_sync_actions_skipped_total", "Events or actions skipped", ["crm", "event_type", "reason"], registry=r),
+            held=Gauge("crm_sync_actions_held", "Actions held in this worker's delay buffers", registry=r),
+            released=Counter("crm_sync_actions_released_total", "Actions released when due", ["crm"], registry=r),
+            lateness=Histogram(
+                "crm_sync_due_lateness_seconds", "Release time minus due time", ["crm"], buckets=LATENESS_BUCKETS, registry=r
+            ),
+            delivered=Counter(
+                "crm_sync_deliveries_total", "Delivery outcomes", ["crm", "object_type", "outcome"], registry=r
+            ),
+            dead_lettered=Counter(
+                "crm_sync_dead_lettered_total", "Records sent to the dead-letter topic", ["stage", "error_class"], registry=r
+            ),
+            crm_requests=Counter("crm_sync_crm_requests_total", "CRM API calls", ["crm", "operation", "status"], registry=r),
+            crm_latency=Histogram(
+                "crm_sync_crm_request_seconds", "CRM API call latency", ["crm", "operation"], buckets=LATENCY_BUCKETS, registry=r
+            ),
+            retries=Counter("crm_sync_crm_retries_total", "CRM calls retried", ["crm", "error_code"], registry=r),
+            paused_tenants=Gauge("crm_sync_paused_tenants", "Companies whose delivery is paused", registry=r),
+            settings_rejected=Counter("crm_sync_settings_rejected_total", "Malformed settings records", registry=r),
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

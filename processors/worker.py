@@ -1,0 +1,31 @@
+"""`crm-sync worker`: create topics, start the settings table, run the Faust worker."""
+
+from __future__ import annotations
+
+import faust
+
+from processors.app import build_app, make_runtime
+from processors.config import Config
+from processors.topics import ensure_topics
+
+
+def logging_config(level: str) -> dict:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "processors.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+def run_worker(config: Config) -> None:
+    ensure_topics(config)
+    runtime = make_runtime(config)
+    runtime.settings.start()
+    app = build_app(runtime)
+    worker = faust.Worker(app, loglevel=config.log_level, logging_config=logging_config(config.log_level))
+    try:
+        worker.execute_from_commandline()
+    finally:
+        runtime.settings.stop()
