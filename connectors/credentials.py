@@ -151,12 +151,16 @@ class CredentialStore:
     def __repr__(self) -> str:
         return f"CredentialStore(secrets_dir={str(self.secrets_dir)!r})"
 
-    def salesforce(self, company_id: str) -> SalesforceCredentials:
-        """The company's Salesforce credentials."""
+    def salesforce(self, company_id: str, *, fresh: bool = False) -> SalesforceCredentials:
+        """The company's Salesforce credentials; ``fresh`` re-reads the file (after a 401)."""
+        if fresh:
+            self.invalidate(company_id, "salesforce")
         return self._get(company_id, "salesforce", SalesforceCredentials)
 
-    def hubspot(self, company_id: str) -> HubSpotCredentials:
-        """The company's HubSpot credentials."""
+    def hubspot(self, company_id: str, *, fresh: bool = False) -> HubSpotCredentials:
+        """The company's HubSpot credentials; ``fresh`` re-reads the file (after a 401)."""
+        if fresh:
+            self.invalidate(company_id, "hubspot")
         return self._get(company_id, "hubspot", HubSpotCredentials)
 
     def invalidate(self, company_id: str, crm: str) -> None:

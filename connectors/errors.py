@@ -15,7 +15,7 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -73,6 +73,18 @@ class AuthError(PermanentError):
     Transient once: the connector re-logs in or re-reads the credentials and retries a single
     time. If it surfaces from a connector, the credentials are revoked: permanent.
     """
+
+
+@dataclass(frozen=True)
+class Result:
+    """One record's outcome in a batch create: the new ``id``, or the classified ``error``."""
+
+    id: str | None = None
+    error: CrmError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 _MESSAGES: dict[str, str] = {

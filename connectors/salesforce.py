@@ -19,9 +19,11 @@ from simple_salesforce.exceptions import SalesforceError
 
 from connectors.credentials import SalesforceCredentials
 from connectors.errors import (
-    SALESFORCE, AuthError, CrmError, classify_network, classify_salesforce,
+    SALESFORCE, AuthError, PermanentError, Result, classify_network, classify_salesforce,
     classify_salesforce_errors, is_network_error,
 )
+
+__all__ = ["Person", "Result", "SalesforceClient"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +41,6 @@ class Person:
     id: str
     owner_id: str
     sobject: str
-
-
-@dataclass(frozen=True)
-class Result:
-    """One record's outcome in a batch create: ``id`` on success, else ``error``."""
-
-    id: str | None = None
-    error: CrmError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
@@ -81,6 +71,7 @@ class SalesforceClient:
         self._api_version = api_version
         self._last = threading.local()
         self._sf: Salesforce | None = None
+        self._usage: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"SalesforceClient({self._creds!r})"
@@ -94,7 +85,12 @@ class SalesforceClient:
         return session
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Keep headers for ``Retry-After`` and the org's API usage."""
         self._last.headers = response.headers
+        limit_info = response.headers.get("Sforce-Limit-Info")
+        usage = Salesforce.parse_api_usage(limit_info).get("api-usage") if limit_info else None
+        if usage is not None:
+            self._usage = (usage.used, usage.total)
 
     def _connect(self) -> Salesforce:
         kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())
@@ -113,8 +109,7 @@ class SalesforceClient:
     @property
     def api_usage(self) -> tuple[int, int] | None:
         """``(used, limit)`` from the last ``Sforce-Limit-Info`` header, if any."""
-        usage = self._sf.api_usage.get("api-usage") if self._sf is not None else None
-        return (usage.used, usage.total) if usage is not None else None
+        return self._usage
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` converting every failure to a ``CrmError``."""
@@ -204,8 +199,8 @@ class SalesforceClient:
             )
             results.extend(self._result(item) for item in answer or [])
         if len(results) != len(records):
-            raise CrmError(SALESFORCE, "UNEXPECTED_RESPONSE", None,
-                           "the CRM answered with a different number of results")
+            raise PermanentError(SALESFORCE, "UNEXPECTED_RESPONSE", None,
+                                 "the CRM answered with a different number of results")
         return results
 
     @staticmethod

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from connectors.credentials import CredentialStore
 from connectors.retry import RetryPolicy
-from processors.codec import Codec, DecodeError
+from processors.codec import Codec, DecodeError, RegistryUnavailableError
 from processors.config import Config
 from processors.deadletter import Source, dead_letter
 from processors.delay import DelayReleaser, Held, Release
@@ -53,7 +53,7 @@ class Runtime:
 
 
 def make_runtime(config: Config) -> Runtime:
-    registry = SchemaRegistryClient({"url": config.schema_registry_url}) if config.schema_registry_url else None
+    registry = SchemaRegistryClient.new_client({"url": config.schema_registry_url}) if config.schema_registry_url else None
     codec = Codec(registry)
     metrics = Metrics.create()
     settings = SettingsStore(config.kafka_client_config(), config.topics.settings, codec)
@@ -162,6 +162,17 @@ def build_app(rt: Runtime) -> faust.App:
         key = (letter["company_id"] or "").encode()
         await dlq_topic.send(key=key, value=rt.codec.encode("DeadLetter", letter), force=force)
 
+    async def until_registry_answers(step: Callable[[], Awaitable[None]]) -> None:
+        """A registry outage is not the record's fault: wait and try the same record again."""
+        delay = 0.5
+        while True:
+            try:
+                return await step()
+            except RegistryUnavailableError as exc:
+                log.warning("schema registry unavailable; retrying", extra={"reason": str(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     def source_of(event: faust.EventT) -> Source:
         msg = event.message
         return Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
@@ -173,7 +184,7 @@ def build_app(rt: Runtime) -> faust.App:
             source = source_of(event)
             metrics.ingested.labels(source.topic).inc()
             try:
-                await _ingest_one(source)
+                await until_registry_answers(lambda: _ingest_one(source))
             except Exception as exc:
                 log.exception("ingest failed", extra={"source_topic": source.topic, "source_offset": source.offset})
                 await send_dead_letter(
@@ -209,7 +220,7 @@ def build_app(rt: Runtime) -> faust.App:
         async for event in stream.events():
             source = source_of(event)
             try:
-                parse_settings_record(rt.codec, source.key, source.value)
+                await until_registry_answers(lambda: _parse_async(source))
             except Exception as exc:
                 metrics.settings_rejected.inc()
                 await send_dead_letter(
@@ -217,6 +228,9 @@ def build_app(rt: Runtime) -> faust.App:
                         stage="settings", error_class=type(exc).__name__, message=str(exc), source=source, now_ms=now_ms()
                     )
                 )
+
+    async def _parse_async(source: Source) -> None:
+        parse_settings_record(rt.codec, source.key, source.value)
 
     def make_sink(crm: Crm) -> None:
         ledger = ledgers[crm]

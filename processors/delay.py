@@ -140,8 +140,8 @@ class DelayReleaser:
         self._tick = tick_seconds
         self._buffers: dict[TopicPartition, PartitionBuffer] = {}
         self._resumed_companies: set[str] = set()
-        self._stopping = asyncio.Event()
-        self._consumer = AIOKafkaConsumer(
+        self._stopping = False
+        self._consumer_config = dict(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
@@ -172,11 +172,12 @@ class DelayReleaser:
                 for tp in assigned:
                     releaser._buffers.setdefault(tp, PartitionBuffer())
 
+        self._consumer = AIOKafkaConsumer(**self._consumer_config)
         self._consumer.subscribe([self._topic], listener=Listener())
         await self._consumer.start()
         last_commit = time.monotonic()
         try:
-            while not self._stopping.is_set():
+            while not self._stopping:
                 batches = await self._consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 for tp, records in batches.items():
                     buf = self._buffers.setdefault(tp, PartitionBuffer())
@@ -195,7 +196,7 @@ class DelayReleaser:
                 await self._consumer.stop()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._stopping = True
 
     def _flow_control(self, now_ms: int) -> None:
         assigned = self._consumer.assignment()

@@ -34,7 +34,7 @@ def ingest(codec: Codec, source: Source, settings: SettingsView, now_ms: int, de
     try:
         decoded = codec.decode(source.value)
     except DecodeError as exc:
-        return reject("decode", "DecodeError", "undecodable", str(exc))
+        return reject("decode", "DecodeError", exc.code, str(exc))
     if decoded.schema_name not in INPUT_SCHEMAS:
         return reject("validate", "ValidationError", "wrong_schema", f"schema {decoded.schema_name} is not an input event")
     try:

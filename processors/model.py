@@ -235,7 +235,7 @@ def _millis(value: Any, name: str, *, required: bool = True) -> int | None:
 def valid_timezone(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata directory such as "Asia"
         return False
     return True
 
@@ -245,6 +245,17 @@ def _tz(value: Any, name: str, *, required: bool = True) -> str | None:
     if tz is not None and not valid_timezone(tz):
         raise ValidationError(f"field {name} is not an IANA time zone: {tz!r}")
     return tz
+
+
+RESEARCH_KINDS = ("COMPANY", "CUSTOMER")
+SURVEY_KINDS = ("PRE_MEETING", "PRE_EXIT")
+
+
+def _kind(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    kind = _req(value, name, 32)
+    if kind not in allowed:
+        raise ValidationError(f"field {name} must be one of {', '.join(allowed)}, not {kind!r}")
+    return kind
 
 
 def _person(value: Any, name: str) -> Person:
@@ -306,7 +317,7 @@ def event_from_record(schema_name: str, value: Mapping[str, Any]) -> Event:
     if schema_name == "ResearchCompleted":
         return ResearchCompleted(
             **_common(value),
-            research_kind=_req(value.get("research_kind"), "research_kind", 32),
+            research_kind=_kind(value.get("research_kind"), "research_kind", RESEARCH_KINDS),
             target=_person(value.get("target"), "target"),
             result=_text(value.get("result"), "result", required=False) or "",
             form_answers=_qas(value.get("form_answers"), "form_answers"),
@@ -315,7 +326,7 @@ def event_from_record(schema_name: str, value: Mapping[str, Any]) -> Event:
         host = value.get("host")
         return SurveyAnswered(
             **_common(value),
-            survey_kind=_req(value.get("survey_kind"), "survey_kind", 32),
+            survey_kind=_kind(value.get("survey_kind"), "survey_kind", SURVEY_KINDS),
             respondent=_person(value.get("respondent"), "respondent"),
             host=_person(host, "host") if host is not None else None,
             meeting_start_at=_millis(value.get("meeting_start_at"), "meeting_start_at", required=False),

@@ -7,7 +7,7 @@ with (rule 7). Lookups of users, owners and contacts happen at delivery, in the 
 from __future__ import annotations
 
 import html
-import string
+import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo
@@ -49,6 +49,19 @@ def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def truncate_html(markup: str, limit: int) -> str:
+    """`truncate` for HTML built by `text_to_html`: never leaves half a tag or entity before the marker."""
+    if len(markup) <= limit:
+        return markup
+    cut = markup[: limit - len(TRUNCATION_MARKER)]
+    tag, amp = cut.rfind("<"), cut.rfind("&")
+    if tag > cut.rfind(">"):
+        cut = cut[:tag]
+    if amp > cut.rfind(";"):
+        cut = cut[:amp]
+    return cut + TRUNCATION_MARKER
 
 
 def local_datetime(millis: int, tz: str) -> datetime:
@@ -101,18 +114,12 @@ def template_values(event: Event, tz: str) -> dict[str, str]:
     return values
 
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def fill_template(template: str, values: Mapping[str, str]) -> str:
     """`{name}` placeholders are filled; unknown ones and stray braces stay as typed."""
-    out = []
-    for literal, name, spec, conv in string.Formatter().parse(template.replace("{{", "\0").replace("}}", "\1")):
-        out.append(literal)
-        if name is None:
-            continue
-        if name in values and not spec and not conv:
-            out.append(values[name])
-        else:
-            out.append("{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}")
-    return "".join(out).replace("\0", "{").replace("\1", "}")
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def safe_fill(template: str, values: Mapping[str, str]) -> str:
@@ -215,7 +222,7 @@ def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettin
     props = {
         "hs_timestamp": iso_utc(event.start_at),
         "hs_meeting_title": truncate(title, SUBJECT_LIMIT),
-        "hs_meeting_body": truncate(body_html, NOTE_BODY_LIMIT),
+        "hs_meeting_body": truncate_html(body_html, NOTE_BODY_LIMIT),
         "hs_meeting_start_time": iso_utc(event.start_at),
         "hs_meeting_end_time": iso_utc(event.end_at),
         "hs_meeting_outcome": "SCHEDULED",
@@ -227,7 +234,7 @@ def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettin
 
 def hubspot_note(event: ResearchCompleted | SurveyAnswered) -> dict[str, str]:
     body = f"<strong>{html.escape(NOTE_TITLES[event.event_type])}</strong><br>" + text_to_html(event_text(event))
-    return {"hs_timestamp": iso_utc(event.occurred_at), "hs_note_body": truncate(body, NOTE_BODY_LIMIT)}
+    return {"hs_timestamp": iso_utc(event.occurred_at), "hs_note_body": truncate_html(body, NOTE_BODY_LIMIT)}
 
 
 # ---- field mapping -----------------------------------------------------------------------------

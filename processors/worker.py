@@ -16,15 +16,19 @@ def logging_config(level: str) -> dict:
         "formatters": {"json": {"()": "processors.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "mode", "aiokafka", "kafka")},
     }
 
 
 def run_worker(config: Config) -> None:
     ensure_topics(config)
+    (config.state_dir / config.app_id).mkdir(parents=True, exist_ok=True)
     runtime = make_runtime(config)
     runtime.settings.start()
     app = build_app(runtime)
-    worker = faust.Worker(app, loglevel=config.log_level, logging_config=logging_config(config.log_level))
+    worker = faust.Worker(
+        app, loglevel=config.log_level, logging_config=logging_config(config.log_level), redirect_stdouts=False
+    )
     try:
         worker.execute_from_commandline()
     finally:

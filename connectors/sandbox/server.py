@@ -67,7 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("sandbox %s %s", self.command, urlsplit(getattr(self, "path", "")).path)
+        """Method and path only: query strings and email-keyed paths carry personal data."""
+        path = urlsplit(getattr(self, "path", "") or "").path
+        safe = "/".join("***" if "@" in part else part for part in path.split("/"))
+        logger.debug("sandbox %s %s", getattr(self, "command", "-"), safe)
 
 
 class _Server(ThreadingHTTPServer):

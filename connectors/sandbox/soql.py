@@ -30,7 +30,7 @@ _TOKEN = re.compile(
     r"|(?P<punct>[(),=]))",
     re.DOTALL,
 )
-Literal = str | bool | int
+Value = str | bool | int
 
 
 class SoqlError(Exception):
@@ -47,7 +47,7 @@ class Condition:
     """``field = value`` (one value) or ``field IN (values)``."""
 
     field: str
-    values: tuple[Literal, ...]
+    values: tuple[Value, ...]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Query:
 class _Token:
     kind: str
     text: str
-    value: Literal
+    value: Value
     column: int
 
 
@@ -103,7 +103,7 @@ def _tokens(soql: str) -> list[_Token]:
         kind = match.lastgroup or ""
         raw = match.group(kind)
         column = match.start(kind) + 1
-        value: Literal = raw
+        value: Value = raw
         if kind == "str":
             value = unescape(raw, column)
         elif kind == "num":
@@ -163,7 +163,7 @@ class _Parser:
             raise self.fail(token)
         return token.text
 
-    def literal(self) -> Literal:
+    def literal(self) -> Value:
         token = self.next()
         if token.kind not in {"str", "num", "bool"}:
             raise self.fail(token)
@@ -238,7 +238,7 @@ def parse(soql: str) -> Query:
     return _Parser(soql).parse()
 
 
-def _equal(actual: object, wanted: Literal) -> bool:
+def _equal(actual: object, wanted: Value) -> bool:
     if isinstance(actual, str) and isinstance(wanted, str):
         return actual.casefold() == wanted.casefold()
     return actual == wanted
