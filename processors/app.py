@@ -142,6 +142,7 @@ def build_app(rt: Runtime) -> faust.App:
             ("company_id", action.company_id.encode()),
             ("action_id", action.action_id.encode()),
             ("event_id", action.event_id.encode()),
+            ("event_type", action.event_type.value.encode()),
         ]
 
     async def send_dead_letter(letter: dict[str, Any], *, force: bool = False) -> None:
@@ -306,7 +307,7 @@ def build_app(rt: Runtime) -> faust.App:
         )
 
     def dropped(held: Held) -> None:
-        metrics.skipped.labels(held.crm, "any", "integration_disabled").inc()
+        metrics.skipped.labels(held.crm, held.headers.get("event_type", "unknown"), "integration_disabled").inc()
         log.info("dropped at due time", extra={"reason": "integration_disabled", "crm": held.crm, "due_at": held.due_at})
 
     releaser = DelayReleaser(

@@ -7,6 +7,7 @@ exception), so the sink agent can go on with the next action.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class Deliverer:
         creds = self._credentials.salesforce(company_id)
         cached = self._sf.get(company_id)
         if cached is None or cached[0] != creds:
-            cached = (creds, SalesforceClient(creds, self._ca_bundle))
+            reload = functools.partial(self._credentials.salesforce, company_id, fresh=True)
+            cached = (creds, SalesforceClient(creds, self._ca_bundle, reload=reload))
             self._sf[company_id] = cached
         return cached[1]
 
@@ -99,7 +101,8 @@ class Deliverer:
         creds = self._credentials.hubspot(company_id)
         cached = self._hs.get(company_id)
         if cached is None or cached[0] != creds:
-            cached = (creds, HubSpotClient(creds, self._ca_bundle))
+            reload = functools.partial(self._credentials.hubspot, company_id, fresh=True)
+            cached = (creds, HubSpotClient(creds, self._ca_bundle, reload=reload))
             self._hs[company_id] = cached
         return cached[1]
 

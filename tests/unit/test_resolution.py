@@ -157,8 +157,8 @@ class FakeCredentials:
 def fakes(monkeypatch):
     sf = FakeSalesforce(people={}, users={})
     hs = FakeHubSpot(contacts={}, owners={})
-    monkeypatch.setattr(sinks, "SalesforceClient", lambda creds, ca: sf)
-    monkeypatch.setattr(sinks, "HubSpotClient", lambda creds, ca: hs)
+    monkeypatch.setattr(sinks, "SalesforceClient", lambda creds, ca, reload=None: sf)
+    monkeypatch.setattr(sinks, "HubSpotClient", lambda creds, ca, reload=None: hs)
     deliverer = sinks.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
     return deliverer, sf, hs
 
