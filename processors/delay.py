@@ -13,7 +13,6 @@ dropped (rule 7).
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import faust
 
-from processors.app import build_app, make_runtime
+from processors.app import build_app
+from processors.runtime import make_runtime
 from processors.config import Config
 from processors.topics import ensure_topics
 

@@ -1,0 +1,80 @@
+"""The worker's long-lived parts (codec, settings table, metrics, deliverer) and Kafka client options."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from connectors.credentials import CredentialStore
+from connectors.retry import RetryPolicy
+from processors.codec import Codec
+from processors.config import Config
+from processors.metrics import Metrics
+from processors.settings_store import SettingsStore
+from processors.sinks import Deliverer
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Runtime:
+    """The worker's long-lived parts, made once and shared by the agents."""
+
+    config: Config
+    codec: Codec
+    settings: SettingsStore
+    metrics: Metrics
+    deliverer: Deliverer
+
+
+def make_runtime(config: Config) -> Runtime:
+    registry = SchemaRegistryClient.new_client({"url": config.schema_registry_url}) if config.schema_registry_url else None
+    codec = Codec(registry)
+    metrics = Metrics.create()
+    settings = SettingsStore(config.kafka_client_config(), config.topics.settings, codec)
+    deliverer = Deliverer(
+        CredentialStore(config.secrets_dir),
+        config.ca_bundle,
+        RetryPolicy(max_elapsed=config.sink_max_attempts_seconds),
+        metrics,
+    )
+    return Runtime(config, codec, settings, metrics, deliverer)
+
+
+def aiokafka_options(config: Config) -> dict[str, Any]:
+    options: dict[str, Any] = {"security_protocol": config.security_protocol}
+    if config.sasl_mechanism:
+        options.update(
+            sasl_mechanism=config.sasl_mechanism,
+            sasl_plain_username=config.sasl_username,
+            sasl_plain_password=config.sasl_password,
+        )
+    if config.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(cafile=config.ssl_ca_location)
+    return options
+
+
+def faust_credentials(config: Config) -> Any:
+    if config.security_protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if config.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=config.ssl_ca_location)
+    if config.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=config.sasl_username,
+            password=config.sasl_password,
+            mechanism=config.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)
