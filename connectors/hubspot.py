@@ -64,6 +64,9 @@ def _error_body(err: Any) -> dict[str, Any]:
     }
 
 
+SEARCH_IN_LIMIT = 100
+
+
 class HubSpotClient:
     """One company's HubSpot connection; blocking, meant to run in an executor thread."""
 
@@ -74,7 +77,9 @@ class HubSpotClient:
         *,
         reload: Callable[[], HubSpotCredentials] | None = None,
         timeout: float = 30.0,
+        throttle: Callable[[], None] | None = None,
     ) -> None:
+        self._throttle = throttle
         self._creds = creds
         self._ca_bundle = ca_bundle
         self._reload = reload
@@ -95,6 +100,8 @@ class HubSpotClient:
         )
 
     def _guard(self, fn: Callable[[HubSpot], T]) -> T:
+        if self._throttle is not None:
+            self._throttle()
         try:
             return fn(self._api)
         except API_EXCEPTIONS as exc:
@@ -135,6 +142,29 @@ class HubSpotClient:
                 email = (obj.properties or {}).get("email")
                 if email:
                     found.setdefault(email.lower(), str(obj.id))
+        return found
+
+    def find_by_property(self, object_type: str, prop: str, values: Iterable[str]) -> dict[str, str]:
+        """Meetings or notes whose ``prop`` is one of ``values``: ``{value: object_id}``.
+
+        The sink's external-id check: an action created before a crash is found, not created twice.
+        """
+        wanted = list(dict.fromkeys(values))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), SEARCH_IN_LIMIT):
+            body = {
+                "filterGroups": [
+                    {"filters": [{"propertyName": prop, "operator": "IN", "values": wanted[start : start + SEARCH_IN_LIMIT]}]}
+                ],
+                "properties": [prop],
+                "limit": SEARCH_IN_LIMIT,
+            }
+            answer = self._call(lambda api: getattr(api.crm.objects, object_type).search_api.do_search(
+                body, _request_timeout=self._timeout))
+            for obj in answer.results or []:
+                value = (obj.properties or {}).get(prop)
+                if value:
+                    found.setdefault(value, str(obj.id))
         return found
 
     def search_contact(self, email: str) -> str | None:

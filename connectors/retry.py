@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -114,6 +115,7 @@ class TokenBucket:
     _tokens: float = field(init=False)
     _updated: float = field(init=False)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    _thread_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1:
@@ -128,11 +130,19 @@ class TokenBucket:
 
     def try_acquire(self, tokens: float = 1.0) -> bool:
         """Take tokens if available now, without waiting."""
-        self._refill()
-        if self._tokens >= tokens:
-            self._tokens -= tokens
-            return True
-        return False
+        with self._thread_lock:
+            self._refill()
+            if self._tokens >= tokens:
+                self._tokens -= tokens
+                return True
+            return False
+
+    def acquire_blocking(self, tokens: float = 1.0) -> None:
+        """For the blocking CRM clients, which call this from executor threads before each request."""
+        if tokens > self.burst:
+            raise ValueError("cannot acquire more tokens than the burst size")
+        while not self.try_acquire(tokens):
+            time.sleep(max(0.001, (tokens - self._tokens) / self.rate))
 
     async def acquire(self, tokens: float = 1.0) -> None:
         """Wait (first come, first served) until ``tokens`` are available, then take them."""
@@ -155,5 +165,5 @@ class TokenBuckets:
         """The bucket for ``key``."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+            bucket = self._buckets.setdefault(key, TokenBucket(self.rate, self.burst))
         return bucket

@@ -8,6 +8,7 @@ rotation) and retries once; a second failure is an ``AuthError`` (permanent).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ def _unique_lower(emails: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 class SalesforceClient:
     """One company's Salesforce connection; blocking, meant to run in an executor thread."""
 
@@ -63,7 +67,9 @@ class SalesforceClient:
         reload: Callable[[], SalesforceCredentials] | None = None,
         timeout: float = 30.0,
         api_version: str = API_VERSION,
+        throttle: Callable[[], None] | None = None,
     ) -> None:
+        self._throttle = throttle
         self._creds = creds
         self._ca_bundle = ca_bundle
         self._reload = reload
@@ -113,6 +119,8 @@ class SalesforceClient:
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` converting every failure to a ``CrmError``."""
+        if self._throttle is not None:
+            self._throttle()
         self._last.headers = None
         try:
             return fn()
@@ -178,6 +186,20 @@ class SalesforceClient:
                     if key not in found:
                         found[key] = Person(str(record["Id"]), str(record["OwnerId"]), sobject)
             remaining = [e for e in remaining if e not in found]
+        return found
+
+    def find_tasks(self, field: str, values: Iterable[str]) -> dict[str, str]:
+        """Tasks whose external-id ``field`` is one of ``values``: ``{value: task_id}``.
+
+        The sink's check before creating: a Task created before a crash is found, not duplicated.
+        """
+        found: dict[str, str] = {}
+        if not _FIELD_NAME.match(field):
+            raise ValueError(f"not a Salesforce field name: {field!r}")
+        for chunk in _chunks(list(dict.fromkeys(values)), QUERY_CHUNK):
+            soql = format_soql(f"SELECT Id, {field} FROM Task WHERE {field} IN {{}}", list(chunk))
+            for record in self._query(soql):
+                found.setdefault(str(record[field]), str(record["Id"]))
         return found
 
     def create_task(self, fields: Mapping[str, Any]) -> str:

@@ -12,22 +12,25 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors import rules
-from processors.codec import Codec, DecodeError
+from processors.codec import Codec, DecodeError, EncodeError
 from processors.config import Config
 from processors.model import (
     CompanySettings,
     Crm,
     EventType,
     MeetingTypeSettings,
+    ValidationError,
     action_from_record,
     company_to_record,
     meeting_type_to_record,
     valid_timezone,
 )
-from processors.settings_store import SettingsStore
+from processors.settings_store import SettingsStore, parse_settings_record
+from processors.topics import topic_specs
 
 Doc = CompanySettings | MeetingTypeSettings
 
@@ -41,6 +44,7 @@ class SettingsAdmin:
         self._config = config
         self._codec = codec or Codec()
         self._actor = actor
+        self._topic_checked = False
 
     # -- reading --
     def load(self) -> SettingsStore:
@@ -56,8 +60,50 @@ class SettingsAdmin:
         return company, store.meeting_types(company_id)
 
     # -- writing --
+    def encode(self, doc: Doc) -> tuple[bytes, bytes]:
+        """Key and value of a document, refused (SettingsError) if the workers' settings table would reject it.
+
+        Checking with the workers' own parser before anything is sent keeps a multi-document change
+        all-or-nothing: a document the table would drop can never leave the others applied alone.
+        """
+        if isinstance(doc, CompanySettings):
+            key = rules.company_key(doc.company_id)
+            schema, record = "CompanySettings", company_to_record(doc)
+        else:
+            key = rules.meeting_type_key(doc.company_id, doc.meeting_type_id)
+            schema, record = "MeetingTypeSettings", meeting_type_to_record(doc)
+        try:
+            value = self._codec.encode(schema, record)
+            parse_settings_record(self._codec, key.encode(), value)
+        except (EncodeError, DecodeError, ValidationError) as exc:
+            raise rules.SettingsError(f"invalid settings for {key}: {exc}") from None
+        return key.encode(), value
+
+    def ensure_topic(self) -> None:
+        """Create the settings topic compacted if it is missing: a topic auto-created by the first
+        admin write (before any worker ran) would be non-compacted and lose settings to retention."""
+        if self._topic_checked:
+            return
+        topic = self._config.topics.settings
+        client = AdminClient(self._config.kafka_client_config())
+        if topic not in client.list_topics(timeout=30).topics:
+            new = NewTopic(
+                topic,
+                num_partitions=self._config.topic_partitions,
+                replication_factor=self._config.replication_factor,
+                config=topic_specs(self._config)[topic],
+            )
+            try:
+                client.create_topics([new], operation_timeout=30)[topic].result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        self._topic_checked = True
+
     def publish(self, docs: Sequence[Doc]) -> None:
-        """All documents in one Kafka transaction."""
+        """All documents in one Kafka transaction, after every one of them passed `encode`."""
+        records = [self.encode(doc) for doc in docs]
+        self.ensure_topic()
         producer = Producer(
             {
                 **self._config.kafka_client_config(),
@@ -69,14 +115,8 @@ class SettingsAdmin:
         producer.init_transactions(30)
         producer.begin_transaction()
         try:
-            for doc in docs:
-                if isinstance(doc, CompanySettings):
-                    key = rules.company_key(doc.company_id)
-                    value = self._codec.encode("CompanySettings", company_to_record(doc))
-                else:
-                    key = rules.meeting_type_key(doc.company_id, doc.meeting_type_id)
-                    value = self._codec.encode("MeetingTypeSettings", meeting_type_to_record(doc))
-                producer.produce(self._config.topics.settings, key=key.encode(), value=value)
+            for key, value in records:
+                producer.produce(self._config.topics.settings, key=key, value=value)
             producer.commit_transaction(30)
         except Exception:
             producer.abort_transaction(30)

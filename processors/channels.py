@@ -24,6 +24,7 @@ class Channels:
     settings: faust.TopicT
     delay: faust.TopicT
     due: dict[Crm, faust.TopicT]
+    retry: faust.TopicT
     dead_letter: faust.TopicT
     runtime: Runtime
 
@@ -38,6 +39,7 @@ class Channels:
             settings=raw_topic(t.settings),
             delay=raw_topic(t.delay),
             due={Crm.SALESFORCE: raw_topic(t.due_salesforce), Crm.HUBSPOT: raw_topic(t.due_hubspot)},
+            retry=raw_topic(t.retry),
             dead_letter=raw_topic(t.dead_letter),
             runtime=rt,
         )

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
+
+from authlib.deprecate import AuthlibDeprecationWarning
 
 from processors.config import Config
 from processors.model import Crm, EventType, ValidationError
+
+# confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
+# (it installs an "always" filter on import, hence the import above): noise for an admin that would
+# also break the one-line error contract.
+warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
 
 EVENTS = [e.value for e in EventType]
 CRMS = [c.value for c in Crm]
@@ -18,6 +26,18 @@ CRMS = [c.value for c in Crm]
 
 class CliError(Exception):
     """Shown to the user as one line, exit code 2."""
+
+
+def _one_line(text: str) -> str:
+    """Scripts read the reason from a single stderr line, so embedded newlines are folded."""
+    return " ".join(str(text).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one `crm-sync: error:` line as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"crm-sync: error: {self.prog}: {_one_line(message)}\n")
 
 
 def _events(text: str) -> list[EventType]:
@@ -50,32 +70,37 @@ def _on_off(p: argparse.ArgumentParser) -> None:
     group.add_argument("--off", dest="on", action="store_false", help="turn off")
 
 
+def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` starts with the same sentence the parent's list shows."""
+    return sub.add_parser(name, help=text, description=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crm-sync", description=__doc__)
+    parser = _Parser(prog="crm-sync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("worker", help="run the processor (ingest, delay, sinks)", description="Run the processor.")
+    _command(sub, "worker", "run the processor (ingest, delay, sinks)")
 
-    settings = sub.add_parser("settings", help="show and change CRM settings", description="Show and change CRM settings.")
+    settings = _command(sub, "settings", "show and change CRM settings")
     ss = settings.add_subparsers(dest="settings_command", required=True)
-    p = ss.add_parser("show", help="print a company's settings and its meeting types'")
+    p = _command(ss, "show", "print a company's settings and its meeting types'")
     p.add_argument("--company", required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (("connect", "connect a CRM for the company"), ("disconnect", "disconnect a CRM (settings kept)")):
-        p = ss.add_parser(name, help=text, description=text)
+        p = _command(ss, name, text)
         p.add_argument("--company", required=True)
         p.add_argument("--crm", required=True, choices=CRMS)
-    p = ss.add_parser("company-todo", help="company-level Salesforce ToDo toggle for an event type")
+    p = _command(ss, "company-todo", "company-level Salesforce ToDo toggle for an event type")
     p.add_argument("--company", required=True)
     p.add_argument("--event", required=True, type=_event, help="|".join(EVENTS))
     _on_off(p)
-    p = ss.add_parser("set", help="meeting-type toggle for one CRM and event type")
+    p = _command(ss, "set", "meeting-type toggle for one CRM and event type")
     p.add_argument("--company", required=True)
     p.add_argument("--meeting-type", required=True)
     p.add_argument("--crm", required=True, choices=CRMS)
     p.add_argument("--event", required=True, type=_event, help="|".join(EVENTS))
     _on_off(p)
-    p = ss.add_parser("content", help="meeting-type texts: Salesforce subject/comment, HubSpot title/body")
+    p = _command(ss, "content", "meeting-type texts: Salesforce subject/comment, HubSpot title/body ({placeholders} allowed)")
     p.add_argument("--company", required=True)
     p.add_argument("--meeting-type", required=True)
     p.add_argument("--name", dest="meeting_type_name")
@@ -83,23 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--salesforce-comment")
     p.add_argument("--hubspot-title", dest="hubspot_meeting_title")
     p.add_argument("--hubspot-body", dest="hubspot_meeting_body")
-    p = ss.add_parser("timezone", help="the company's time zone (IANA name)")
+    p = _command(ss, "timezone", "the company's time zone (IANA name)")
     p.add_argument("--company", required=True)
     p.add_argument("--tz", required=True)
-    p = ss.add_parser("apply", help="apply one meeting type's settings to others (atomic)")
+    p = _command(ss, "apply", "apply one meeting type's settings to others (atomic)")
     p.add_argument("--company", required=True)
     p.add_argument("--from", dest="source", required=True, help="source meeting type")
     p.add_argument("--to", dest="targets", required=True, help="comma-separated target meeting types")
     p.add_argument("--crm", required=True, choices=CRMS)
     p.add_argument("--event", required=True, type=_events, help="comma-separated event types")
     for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
-        p = ss.add_parser(name, help=text, description=text)
+        p = _command(ss, name, text)
         p.add_argument("--company", required=True)
 
-    dlq = sub.add_parser("dlq", help="failure history and retry", description="Failure history and retry.")
+    dlq = _command(sub, "dlq", "failure history and retry")
     ds = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, text in (("list", "list failures"), ("retry", "retry one failure, a filter of them, or all of a company's")):
-        p = ds.add_parser(name, help=text, description=text)
+        p = _command(ds, name, text)
         if name == "retry":
             p.add_argument("id", nargs="?", help="a dead_letter_id (omit to retry by filter)")
         p.add_argument("--company")
@@ -108,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--since", type=_since, help="ISO-8601 time")
         if name == "list":
             p.add_argument("--json", action="store_true")
-    p = ds.add_parser("show", help="show one failure")
+    p = _command(ds, "show", "show one failure")
     p.add_argument("id")
     return parser
 
@@ -213,12 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dlq":
             _run_dlq(args, config)
     except (CliError, ValueError, ValidationError) as exc:
-        print(f"crm-sync: error: {exc}", file=sys.stderr)
+        print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        print(f"crm-sync: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"crm-sync: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

@@ -34,6 +34,7 @@ class Topics:
     delay: str = "crm-sync.actions.delay.v1"
     due_salesforce: str = "crm-sync.actions.salesforce.v1"
     due_hubspot: str = "crm-sync.actions.hubspot.v1"
+    retry: str = "crm-sync.actions.retry.v1"
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -60,7 +61,15 @@ class Config:
     state_dir: Path = Path("./.run/state")
     log_level: str = "INFO"
     delay_lookahead_seconds: float = 60.0
-    sink_max_attempts_seconds: float = 300.0
+    sink_give_up_seconds: float = 86_400.0
+    sink_inline_retry_seconds: float = 10.0
+    sink_batch_size: int = 200
+    sink_batch_window_seconds: float = 0.2
+    sink_concurrency: int = 16
+    salesforce_rate_per_second: float = 20.0
+    hubspot_rate_per_second: float = 9.0
+    salesforce_action_id_field: str | None = None
+    hubspot_action_id_property: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -81,6 +90,7 @@ class Config:
             delay=get("CRM_SYNC_TOPIC_DELAY", Topics.delay),
             due_salesforce=get("CRM_SYNC_TOPIC_DUE_SALESFORCE", Topics.due_salesforce),
             due_hubspot=get("CRM_SYNC_TOPIC_DUE_HUBSPOT", Topics.due_hubspot),
+            retry=get("CRM_SYNC_TOPIC_RETRY", Topics.retry),
         )
         return cls(
             bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
@@ -101,7 +111,15 @@ class Config:
             state_dir=Path(get("CRM_SYNC_STATE_DIR", "./.run/state")),
             log_level=get("CRM_SYNC_LOG_LEVEL", "INFO"),
             delay_lookahead_seconds=float(get("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", "60")),
-            sink_max_attempts_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "300")),
+            sink_give_up_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "86400")),
+            sink_inline_retry_seconds=float(get("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", "10")),
+            sink_batch_size=int(get("CRM_SYNC_SINK_BATCH_SIZE", "200")),
+            sink_batch_window_seconds=float(get("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", "0.2")),
+            sink_concurrency=int(get("CRM_SYNC_SINK_CONCURRENCY", "16")),
+            salesforce_rate_per_second=float(get("CRM_SYNC_SALESFORCE_RATE", "20")),
+            hubspot_rate_per_second=float(get("CRM_SYNC_HUBSPOT_RATE", "9")),
+            salesforce_action_id_field=get("CRM_SYNC_SALESFORCE_ACTION_ID_FIELD"),
+            hubspot_action_id_property=get("CRM_SYNC_HUBSPOT_ACTION_ID_PROPERTY"),
         )
 
     def kafka_client_config(self) -> dict[str, str]:

@@ -1,48 +1,67 @@
 """The durable delay: the delay topic itself is the store (SPEC §4).
 
 Every action waits the same delay, so the delay topic holds actions nearly in due order. The
-releaser reads each assigned partition a bounded distance ahead (`lookahead`), keeps what it read
-in a heap by due time, releases what is due to the per-CRM due topics, and commits a partition only
-up to its oldest action not yet released. A crash therefore loses nothing (the log is re-read from
-the committed offset) and can only re-release, which the idempotent sinks absorb. Actions of a
-paused company stay unreleased (and uncommitted) until it resumes; a disconnected company's are
-dropped (rule 7).
+releaser reads each assigned partition a bounded distance ahead (`lookahead`, and at most
+`max_buffered` actions per worker), keeps what it read in a heap by due time, releases what is due
+to the per-CRM due topics, and commits a partition only up to its oldest action not yet released.
+A crash therefore loses nothing (the log is re-read from the committed offset) and can only
+re-release, which the idempotent sinks absorb. Actions of a paused company stay unreleased (and
+uncommitted) and are decided again on every tick, per (company, CRM), so they go out on the first
+tick after resume; a disconnected company's are dropped (rule 7).
 
 `PartitionBuffer` is the pure bookkeeping; `DelayReleaser` is the thin aiokafka shell.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
 
+Headers = Sequence[tuple[str, bytes]]
 
-@dataclass(order=True)
+
+@dataclass(order=True, slots=True)
 class Held:
+    """One read-ahead action. Headers stay as read (no per-record dict) to keep the buffer small."""
+
     due_at: int
     offset: int
-    headers: dict[str, str] = field(compare=False)
+    headers: Headers = field(compare=False)
     value: bytes = field(compare=False)
+
+    @classmethod
+    def of(cls, offset: int, headers: Headers | None, value: bytes) -> "Held":
+        held = cls(0, offset, tuple(headers or ()), value)
+        due = held.header("due_at")
+        held.due_at = int(due) if due.isdigit() else 0
+        return held
+
+    def header(self, name: str) -> str:
+        for key, raw in self.headers:
+            if key == name:
+                return raw.decode()
+        return ""
 
     @property
     def company_id(self) -> str:
-        return self.headers.get("company_id", "")
+        return self.header("company_id")
 
     @property
     def crm(self) -> str:
-        return self.headers.get("crm", "")
+        return self.header("crm")
 
     @property
     def action_id(self) -> str:
-        return self.headers.get("action_id", "")
+        return self.header("action_id")
 
 
 @dataclass
@@ -51,8 +70,8 @@ class PartitionBuffer:
 
     next_offset: int | None = None
     heap: list[Held] = field(default_factory=list)
-    parked: dict[int, Held] = field(default_factory=dict)
-    in_flight: set[int] = field(default_factory=set)
+    parked: dict[tuple[str, str], dict[int, Held]] = field(default_factory=dict)
+    in_flight: dict[int, Held] = field(default_factory=dict)
     last_due: int = 0
 
     def add(self, held: Held) -> None:
@@ -64,41 +83,56 @@ class PartitionBuffer:
         out = []
         while self.heap and self.heap[0].due_at <= now_ms:
             held = heapq.heappop(self.heap)
-            self.in_flight.add(held.offset)
+            self.in_flight[held.offset] = held
             out.append(held)
         return out
 
     def park(self, held: Held) -> None:
-        self.in_flight.discard(held.offset)
-        self.parked[held.offset] = held
+        self.in_flight.pop(held.offset, None)
+        self.parked.setdefault((held.company_id, held.crm), {})[held.offset] = held
 
-    def unpark(self, company_id: str) -> list[Held]:
-        out = [h for h in self.parked.values() if h.company_id == company_id]
+    def parked_groups(self) -> list[tuple[str, str]]:
+        return list(self.parked)
+
+    def unpark(self, company_id: str, crm: str) -> list[Held]:
+        """Hand a (company, CRM) group back for a new decision; it is in flight until decided."""
+        out = list(self.parked.pop((company_id, crm), {}).values())
         for held in out:
-            del self.parked[held.offset]
-            self.in_flight.add(held.offset)
+            self.in_flight[held.offset] = held
         return out
 
     def retry(self, held: Held) -> None:
-        self.in_flight.discard(held.offset)
+        self.in_flight.pop(held.offset, None)
         heapq.heappush(self.heap, held)
 
     def done(self, offset: int) -> None:
-        self.in_flight.discard(offset)
+        self.in_flight.pop(offset, None)
 
     def commit_offset(self) -> int | None:
         """The first offset still needed after a restart: everything before it is released."""
         if self.next_offset is None:
             return None
-        pending = [h.offset for h in self.heap] + list(self.parked) + list(self.in_flight)
-        return min(pending) if pending else self.next_offset
+        return min(
+            min((h.offset for h in self.heap), default=self.next_offset),
+            min((min(group) for group in self.parked.values()), default=self.next_offset),
+            min(self.in_flight, default=self.next_offset),
+        )
 
     def should_pause(self, now_ms: int, lookahead_ms: int, max_buffered: int) -> bool:
-        return self.last_due > now_ms + lookahead_ms or len(self.heap) >= max_buffered
+        """Stop reading once the read position is a lookahead past now, or the buffer is full.
+
+        Parked actions do not count: a long pause of one company must not stall the others'.
+        """
+        return self.last_due > now_ms + lookahead_ms or len(self.heap) + len(self.in_flight) >= max_buffered
 
     @property
     def size(self) -> int:
-        return len(self.heap) + len(self.parked) + len(self.in_flight)
+        return len(self.heap) + sum(len(g) for g in self.parked.values()) + len(self.in_flight)
+
+
+def per_partition_cap(max_buffered: int, partitions: int) -> int:
+    """The worker-wide read-ahead budget shared by its partitions (at least one action each)."""
+    return max(1, max_buffered // max(1, partitions))
 
 
 class Release:
@@ -126,9 +160,11 @@ class DelayReleaser:
         emit: Emit,
         on_dropped: Callable[[Held], None],
         lookahead_seconds: float,
-        max_buffered: int = 200_000,
+        max_buffered: int = 100_000,
         consumer_options: dict | None = None,
         tick_seconds: float = 0.05,
+        retry_backoff_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._topic = topic
         self._decide = decide
@@ -137,9 +173,13 @@ class DelayReleaser:
         self._lookahead_ms = int(lookahead_seconds * 1000)
         self._max_buffered = max_buffered
         self._tick = tick_seconds
+        self._retry_backoff = retry_backoff_seconds
+        self._clock = clock
         self._buffers: dict[TopicPartition, PartitionBuffer] = {}
-        self._resumed_companies: set[str] = set()
+        self._sending: list[Awaitable[object]] = []
+        self._release_after = 0.0
         self._stopping = False
+        self._consumer: AIOKafkaConsumer | None = None
         self._consumer_config = dict(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -154,88 +194,119 @@ class DelayReleaser:
     def held(self) -> int:
         return sum(b.size for b in self._buffers.values())
 
-    def company_resumed(self, company_id: str) -> None:
-        """Thread-safe enough: only adds to a set the loop drains on its next tick."""
-        self._resumed_companies.add(company_id)
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     async def run(self) -> None:
         releaser = self
 
         class Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                # Let sends already under way finish, so the next owner does not release them again.
+                await releaser._settle_sends()
                 await releaser._commit()
                 for tp in revoked:
                     releaser._buffers.pop(tp, None)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 for tp in assigned:
-                    releaser._buffers.setdefault(tp, PartitionBuffer())
+                    releaser._buffers[tp] = PartitionBuffer()
 
-        self._consumer = AIOKafkaConsumer(**self._consumer_config)
-        self._consumer.subscribe([self._topic], listener=Listener())
-        await self._consumer.start()
+        self._buffers = {}
+        consumer = self._consumer = AIOKafkaConsumer(**self._consumer_config)
+        consumer.subscribe([self._topic], listener=Listener())
+        await consumer.start()
         last_commit = time.monotonic()
         try:
             while not self._stopping:
-                batches = await self._consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
+                # Polling goes on while every partition is paused: that keeps max.poll.interval.
+                batches = await consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 for tp, records in batches.items():
-                    buf = self._buffers.setdefault(tp, PartitionBuffer())
+                    buf = self._buffers.get(tp)
+                    if buf is None:
+                        continue
                     for rec in records:
-                        headers = {name: value.decode() for name, value in rec.headers or ()}
-                        buf.add(Held(int(headers.get("due_at", "0")), rec.offset, headers, rec.value))
-                await self._release(int(time.time() * 1000))
-                self._flow_control(int(time.time() * 1000))
+                        buf.add(Held.of(rec.offset, rec.headers, rec.value))
+                await self._release(self._now_ms())
+                self._flow_control(self._now_ms())
                 if time.monotonic() - last_commit >= 1.0:
                     await self._commit()
                     last_commit = time.monotonic()
         finally:
             try:
+                await self._settle_sends()
                 await self._commit()
             finally:
-                await self._consumer.stop()
+                await consumer.stop()
 
     def stop(self) -> None:
         self._stopping = True
 
     def _flow_control(self, now_ms: int) -> None:
+        assert self._consumer is not None
         assigned = self._consumer.assignment()
         paused = self._consumer.paused()
+        cap = per_partition_cap(self._max_buffered, len(assigned))
         for tp, buf in self._buffers.items():
             if tp not in assigned:
                 continue
-            want_pause = buf.should_pause(now_ms, self._lookahead_ms, self._max_buffered)
+            want_pause = buf.should_pause(now_ms, self._lookahead_ms, cap)
             if want_pause and tp not in paused:
                 self._consumer.pause(tp)
             elif not want_pause and tp in paused:
                 self._consumer.resume(tp)
 
     async def _release(self, now_ms: int) -> None:
-        """Send everything due, then wait for the broker's acks before marking it released."""
-        resumed, self._resumed_companies = self._resumed_companies, set()
+        """Send everything due, then wait for the broker's acks before marking it released.
+
+        A failed send puts the action back in the heap and holds releases for a backoff, so a
+        due-topic outage neither loses actions nor spins.
+        """
+        if time.monotonic() < self._release_after:
+            return
         sent: list[tuple[PartitionBuffer, Held, Awaitable[object]]] = []
+        failed = 0
         for buf in list(self._buffers.values()):
             batch = buf.pop_due(now_ms)
-            for company_id in resumed:
-                batch += buf.unpark(company_id)
+            for company_id, crm in buf.parked_groups():
+                if self._decide(company_id, crm) != Release.PARK:
+                    batch += buf.unpark(company_id, crm)
             for held in batch:
                 decision = self._decide(held.company_id, held.crm)
                 if decision == Release.PARK:
                     buf.park(held)
-                elif decision == Release.DELIVER:
-                    sent.append((buf, held, await self._emit(held)))
-                else:
+                    continue
+                if decision != Release.DELIVER:
                     self._on_dropped(held)
                     buf.done(held.offset)
+                    continue
+                try:
+                    ack = await self._emit(held)
+                except Exception:
+                    failed += 1
+                    buf.retry(held)
+                    continue
+                sent.append((buf, held, ack))
+                self._sending.append(ack)
         for buf, held, ack in sent:
             try:
                 await ack
             except Exception:
-                log.warning("release not acknowledged; will send again", exc_info=True)
+                failed += 1
                 buf.retry(held)
             else:
                 buf.done(held.offset)
+        self._sending = []
+        if failed:
+            log.warning("%d releases not sent or not acknowledged; retrying in %.1fs", failed, self._retry_backoff)
+            self._release_after = time.monotonic() + self._retry_backoff
+
+    async def _settle_sends(self) -> None:
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _commit(self) -> None:
+        assert self._consumer is not None
         offsets = {}
         for tp, buf in self._buffers.items():
             offset = buf.commit_offset()

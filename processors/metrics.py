@@ -1,17 +1,25 @@
 """Prometheus metrics, built on an injectable registry (no module globals), bounded labels only.
 
-Labels are topics, CRMs, event types, outcomes, reasons and error classes: never a person, an
-e-mail, or a company id.
+Labels are topics, CRMs, event types, outcomes, reasons, operations, error classes and codes:
+never a person, an e-mail, or a company id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("crm-sync")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass
@@ -31,11 +39,14 @@ class Metrics:
     retries: Counter
     paused_tenants: Gauge
     settings_rejected: Counter
+    consumer_lag: Gauge
+    ready: Gauge
+    build_info: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "Metrics":
         r = registry or CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=r,
             ingested=Counter("crm_sync_records_ingested_total", "Input records read", ["topic"], registry=r),
             invalid=Counter("crm_sync_records_invalid_total", "Input records rejected", ["topic", "reason"], registry=r),
@@ -59,7 +70,17 @@ class Metrics:
             retries=Counter("crm_sync_crm_retries_total", "CRM calls retried", ["crm", "error_code"], registry=r),
             paused_tenants=Gauge("crm_sync_paused_tenants", "Companies whose delivery is paused", registry=r),
             settings_rejected=Counter("crm_sync_settings_rejected_total", "Malformed settings records", registry=r),
+            consumer_lag=Gauge(
+                "crm_sync_consumer_lag",
+                "Records not yet committed on this worker's assigned partitions (high watermark - committed)",
+                ["topic"],
+                registry=r,
+            ),
+            ready=Gauge("crm_sync_worker_ready", "1 when the worker is ready (settings caught up, partitions recovered)", registry=r),
+            build_info=Gauge("crm_sync_build_info", "Always 1; the running version as a label", ["version"], registry=r),
         )
+        metrics.build_info.labels(_version()).set(1)
+        return metrics
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

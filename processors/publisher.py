@@ -1,6 +1,7 @@
 """The upstream publisher API (SPEC §2): how booking services put events on the input topics.
 
-Records are validated before anything is sent, keyed by ``company_id`` so one tenant's events stay in
+Records are validated before anything is sent (against the Avro schema and against the same contract
+checks the worker applies, so a record the worker would dead-letter is refused here), keyed by ``company_id`` so one tenant's events stay in
 order, and written idempotently with ``acks=all``. The wire format is Confluent's when a schema registry
 is configured, single-object encoding otherwise.
 """
@@ -14,7 +15,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from processors.codec import CONFLUENT, SINGLE_OBJECT, Codec, default_codec
+from processors.codec import CONFLUENT, SINGLE_OBJECT, Codec, EncodeError, default_codec
+from processors.model import ValidationError, event_from_record
 from schemas import short_name
 
 _TOPIC_OF_SCHEMA = {"MeetingBooked": "meetings", "ResearchCompleted": "research", "SurveyAnswered": "surveys"}
@@ -112,11 +114,17 @@ class EventPublisher:
         topic = self._topics.for_schema(schema_name)
         if topic is None:
             raise ValueError(f"{schema_name} is not an event schema with an input topic")
+        value = self._codec.encode(schema_name, record)
+        decoded = self._codec.decode(value)
+        try:
+            event_from_record(decoded.schema_name, decoded.value)
+        except ValidationError as exc:
+            raise EncodeError(
+                f"invalid {decoded.schema_name}: {exc}", code="invalid_event", schema_name=decoded.schema_name
+            ) from None
         if self.encoding == CONFLUENT:
             value = self._codec.encode_confluent(schema_name, record, subject=f"{topic}-value")
-        else:
-            value = self._codec.encode(schema_name, record)
-        self._produce(topic, str(record["company_id"]).encode("utf-8"), value)
+        self._produce(topic, decoded.value["company_id"].encode("utf-8"), value)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every enqueued record; raise ``PublishError`` if any failed or is still unconfirmed."""

@@ -1,5 +1,5 @@
-"""Wires the `DelayReleaser` into the worker: due decisions from the settings table, emits to the
-due topics, resumes parked actions when a company resumes."""
+"""Wires the `DelayReleaser` into the worker: due decisions from the settings table (parked actions
+are re-decided every tick, so a resume needs no signal), emits to the due topics."""
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
     async def emit(held: Held) -> Any:
         metrics.released.labels(held.crm).inc()
         metrics.lateness.labels(held.crm).observe(max(0.0, (now_ms() - held.due_at) / 1000))
-        headers = [(name, value.encode()) for name, value in held.headers.items()]
-        return await ch.due[Crm(held.crm)].send(key=held.action_id.encode(), value=held.value, headers=headers, force=True)
+        return await ch.due[Crm(held.crm)].send(
+            key=held.action_id.encode(), value=held.value, headers=list(held.headers), force=True
+        )
 
     def dropped(held: Held) -> None:
-        metrics.skipped.labels(held.crm, held.headers.get("event_type", "unknown"), "integration_disabled").inc()
+        metrics.skipped.labels(held.crm, held.header("event_type") or "unknown", "integration_disabled").inc()
         log.info(
             "dropped at due time",
-            extra={"reason": "integration_disabled", "crm": held.crm, "action_id": held.action_id, "event_id": held.headers.get("event_id")},
+            extra={"reason": "integration_disabled", "crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")},
         )
 
     releaser = DelayReleaser(
@@ -53,17 +54,23 @@ def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
     )
 
     def on_settings_change(company_id: str) -> None:
-        company = rt.settings.company(company_id)
-        if company is not None and not company.paused:
-            releaser.company_resumed(company_id)
         metrics.paused_tenants.set(sum(1 for c in rt.settings.companies() if c.paused))
 
     rt.settings.add_listener(on_settings_change)
 
     @app.task
     async def run_releaser() -> None:
+        """A releaser that dies would hold every action forever: restart it (offsets are committed)."""
         await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
-        await releaser.run()
+        while True:
+            try:
+                await releaser.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delay releaser failed; restarting in 1s")
+                await asyncio.sleep(1.0)
 
     @app.timer(interval=1.0)
     async def held_gauge() -> None:

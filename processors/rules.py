@@ -13,6 +13,7 @@ from typing import Iterable, Protocol
 from urllib.parse import quote, unquote
 
 from processors.model import (
+    MAX_ID,
     CompanySettings,
     Crm,
     EventType,
@@ -72,12 +73,26 @@ def decide_when_due(crm: Crm, company: CompanySettings | None) -> DueDecision:
 # ---- admin edits (each returns the whole new document to publish) -----------------------------
 
 
+def check_id(value: str, what: str) -> str:
+    """Ids the topic contract accepts (non-blank, at most MAX_ID characters), so no document is born invalid."""
+    if not value.strip():
+        raise SettingsError(f"{what} id must not be empty")
+    if len(value) > MAX_ID:
+        raise SettingsError(f"{what} id is too long ({len(value)} > {MAX_ID} characters)")
+    return value
+
+
 def new_company(company_id: str, now_ms: int, by: str | None = None) -> CompanySettings:
-    return CompanySettings(company_id=company_id, updated_at=now_ms, updated_by=by)
+    return CompanySettings(company_id=check_id(company_id, "company"), updated_at=now_ms, updated_by=by)
 
 
 def new_meeting_type(company_id: str, meeting_type_id: str, now_ms: int, by: str | None = None) -> MeetingTypeSettings:
-    return MeetingTypeSettings(company_id=company_id, meeting_type_id=meeting_type_id, updated_at=now_ms, updated_by=by)
+    return MeetingTypeSettings(
+        company_id=check_id(company_id, "company"),
+        meeting_type_id=check_id(meeting_type_id, "meeting type"),
+        updated_at=now_ms,
+        updated_by=by,
+    )
 
 
 def set_connected(doc: CompanySettings, crm: Crm, on: bool, now_ms: int, by: str | None = None) -> CompanySettings:

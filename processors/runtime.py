@@ -14,6 +14,7 @@ from connectors.retry import RetryPolicy
 from processors.codec import Codec
 from processors.config import Config
 from processors.metrics import Metrics
+from processors.model import Crm
 from processors.settings_store import SettingsStore
 from processors.sinks import Deliverer
 
@@ -41,8 +42,11 @@ def make_runtime(config: Config) -> Runtime:
     deliverer = Deliverer(
         CredentialStore(config.secrets_dir),
         config.ca_bundle,
-        RetryPolicy(max_elapsed=config.sink_max_attempts_seconds),
+        RetryPolicy(max_elapsed=config.sink_inline_retry_seconds),
         metrics,
+        rates={Crm.SALESFORCE: config.salesforce_rate_per_second, Crm.HUBSPOT: config.hubspot_rate_per_second},
+        action_id_fields={Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property},
+        concurrency=config.sink_concurrency,
     )
     return Runtime(config, codec, settings, metrics, deliverer)
 

@@ -26,6 +26,7 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.delay: {"retention.ms": SEVEN_DAYS_MS},
         t.due_salesforce: {"retention.ms": SEVEN_DAYS_MS},
         t.due_hubspot: {"retention.ms": SEVEN_DAYS_MS},
+        t.retry: {"retention.ms": SEVEN_DAYS_MS},
     }
 
 

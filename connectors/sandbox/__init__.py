@@ -8,7 +8,7 @@ Seed document (Python ``CrmSandbox.seed``, ``POST /__sandbox/seed``, CLI ``--see
                                   "last_modified"?: "2024-01-01T00:00:00Z", "id"?: "003..."}],
                     "leads": [{... as contacts ..., "is_converted"?: false}],
                     "task_custom_fields"?: ["CrmSyncActionId__c"]},
-     "hubspot": {"tokens": ["..."],
+     "hubspot": {"tokens": ["..."], "custom_properties"?: ["crm_sync_action_id"],
                  "contacts": [{"email": "...", "id"?: "...", "firstname"?: "...", ...}],
                  "owners": [{"email": "...", "first_name"?: "...", "last_name"?: "...", "id"?: "..."}]}}
 """

@@ -40,6 +40,7 @@ DATETIME_PROPERTIES = frozenset({"hs_timestamp", "hs_meeting_start_time", "hs_me
 DEFAULT_CONTACT_PROPERTIES = ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate",
                               "lastname")
 _V3_OBJECT = re.compile(r"^/crm/v3/objects/(?P<type>meetings|notes)(?P<batch>/batch/create)?/?$")
+_OBJECT_SEARCH = re.compile(r"^/crm/v3/objects/(?P<type>meetings|notes)/search/?$")
 _V4_DEFAULT = re.compile(
     r"^/crm/v4/objects/(?P<from>\w+)/(?P<id>[^/]+)/associations/default/(?P<to>\w+)/(?P<to_id>[^/]+)/?$"
 )
@@ -127,6 +128,8 @@ def _route(state: SandboxState, req: Request) -> Response:
         return _owners(state, req)
     if req.method == "GET" and (match := _CONTACT_BY_ID.match(path)):
         return _get_contact(state, req, match["id"])
+    if req.method == "POST" and (match := _OBJECT_SEARCH.match(path)):
+        return _search_objects(state, match["type"], body or {})
     if req.method == "POST" and (match := _V3_OBJECT.match(path)):
         if match["batch"]:
             return _batch_create(state, match["type"], body or {})
@@ -179,6 +182,42 @@ def _search_contacts(state: SandboxState, body: dict[str, Any]) -> Response:
     page = found[offset : offset + limit]
     result: dict[str, Any] = {"total": len(found),
                               "results": [_contact_body(c, body.get("properties")) for c in page]}
+    if offset + limit < len(found):
+        result["paging"] = {"next": {"after": str(offset + limit)}}
+    return Response(200, result)
+
+
+def _search_objects(state: SandboxState, object_type: str, body: dict[str, Any]) -> Response:
+    """Meetings/notes by property (EQ/IN), as the sink's external-id check asks."""
+    groups = body.get("filterGroups") or []
+    limit = int(body.get("limit") or 10)
+    if len(groups) > SEARCH_GROUP_LIMIT or limit > SEARCH_PAGE_LIMIT:
+        return error(400, "VALIDATION_ERROR", "too many filter groups or results per page")
+
+    def matches(props: dict[str, str], flt: dict[str, Any]) -> bool:
+        value = props.get(flt.get("propertyName", "")) or ""
+        if flt.get("operator") == "EQ":
+            return value == str(flt.get("value", ""))
+        if flt.get("operator") == "IN":
+            return value in {str(v) for v in flt.get("values") or []}
+        return False
+
+    found = [
+        o for o in state.hubspot.objects.values()
+        if o.object_type == object_type
+        and (not groups or any(all(matches(o.properties, f) for f in g.get("filters") or []) for g in groups))
+    ]
+    offset = int(body.get("after") or 0)
+    page = found[offset : offset + limit]
+    wanted = body.get("properties") or []
+    result: dict[str, Any] = {
+        "total": len(found),
+        "results": [
+            {"id": o.id, "properties": {"hs_object_id": o.id, **{k: o.properties.get(k) for k in wanted}},
+             "createdAt": o.created_at, "updatedAt": o.created_at, "archived": False}
+            for o in page
+        ],
+    }
     if offset + limit < len(found):
         result["paging"] = {"next": {"after": str(offset + limit)}}
     return Response(200, result)
@@ -264,7 +303,7 @@ def _validate(state: SandboxState, object_type: str, item: dict[str, Any]) -> Re
         return error(400, "VALIDATION_ERROR", "Invalid input JSON: properties must be an object")
     problems: list[dict[str, str]] = []
     for name, value in props.items():
-        if name not in OBJECT_PROPERTIES[object_type]:
+        if name not in OBJECT_PROPERTIES[object_type] and name not in state.hubspot.custom_properties:
             problems.append({"name": name, "error": "PROPERTY_DOESNT_EXIST",
                              "message": f'Property "{name}" does not exist'})
         elif name in DATETIME_PROPERTIES and not _valid_datetime(str(value)):

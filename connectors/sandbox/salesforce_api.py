@@ -106,11 +106,13 @@ def _query(state: SandboxState, req: Request, version: str) -> Response:
     if not text:
         return error(400, "MALFORMED_QUERY", "unexpected token: <EOF>")
     try:
-        query = soql.parse(text)
+        query = soql.parse(text, {"Task": frozenset(state.salesforce.task_custom_fields)})
     except soql.SoqlError as exc:
         return error(400, exc.code, exc.message)
     if query.sobject == "User":
         rows = [_user_record(u) for u in state.salesforce.users.values()]
+    elif query.sobject == "Task":
+        rows = [{"Id": t.id, **t.fields} for t in state.salesforce.tasks]
     else:
         rows = [_person_record(p) for p in state.salesforce.people.values() if p.sobject == query.sobject]
     rows = [row for row in rows if soql.matches(row, query)]

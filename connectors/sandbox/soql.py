@@ -6,6 +6,9 @@ Grammar (keywords and field names case-insensitive)::
       [WHERE cond {AND cond}] [ORDER BY field [ASC|DESC]] [LIMIT n]
     cond := field = literal | field IN ( literal {, literal} )
 
+Task is queryable by its standard fields and by the org's custom fields (``extra_fields``), so
+the sink's external-id check (``... FROM Task WHERE CrmSyncActionId__c IN (...)``) works.
+
 String literals follow Salesforce's escaping rules (``\\n \\r \\t \\b \\f \\" \\' \\\\``);
 anything else is rejected with the error code a real org would answer.
 """
@@ -22,6 +25,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "Lead": (
         "Id", "OwnerId", "Email", "LastModifiedDate", "FirstName", "LastName", "Name", "IsConverted",
     ),
+    "Task": ("Id", "Subject", "WhoId", "OwnerId", "ActivityDate"),
 }
 FILTERABLE = frozenset({"Id", "Email", "IsActive", "OwnerId", "IsConverted"})
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
@@ -124,7 +128,8 @@ def _unexpected(soql: str, column: int, token: str) -> SoqlError:
 
 
 class _Parser:
-    def __init__(self, soql: str) -> None:
+    def __init__(self, soql: str, extra_fields: Mapping[str, frozenset[str]]) -> None:
+        self.extra = extra_fields
         self.soql = soql
         self.tokens = _tokens(soql)
         self.pos = 0
@@ -177,7 +182,7 @@ class _Parser:
             names.append(self.word())
         self.keyword("FROM")
         sobject = _sobject(self.word())
-        fields = tuple(_field(sobject, name) for name in names)
+        fields = tuple(self.field(sobject, name) for name in names)
         conditions: list[Condition] = []
         if self.at_keyword("WHERE"):
             self.next()
@@ -188,7 +193,7 @@ class _Parser:
         order_by, descending = None, False
         if self.at_keyword("ORDER"):
             self.keyword("ORDER", "BY")
-            order_by = _field(sobject, self.word())
+            order_by = self.field(sobject, self.word())
             if self.at_keyword("DESC") or self.at_keyword("ASC"):
                 descending = self.next().text.upper() == "DESC"
         limit = None
@@ -202,9 +207,15 @@ class _Parser:
             raise self.fail(token)
         return Query(sobject, fields, tuple(conditions), order_by, descending, limit)
 
+    def field(self, sobject: str, name: str) -> str:
+        for custom in self.extra.get(sobject, frozenset()):
+            if custom.lower() == name.lower():
+                return custom
+        return _field(sobject, name)
+
     def condition(self, sobject: str) -> Condition:
-        name = _field(sobject, self.word())
-        if name not in FILTERABLE:
+        name = self.field(sobject, self.word())
+        if name not in FILTERABLE and name not in self.extra.get(sobject, frozenset()):
             raise SoqlError("INVALID_FIELD", f"field '{name}' can not be filtered in this sandbox")
         if self.at_keyword("IN"):
             self.next()
@@ -233,9 +244,9 @@ def _field(sobject: str, name: str) -> str:
     raise SoqlError("INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'.")
 
 
-def parse(soql: str) -> Query:
+def parse(soql: str, extra_fields: Mapping[str, frozenset[str]] | None = None) -> Query:
     """Parse ``soql`` or raise ``SoqlError`` with the code Salesforce would use."""
-    return _Parser(soql).parse()
+    return _Parser(soql, extra_fields or {}).parse()
 
 
 def _equal(actual: object, wanted: Value) -> bool:

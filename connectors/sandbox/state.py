@@ -222,6 +222,7 @@ class HubSpotState:
         self.owners: dict[str, HsOwner] = {}
         self.objects: dict[str, HsObject] = {}
         self.associations: list[HsAssociation] = []
+        self.custom_properties: set[str] = set()
         self.rate_windows: dict[str, deque[float]] = {}
 
     def next_id(self, kind: str) -> str:
@@ -364,6 +365,8 @@ class SandboxState:
                 self.salesforce.task_custom_fields.add(field_name)
             for token in hs.get("tokens", []):
                 self.hubspot.add_token(token)
+            for name in hs.get("custom_properties", []):
+                self.hubspot.custom_properties.add(name)
             contacts = created["hubspot"].setdefault("contacts", {})
             for contact in hs.get("contacts", []):
                 props = {k: v for k, v in contact.items() if k not in {"email", "id"}}
@@ -393,6 +396,7 @@ class SandboxState:
                 },
                 "hubspot": {
                     "tokens": sorted(hs.tokens),
+                    "custom_properties": sorted(hs.custom_properties),
                     "contacts": [asdict(c) for c in hs.contacts.values()],
                     "owners": [asdict(o) for o in hs.owners.values()],
                     "objects": [asdict(o) for o in hs.objects.values()],
@@ -414,6 +418,7 @@ class SandboxState:
             self.salesforce.task_custom_fields = set(sf.get("task_custom_fields", []))
             self.salesforce.api_usage = int(sf.get("api_usage", 0))
             self.hubspot.tokens = set(hs.get("tokens", []))
+            self.hubspot.custom_properties = set(hs.get("custom_properties", []))
             self.hubspot.contacts = {c["id"]: HsContact(**c) for c in hs.get("contacts", [])}
             self.hubspot.owners = {o["id"]: HsOwner(**o) for o in hs.get("owners", [])}
             self.hubspot.objects = {o["id"]: HsObject(**o) for o in hs.get("objects", [])}

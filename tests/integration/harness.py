@@ -52,6 +52,7 @@ def unique_topics(prefix: str) -> Topics:
         delay=f"{prefix}.delay.{suffix}",
         due_salesforce=f"{prefix}.due-sf.{suffix}",
         due_hubspot=f"{prefix}.due-hs.{suffix}",
+        retry=f"{prefix}.retry.{suffix}",
     )
 
 
@@ -65,6 +66,7 @@ def topic_env(topics: Topics) -> dict[str, str]:
         "CRM_SYNC_TOPIC_DELAY": topics.delay,
         "CRM_SYNC_TOPIC_DUE_SALESFORCE": topics.due_salesforce,
         "CRM_SYNC_TOPIC_DUE_HUBSPOT": topics.due_hubspot,
+        "CRM_SYNC_TOPIC_RETRY": topics.retry,
     }
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from connectors.errors import Result
 from connectors.retry import RetryPolicy
 from connectors.salesforce import Person as SfPerson
 from processors import sinks
@@ -113,9 +114,9 @@ class FakeSalesforce:
         self.calls.append(("find_users", list(emails)))
         return {e.lower(): self.users[e.lower()] for e in emails if e.lower() in self.users}
 
-    def create_task(self, fields):
-        self.created.append(dict(fields))
-        return "00T000000000001"
+    def create_tasks(self, records):
+        self.created.extend(dict(r) for r in records)
+        return [Result(id=f"00T00000000000{i + 1}") for i in range(len(records))]
 
 
 @dataclass
@@ -133,13 +134,13 @@ class FakeHubSpot:
         self.calls.append(("find_owner", email))
         return self.owners.get(email.lower())
 
-    def create_meeting(self, properties, contact_id):
-        self.created.append(("MEETING", dict(properties), contact_id))
-        return "m1"
+    def create_meetings(self, items):
+        self.created.extend(("MEETING", dict(p), c) for p, c in items)
+        return [Result(id=f"m{i + 1}") for i in range(len(items))]
 
-    def create_note(self, properties, contact_id):
-        self.created.append(("NOTE", dict(properties), contact_id))
-        return "n1"
+    def create_notes(self, items):
+        self.created.extend(("NOTE", dict(p), c) for p, c in items)
+        return [Result(id=f"n{i + 1}") for i in range(len(items))]
 
 
 class FakeCredentials:
@@ -157,14 +158,15 @@ class FakeCredentials:
 def fakes(monkeypatch):
     sf = FakeSalesforce(people={}, users={})
     hs = FakeHubSpot(contacts={}, owners={})
-    monkeypatch.setattr(sinks, "SalesforceClient", lambda creds, ca, reload=None: sf)
-    monkeypatch.setattr(sinks, "HubSpotClient", lambda creds, ca, reload=None: hs)
+    monkeypatch.setattr(sinks, "SalesforceClient", lambda creds, ca, reload=None, throttle=None: sf)
+    monkeypatch.setattr(sinks, "HubSpotClient", lambda creds, ca, reload=None, throttle=None: hs)
     deliverer = sinks.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
     return deliverer, sf, hs
 
 
 def deliver(deliverer, a):
-    return asyncio.run(deliverer.deliver(a))
+    [outcome] = asyncio.run(deliverer.deliver_batch(a.crm, a.company_id, [a]))
+    return outcome
 
 
 def make_event(event_type: EventType, host: Person | None = HOST):

@@ -1,0 +1,117 @@
+"""`PartitionBuffer`: the commit offset never passes an action a restart would still need, and the
+read-ahead stops at the lookahead or the buffer budget."""
+
+from __future__ import annotations
+
+from processors.delay import Held, PartitionBuffer, per_partition_cap
+
+
+def held(offset: int, due_at: int, company: str = "acme", crm: str = "salesforce") -> Held:
+    headers = [("due_at", str(due_at).encode()), ("company_id", company.encode()), ("crm", crm.encode()), ("action_id", f"a{offset}".encode())]
+    return Held.of(offset, headers, b"v")
+
+
+def filled(*items: tuple[int, int]) -> PartitionBuffer:
+    buf = PartitionBuffer()
+    for offset, due in items:
+        buf.add(held(offset, due))
+    return buf
+
+
+def test_headers_are_read_without_decoding_the_value() -> None:
+    h = held(7, 1234, company="c1", crm="hubspot")
+    assert (h.due_at, h.offset, h.company_id, h.crm, h.action_id) == (1234, 7, "c1", "hubspot", "a7")
+    assert h.header("missing") == ""
+    assert Held.of(1, [("due_at", b"garbage")], b"").due_at == 0
+
+
+def test_nothing_read_means_nothing_to_commit() -> None:
+    assert PartitionBuffer().commit_offset() is None
+
+
+def test_all_released_commits_past_the_last_read() -> None:
+    buf = filled((10, 100), (11, 200))
+    for h in buf.pop_due(1_000):
+        buf.done(h.offset)
+    assert buf.commit_offset() == 12
+    assert buf.size == 0
+
+
+def test_commit_stops_at_the_oldest_unreleased_even_when_later_offsets_are_due_first() -> None:
+    buf = filled((10, 500), (11, 100), (12, 300))
+    released = buf.pop_due(300)
+    assert [h.offset for h in released] == [11, 12]
+    for h in released:
+        buf.done(h.offset)
+    assert buf.commit_offset() == 10
+
+
+def test_commit_never_passes_an_in_flight_action() -> None:
+    buf = filled((10, 100), (11, 100), (12, 100))
+    first, second, third = buf.pop_due(100)
+    buf.done(first.offset)
+    buf.done(third.offset)
+    assert buf.commit_offset() == second.offset
+    buf.done(second.offset)
+    assert buf.commit_offset() == 13
+
+
+def test_a_failed_send_goes_back_to_the_heap_and_still_holds_the_commit() -> None:
+    buf = filled((10, 100))
+    [h] = buf.pop_due(100)
+    buf.retry(h)
+    assert buf.commit_offset() == 10
+    assert [x.offset for x in buf.pop_due(100)] == [10]
+
+
+def test_commit_never_passes_a_parked_action_until_it_is_decided_again() -> None:
+    buf = PartitionBuffer()
+    buf.add(held(10, 100, company="paused-co"))
+    buf.add(held(11, 100, company="other"))
+    for h in buf.pop_due(100):
+        if h.company_id == "paused-co":
+            buf.park(h)
+        else:
+            buf.done(h.offset)
+    assert buf.commit_offset() == 10
+    assert buf.parked_groups() == [("paused-co", "salesforce")]
+    assert buf.pop_due(10_000) == []
+    assert buf.unpark("paused-co", "hubspot") == []
+    [back] = buf.unpark("paused-co", "salesforce")
+    assert buf.commit_offset() == 10
+    buf.done(back.offset)
+    assert buf.commit_offset() == 12
+    assert buf.parked_groups() == []
+
+
+def test_nothing_is_released_before_its_due_time() -> None:
+    buf = filled((0, 1_000), (1, 1_001))
+    assert buf.pop_due(999) == []
+    assert [h.offset for h in buf.pop_due(1_000)] == [0]
+
+
+def test_reading_pauses_once_the_read_position_is_a_lookahead_ahead() -> None:
+    buf = filled((0, 10_000))
+    assert not buf.should_pause(now_ms=5_000, lookahead_ms=5_000, max_buffered=100)
+    assert buf.should_pause(now_ms=4_999, lookahead_ms=5_000, max_buffered=100)
+
+
+def test_reading_pauses_when_the_budget_is_full_but_parked_actions_do_not_count() -> None:
+    buf = filled((0, 1), (1, 1), (2, 1))
+    assert buf.should_pause(now_ms=0, lookahead_ms=60_000, max_buffered=3)
+    for h in buf.pop_due(1):
+        buf.park(h)
+    assert not buf.should_pause(now_ms=0, lookahead_ms=60_000, max_buffered=3)
+    assert buf.size == 3
+
+
+def test_in_flight_actions_count_against_the_budget() -> None:
+    buf = filled((0, 1), (1, 1))
+    buf.pop_due(1)
+    assert buf.should_pause(now_ms=0, lookahead_ms=60_000, max_buffered=2)
+
+
+def test_the_budget_is_shared_by_the_worker_s_partitions() -> None:
+    assert per_partition_cap(100_000, 6) == 16_666
+    assert per_partition_cap(100_000, 0) == 100_000
+    assert per_partition_cap(3, 6) == 1
