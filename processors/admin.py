@@ -22,6 +22,7 @@ from processors.model import (
     CompanySettings,
     Crm,
     EventType,
+    FieldMapping,
     MeetingTypeSettings,
     ValidationError,
     action_from_record,
@@ -174,6 +175,19 @@ class SettingsAdmin:
         )
         changes = {k: v for k, v in fields.items() if v is not None}
         doc = replace(current, **changes, updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_field_mappings(
+        self, company_id: str, meeting_type_id: str, mappings: Sequence[FieldMapping]
+    ) -> MeetingTypeSettings:
+        """Replace the meeting type's field mappings (SPEC §7): extra CRM fields from event fields."""
+        store = self.load()
+        self._company(store, company_id)
+        current = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+        doc = replace(current, field_mappings=tuple(mappings), updated_at=now_ms(), updated_by=self._actor)
         self.publish([doc])
         return doc
 

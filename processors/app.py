@@ -14,7 +14,9 @@ from __future__ import annotations
 import faust
 
 from processors.channels import Channels
+from processors.history import company_timezone, register_history
 from processors.ingest_agent import register_ingest
+from processors.lag import register_lag
 from processors.release_task import register_releaser
 from processors.runtime import Runtime, faust_credentials
 from processors.sink_agents import register_sinks
@@ -41,8 +43,10 @@ def build_app(rt: Runtime) -> faust.App:
         web_in_thread=False,
     )
     channels = Channels.create(app, rt)
+    rt.history = register_history(app, cfg, company_timezone(rt.settings))
     register_ingest(app, channels)
     register_sinks(app, channels)
     register_releaser(app, channels)
+    register_lag(app, rt)
     register_views(app, rt)
     return app

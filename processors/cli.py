@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
     p = _command(ds, "show", "show one failure")
     p.add_argument("id")
+
+    p = _command(sub, "history", "sync history: created / skipped by reason / failed per day, CRM and event type")
+    p.add_argument("--company", required=True)
+    p.add_argument("--days", type=int, default=7, help="1..7 local days of the company, today included (default 7)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--url", help="ask this worker (e.g. http://worker:9464) instead of reading the history topic from Kafka"
+    )
     return parser
 
 
@@ -225,6 +233,18 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
     print(f"{sent} action(s) sent for retry")
 
 
+def _run_history(args: argparse.Namespace, config: Config) -> None:
+    from processors.history import KEEP_DAYS, format_report, history_from_topic, history_from_worker
+
+    if not 1 <= args.days <= KEEP_DAYS:
+        raise CliError(f"--days must be between 1 and {KEEP_DAYS}")
+    if args.url:
+        body = history_from_worker(args.url, args.company, args.days)
+    else:
+        body = history_from_topic(config, args.company, args.days, int(datetime.now(timezone.utc).timestamp() * 1000))
+    print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -237,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_settings(args, config)
         elif args.command == "dlq":
             _run_dlq(args, config)
+        elif args.command == "history":
+            _run_history(args, config)
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

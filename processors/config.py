@@ -34,6 +34,7 @@ class Topics:
     delay: str = "crm-sync.actions.delay.v1"
     due_salesforce: str = "crm-sync.actions.salesforce.v1"
     due_hubspot: str = "crm-sync.actions.hubspot.v1"
+    history: str = "crm-sync.history.v1"
     retry: str = "crm-sync.actions.retry.v1"
 
     @property
@@ -90,6 +91,7 @@ class Config:
             delay=get("CRM_SYNC_TOPIC_DELAY", Topics.delay),
             due_salesforce=get("CRM_SYNC_TOPIC_DUE_SALESFORCE", Topics.due_salesforce),
             due_hubspot=get("CRM_SYNC_TOPIC_DUE_HUBSPOT", Topics.due_hubspot),
+            history=get("CRM_SYNC_TOPIC_HISTORY", Topics.history),
             retry=get("CRM_SYNC_TOPIC_RETRY", Topics.retry),
         )
         return cls(

@@ -32,7 +32,12 @@ def register_ingest(app: faust.App, ch: Channels) -> None:
         assert result.event is not None and result.plan is not None
         event_type = result.event.event_type.value
         for skip in result.plan.skips:
-            metrics.skipped.labels(skip.crm.value if skip.crm else "any", event_type, skip.reason).inc()
+            crm = skip.crm.value if skip.crm else "any"
+            metrics.skipped.labels(crm, event_type, skip.reason).inc()
+            rt.history.record(
+                company_id=result.event.company_id, crm=crm, event_type=event_type, outcome="skipped",
+                reason=skip.reason, at_ms=now, event_id=result.event.event_id,
+            )
             log.info("skipped", extra={"event_id": result.event.event_id, "reason": skip.reason})
         for action in result.plan.actions:
             metrics.planned.labels(action.crm.value, event_type).inc()

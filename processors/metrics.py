@@ -39,6 +39,8 @@ class Metrics:
     retries: Counter
     paused_tenants: Gauge
     settings_rejected: Counter
+    deferred: Counter
+    paused_targets: Gauge
     consumer_lag: Gauge
     ready: Gauge
     build_info: Gauge
@@ -70,6 +72,12 @@ class Metrics:
             retries=Counter("crm_sync_crm_retries_total", "CRM calls retried", ["crm", "error_code"], registry=r),
             paused_tenants=Gauge("crm_sync_paused_tenants", "Companies whose delivery is paused", registry=r),
             settings_rejected=Counter("crm_sync_settings_rejected_total", "Malformed settings records", registry=r),
+            deferred=Counter(
+                "crm_sync_actions_deferred_total", "Actions parked on the retry topic after transient failures", ["crm", "reason"], registry=r
+            ),
+            paused_targets=Gauge(
+                "crm_sync_auth_circuits_open", "Company/CRM pairs whose delivery is paused by the authentication circuit", registry=r
+            ),
             consumer_lag=Gauge(
                 "crm_sync_consumer_lag",
                 "Records not yet committed on this worker's assigned partitions (high watermark - committed)",

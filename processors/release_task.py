@@ -37,6 +37,10 @@ def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
 
     def dropped(held: Held) -> None:
         metrics.skipped.labels(held.crm, held.header("event_type") or "unknown", "integration_disabled").inc()
+        rt.history.record(
+            company_id=held.company_id, crm=held.crm, event_type=held.header("event_type") or "unknown", outcome="skipped",
+            reason="integration_disabled", at_ms=now_ms(), event_id=held.header("event_id"), action_id=held.action_id,
+        )
         log.info(
             "dropped at due time",
             extra={"reason": "integration_disabled", "crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -13,6 +13,7 @@ from connectors.credentials import CredentialStore
 from connectors.retry import RetryPolicy
 from processors.codec import Codec
 from processors.config import Config
+from processors.history import History
 from processors.metrics import Metrics
 from processors.model import Crm
 from processors.settings_store import SettingsStore
@@ -32,6 +33,7 @@ class Runtime:
     settings: SettingsStore
     metrics: Metrics
     deliverer: Deliverer
+    history: History = field(init=False, repr=False)  # needs the Faust app: attached by build_app
 
 
 def make_runtime(config: Config) -> Runtime:

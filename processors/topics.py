@@ -15,7 +15,11 @@ SEVEN_DAYS_MS = str(7 * 24 * 3600 * 1000)
 
 
 def topic_specs(config: Config) -> dict[str, dict[str, str]]:
-    """Name → topic config. Settings and the ledger are compacted; the DLQ keeps 30 days."""
+    """Name → topic config. Settings and the ledger are compacted; the DLQ keeps 30 days.
+
+    The history topic holds one record per outcome (not compactable: every record counts); it keeps
+    8 days so that 7 whole days in any company time zone can be re-read from it.
+    """
     t = config.topics
     return {
         t.meetings: {},
@@ -26,6 +30,7 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.delay: {"retention.ms": SEVEN_DAYS_MS},
         t.due_salesforce: {"retention.ms": SEVEN_DAYS_MS},
         t.due_hubspot: {"retention.ms": SEVEN_DAYS_MS},
+        t.history: {"retention.ms": str(8 * 24 * 3600 * 1000)},
         t.retry: {"retention.ms": SEVEN_DAYS_MS},
     }
 

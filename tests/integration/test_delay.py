@@ -1,0 +1,258 @@
+"""The delay store against a real broker, real worker processes and the CRM sandbox (issue 4).
+
+Each action must reach the CRM once, at its due time, across restarts, kill -9, a paused company and
+a rebalance. Actions are told apart by a unique meeting URL, which lands in the Salesforce Task's
+Description and in the HubSpot meeting's `hs_meeting_external_url`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from connectors.sandbox.server import CrmSandbox
+from connectors.sandbox.state import Fault
+from processors.admin import SettingsAdmin
+from processors.model import Crm, EventType
+from processors.publisher import EventPublisher, Topics as PublisherTopics
+from tests.integration.conftest import start_worker
+from tests.integration.harness import Deployment, WorkerProcess, read_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+COMPANY = "delay-co"
+MEETING_TYPE = "intro-30"
+BOOKER = "bo@buyer.example"
+HOST = "hana@seller.example"
+URL = "https://meet.example.com/"
+
+
+def configure(deployment: Deployment, companies: tuple[str, ...] = (COMPANY,)) -> SettingsAdmin:
+    admin = SettingsAdmin(deployment.config(), actor="test")
+    for company in companies:
+        for crm in Crm:
+            admin.set_connected(company, crm, True)
+            admin.set_toggle(company, MEETING_TYPE, crm, EventType.MEETING_BOOKED, True)
+    return admin
+
+
+def seed(sandbox: CrmSandbox) -> None:
+    owner = sandbox.salesforce.add_user("record.owner@seller.example")
+    sandbox.salesforce.add_user(HOST)
+    sandbox.salesforce.add_contact(BOOKER, owner_id=owner, last_modified="2025-06-01T00:00:00Z")
+    sandbox.hubspot.add_contact(BOOKER, firstname="Bo")
+    sandbox.hubspot.add_owner(HOST, first_name="Hana")
+
+
+def publish(deployment: Deployment, count: int, *, occurred_at: int | None = None, company: str = COMPANY) -> list[str]:
+    """Publishes `count` bookings; returns their meeting ids (one SF Task + one HS meeting each)."""
+    t = deployment.topics
+    pub = EventPublisher(
+        {"bootstrap.servers": deployment.bootstrap},
+        PublisherTopics(meetings=t.meetings, research=t.research, surveys=t.surveys),
+    )
+    ids = [f"m-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    start = int(time.time() * 1000) + 86_400_000
+    for meeting_id in ids:
+        pub.publish_meeting_booked(
+            {
+                "event_id": f"evt-{uuid.uuid4().hex}",
+                "occurred_at": occurred_at if occurred_at is not None else int(time.time() * 1000),
+                "company_id": company,
+                "meeting_type_id": MEETING_TYPE,
+                "meeting_id": meeting_id,
+                "meeting_type_name": "Intro call (30 min)",
+                "host": {"email": HOST, "name": "Hana Host"},
+                "booker": {"email": BOOKER, "name": "Bo Booker", "company_name": "Buyer Inc."},
+                "start_at": start,
+                "end_at": start + 30 * 60 * 1000,
+                "timezone": "Asia/Tokyo",
+                "meeting_url": URL + meeting_id,
+                "form_answers": [],
+            }
+        )
+    pub.flush()
+    return ids
+
+
+def delivered(sandbox: CrmSandbox) -> Counter[tuple[str, str]]:
+    """(crm, meeting id) → how many objects the sandbox holds for it."""
+    out: Counter[tuple[str, str]] = Counter()
+    for task in sandbox.salesforce.list_tasks():
+        out[("salesforce", str(task.get("Description", "")).split(URL, 1)[-1].split()[0])] += 1
+    for meeting in sandbox.hubspot.list_meetings():
+        out[("hubspot", meeting["properties"].get("hs_meeting_external_url", "").removeprefix(URL))] += 1
+    return out
+
+
+def expected(ids: list[str]) -> Counter[tuple[str, str]]:
+    return Counter({(crm.value, i): 1 for i in ids for crm in Crm})
+
+
+def wait_all_delivered(sandbox: CrmSandbox, ids: list[str], timeout: float) -> None:
+    want = set(expected(ids))
+    wait_for(lambda: want <= set(delivered(sandbox)), timeout, 0.2, f"{len(want)} deliveries")
+
+
+def settle_and_check_once(sandbox: CrmSandbox, ids: list[str], quiet: float = 3.0) -> None:
+    """After everything arrived, give a re-release time to show up, then demand exactly once each."""
+    time.sleep(quiet)
+    got = delivered(sandbox)
+    dups = {k: n for k, n in got.items() if n > 1}
+    assert not dups, f"duplicates in the sandbox: {dups}"
+    assert got == expected(ids)
+
+
+def delay_headers(deployment: Deployment) -> list[dict[str, str]]:
+    return [{k: v.decode() for k, v in msg.headers() or ()} for msg in read_all(deployment.bootstrap, deployment.topics.delay)]
+
+
+def test_restart_with_held_actions_delivers_each_once(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 10.0
+    seed(sandbox)
+    configure(deployment)
+    first = start_worker(deployment, workers, tmp_path)
+    ids = publish(deployment, 6)
+    wait_for(lambda: len(delay_headers(deployment)) == 12, 20, what="12 actions on the delay topic")
+    first.stop()
+    assert delivered(sandbox) == Counter()
+
+    start_worker(deployment, workers, tmp_path)
+    wait_all_delivered(sandbox, ids, 40)
+    settle_and_check_once(sandbox, ids)
+
+
+def test_kill9_while_held_loses_nothing_and_fires_overdue_actions_at_once(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 6.0
+    seed(sandbox)
+    configure(deployment)
+    first = start_worker(deployment, workers, tmp_path)
+    ids = publish(deployment, 6)
+    wait_for(lambda: len(delay_headers(deployment)) == 12, 20, what="12 actions on the delay topic")
+    first.kill()
+    due = max(int(h["due_at"]) for h in delay_headers(deployment)) / 1000
+    wait_for(lambda: time.time() > due + 1.0, 20, what="every action to be overdue")
+    assert delivered(sandbox) == Counter()
+
+    restarted = time.time()
+    start_worker(deployment, workers, tmp_path)
+    wait_all_delivered(sandbox, ids, 40)
+    ready_to_delivered = time.time() - restarted
+    settle_and_check_once(sandbox, ids)
+    assert ready_to_delivered < 30, f"overdue actions took {ready_to_delivered:.1f}s after restart"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "sink side (processors/sink_agents.py, owned elsewhere): kill -9 after the CRM created the object "
+        "but before the ledger changelog write and the due-topic offset commit are durable; the restarted "
+        "sink re-reads the due record, finds no ledger entry and creates the object again. Needs the "
+        "external-id check against the CRM before a create."
+    ),
+)
+def test_kill9_during_delivery_creates_no_duplicate(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 3.0
+    seed(sandbox)
+    configure(deployment)
+    first = start_worker(deployment, workers, tmp_path)
+    slow = Fault(crm="salesforce", latency=2.0, count=4, path_contains="sobjects")
+    sandbox.inject(slow)
+    ids = publish(deployment, 4)
+    wait_for(lambda: slow.count < 4 or slow not in sandbox.state.faults, 30, 0.02, "a Salesforce create under way")
+    time.sleep(0.5)
+    first.kill()
+    # The sandbox finishes the create the dead worker had sent, as a real CRM would.
+    time.sleep(2.5)
+
+    start_worker(deployment, workers, tmp_path)
+    wait_all_delivered(sandbox, ids, 45)
+    settle_and_check_once(sandbox, ids)
+
+
+def test_paused_company_is_held_past_its_due_time_and_delivered_after_resume(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 3.0
+    seed(sandbox)
+    admin = configure(deployment)
+    start_worker(deployment, workers, tmp_path)
+    ids = publish(deployment, 3)
+    wait_for(lambda: len(delay_headers(deployment)) == 6, 20, what="6 actions on the delay topic")
+    admin.set_paused(COMPANY, True)
+    due = max(int(h["due_at"]) for h in delay_headers(deployment)) / 1000
+    wait_for(lambda: time.time() > due + 3.0, 20, what="the due time to pass")
+    assert delivered(sandbox) == Counter(), "a paused company's action was delivered"
+
+    admin.set_paused(COMPANY, False)
+    resumed = time.time()
+    wait_all_delivered(sandbox, ids, 30)
+    assert time.time() - resumed < 20
+    settle_and_check_once(sandbox, ids)
+
+
+def test_late_event_fires_at_once(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 30.0
+    seed(sandbox)
+    configure(deployment)
+    start_worker(deployment, workers, tmp_path)
+    published = time.time()
+    ids = publish(deployment, 2, occurred_at=int((published - 3600) * 1000))
+    wait_all_delivered(sandbox, ids, 20)
+    assert time.time() - published < 15, "a late event waited for the delay"
+    settle_and_check_once(sandbox, ids, quiet=1.0)
+
+
+def test_future_occurred_at_is_capped_at_arrival_plus_delay(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 4.0
+    seed(sandbox)
+    configure(deployment)
+    start_worker(deployment, workers, tmp_path)
+    published = time.time()
+    ids = publish(deployment, 2, occurred_at=int((published + 3600) * 1000))
+    headers = wait_for(lambda: (h := delay_headers(deployment)) and len(h) == 4 and h, 20, what="4 held actions")
+    arrived = time.time()
+    for h in headers:
+        due = int(h["due_at"]) / 1000
+        assert published + deployment.delay_seconds - 0.5 <= due <= arrived + deployment.delay_seconds
+    assert delivered(sandbox) == Counter()
+    wait_all_delivered(sandbox, ids, 20)
+    assert time.time() - published < deployment.delay_seconds + 10
+    settle_and_check_once(sandbox, ids, quiet=1.0)
+
+
+def test_two_workers_and_a_rebalance_lose_nothing_and_duplicate_nothing(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 6.0
+    deployment.partitions = 4
+    companies = tuple(f"{COMPANY}-{i}" for i in range(8))
+    seed(sandbox)
+    configure(deployment, companies)
+    start_worker(deployment, workers, tmp_path)
+    second = start_worker(deployment, workers, tmp_path)
+
+    ids: list[str] = []
+    for round_ in range(10):
+        if round_ == 5:
+            second.stop()  # its delay partitions move to the first worker while actions are held
+        for company in companies:
+            ids += publish(deployment, 1, company=company)
+        time.sleep(0.5)
+    wait_all_delivered(sandbox, ids, 50)
+    settle_and_check_once(sandbox, ids)
+    assert '"msg": "planned"' in second.log_text(), "the second worker held nothing before it stopped"
