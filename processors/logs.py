@@ -12,8 +12,11 @@ import re
 import sys
 import time
 
-_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
-_BEARER = re.compile(r"(?i)(bearer\s+|access_token[\"'=:\s]+|session_id[\"'=:\s]+|password[\"'=:\s]+)[^\s\"',}]+")
+# "@" or its URL encoding (CRM query URLs carry e-mails as bo%40buyer.example).
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+")
+# Separators include "\" because the line is matched after JSON encoding: a message holding
+# {"access_token": "..."} reads {\"access_token\": \"...\"} by then.
+_BEARER = re.compile(r"(?i)(bearer\s+|access_token[\\\"'=:\s]+|session_id[\\\"'=:\s]+|password[\\\"'=:\s]+)[^\s\\\"',}]+")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

@@ -97,7 +97,7 @@ def _qa_lines(items: tuple[QA, ...]) -> list[str]:
     return [line for qa in items for line in (f"Q. {qa.question}", f"A. {qa.answer}")]
 
 
-def template_values(event: Event, tz: str) -> dict[str, str]:
+def template_values(event: Event) -> dict[str, str]:
     """Placeholders admins may use in custom subjects, comments, titles and bodies."""
     values: dict[str, str] = {"event_id": event.event_id, "meeting_type_id": event.meeting_type_id}
     if isinstance(event, MeetingBooked):
@@ -120,13 +120,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def fill_template(template: str, values: Mapping[str, str]) -> str:
     """`{name}` placeholders are filled; unknown ones and stray braces stay as typed."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def safe_fill(template: str, values: Mapping[str, str]) -> str:
-    try:
-        return fill_template(template, values)
-    except ValueError:
-        return template
 
 
 # ---- plain-text content shared by both CRMs ---------------------------------------------------
@@ -196,11 +189,11 @@ def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | Non
     subject = DEFAULT_SUBJECTS[event.event_type]
     description = event_text(event)
     if isinstance(event, MeetingBooked) and mt is not None:
-        values = template_values(event, company_tz)
+        values = template_values(event)
         if mt.salesforce_subject:
-            subject = safe_fill(mt.salesforce_subject, values)
+            subject = fill_template(mt.salesforce_subject, values)
         if mt.salesforce_comment:
-            description = safe_fill(mt.salesforce_comment, values)
+            description = fill_template(mt.salesforce_comment, values)
     return {
         "Subject": truncate(subject, SUBJECT_LIMIT),
         "Description": truncate(description, DESCRIPTION_LIMIT),
@@ -212,13 +205,13 @@ def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | Non
 
 
 def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettings | None) -> dict[str, str]:
-    values = template_values(event, company_tz)
+    values = template_values(event)
     title = event.meeting_type_name
     body_html = text_to_html(meeting_text(event))
     if mt is not None and mt.hubspot_meeting_title:
-        title = safe_fill(mt.hubspot_meeting_title, values)
+        title = fill_template(mt.hubspot_meeting_title, values)
     if mt is not None and mt.hubspot_meeting_body:
-        body_html = text_to_html(safe_fill(mt.hubspot_meeting_body, values))
+        body_html = text_to_html(fill_template(mt.hubspot_meeting_body, values))
     props = {
         "hs_timestamp": iso_utc(event.start_at),
         "hs_meeting_title": truncate(title, SUBJECT_LIMIT),

@@ -42,7 +42,8 @@ def register_views(app: faust.App, rt: Runtime) -> None:
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         rt.metrics.ready.set(1 if app_readiness(app, rt)["ready"] else 0)
-        return web.bytes(rt.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        # as a header: aiohttp refuses a content_type argument that carries a charset
+        return web.bytes(rt.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/health/live")
     async def live_view(web: Any, request: Any) -> Any:

@@ -7,6 +7,7 @@ how the tests pick dates that fall on different days in UTC and in the expected 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -18,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import Producer
-from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.sandbox.server import CrmSandbox
 from processors.admin import SettingsAdmin
@@ -113,17 +113,17 @@ def publisher(deployment: Deployment) -> EventPublisher:
     )
 
 
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(worker.metrics()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def skipped(worker: WorkerProcess, **labels: str) -> float:
-    return metric(worker, "crm_sync_actions_skipped_total", **labels)
+def logged(worker: WorkerProcess, event_id: str) -> list[tuple[Any, ...]]:
+    """What the worker's JSON log says it did with one event: (msg, crm, outcome, reason), sorted."""
+    found = []
+    for line in worker.log_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event_id") == event_id:
+            found.append((record["msg"], record.get("crm"), record.get("outcome"), record.get("reason")))
+    return sorted(found, key=repr)
 
 
 def tasks_for(sandbox: CrmSandbox, who_id: str) -> list[dict[str, Any]]:
@@ -202,15 +202,16 @@ def test_each_event_type_creates_what_the_spec_tables_say(
     ny_start = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)  # 2026-11-23 22:00 in New York
     pub.publish_meeting_booked(booking("acme", "intro", booker=guest, host=stranger_host, start=ny_start,
                                        tz="America/New_York", occurred_at=past))
-    nobody = person("nobody@nowhere.example", "No Body")
-    pub.publish_meeting_booked(booking("acme", "intro", booker=nobody, host=host, start=booked_start, occurred_at=past))
-    pub.publish_meeting_booked(booking("offco", "intro", booker=booker, host=host, start=booked_start, occurred_at=past))
-    pub.publish_meeting_booked(booking("acme", "unknown-type", booker=booker, host=host, start=booked_start, occurred_at=past))
+    nobody = booking("acme", "intro", booker=person("nobody@nowhere.example", "No Body"), host=host,
+                     start=booked_start, occurred_at=past)
+    disconnected = booking("offco", "intro", booker=booker, host=host, start=booked_start, occurred_at=past)
+    unknown_type = booking("acme", "unknown-type", booker=booker, host=host, start=booked_start, occurred_at=past)
+    for record in (nobody, disconnected, unknown_type):
+        pub.publish_meeting_booked(record)
     pub.flush()
 
     wait_for(lambda: len(sf.list_tasks()) >= 7 and len(hs.list_meetings()) >= 2 and len(hs.list_notes()) >= 3,
              30, what="7 Tasks, 2 meetings and 3 notes")
-    wait_for(lambda: skipped(worker, reason="contact_not_found") >= 3, 15, what="the contact_not_found skips")
 
     # meeting booked: host's User, the Contact (not the newer Lead), meeting date in Tokyo; two ToDos
     tasks = tasks_for(sandbox, booker_contact)
@@ -271,15 +272,19 @@ def test_each_event_type_creates_what_the_spec_tables_say(
     [meeting] = linked_to(hs.list_meetings(), hs_guest)
     assert "hubspot_owner_id" not in meeting["properties"]
 
-    # contact not found, a disconnected company, an unknown meeting type: nothing more was created
-    wait_for(lambda: skipped(worker, reason="integration_disabled") >= 2 and skipped(worker, reason="no_settings") >= 1,
-             15, what="the integration_disabled and no_settings skips")
-    assert skipped(worker, crm="salesforce", reason="contact_not_found") == 2
-    assert skipped(worker, crm="hubspot", reason="contact_not_found") == 1
-    assert skipped(worker, crm="salesforce", reason="integration_disabled") == 1
-    assert skipped(worker, crm="hubspot", reason="integration_disabled") == 1
-    assert skipped(worker, reason="no_settings") == 1
-    time.sleep(1.0)
+    # contact not found, a disconnected company, an unknown meeting type: skipped with the reason, nothing created
+    wait_for(lambda: len(logged(worker, nobody["event_id"])) == 6, 15, what="the contact_not_found outcomes")
+    assert logged(worker, nobody["event_id"]) == sorted([
+        ("delivery", "hubspot", "skipped", "contact_not_found"),
+        ("delivery", "salesforce", "skipped", "contact_not_found"),
+        ("delivery", "salesforce", "skipped", "contact_not_found"),
+        ("planned", "hubspot", None, None),
+        ("planned", "salesforce", None, None),
+        ("planned", "salesforce", None, None),
+    ], key=repr)
+    wait_for(lambda: logged(worker, unknown_type["event_id"]), 15, what="the no_settings skip")
+    assert logged(worker, disconnected["event_id"]) == [("skipped", None, None, "integration_disabled")] * 2
+    assert logged(worker, unknown_type["event_id"]) == [("skipped", None, None, "no_settings")]
     assert len(sf.list_tasks()) == 7
     assert len(hs.list_meetings()) == 2
     assert len(hs.list_notes()) == 3
@@ -323,9 +328,11 @@ def test_apply_to_other_meeting_types_then_events_on_the_targets(
     pub.publish_meeting_booked(booking("applyco", "dst2", booker=people["booker"], host=people["booker"], start=start,
                                        occurred_at=past))
     # not selected → stays off on the target; the record after it on the same partition proves it was read
-    pub.publish_research_completed(research("applyco", "dst2", target=people["skipped-researched"], occurred_at=past))
+    unselected_research = research("applyco", "dst2", target=people["skipped-researched"], occurred_at=past)
+    unselected_exit = survey("applyco", "dst1", "PRE_EXIT", respondent=people["leaver"], occurred_at=past)
+    pub.publish_research_completed(unselected_research)
     pub.publish_research_completed(research("applyco", "src", target=people["researched"], occurred_at=past))
-    pub.publish_survey_answered(survey("applyco", "dst1", "PRE_EXIT", respondent=people["leaver"], occurred_at=past))
+    pub.publish_survey_answered(unselected_exit)
     pub.publish_survey_answered(survey("applyco", "dst1", "PRE_MEETING", respondent=people["respondent"],
                                        meeting_start_at=millis(start), occurred_at=past))
     pub.flush()
@@ -338,13 +345,13 @@ def test_apply_to_other_meeting_types_then_events_on_the_targets(
     assert len(tasks_for(sandbox, contacts["researched"])) == 1
     assert len(tasks_for(sandbox, contacts["respondent"])) == 1  # the target's own setting was kept
 
+    assert logged(worker, unselected_research["event_id"]) == []  # nothing planned, nothing to skip
+    assert logged(worker, unselected_exit["event_id"]) == []
     time.sleep(1.0)
     assert tasks_for(sandbox, contacts["skipped-researched"]) == []
     assert tasks_for(sandbox, contacts["leaver"]) == []
     assert hs.list_notes() == []
     assert len(sf.list_tasks()) == 3 and len(hs.list_meetings()) == 1
-    assert metric(worker, "crm_sync_actions_planned_total", event_type="research_completed") == 1
-    assert metric(worker, "crm_sync_actions_planned_total", event_type="pre_exit_survey_answered") == 0
 
 
 # ---- malformed settings records ------------------------------------------------------------------
@@ -379,11 +386,11 @@ def test_malformed_settings_are_dead_lettered_and_never_change_the_table(
         raw.produce(deployment.topics.settings, key=key, value=value)
     assert raw.flush(10) == 0
 
-    letters = wait_for(
-        lambda: [r for r in read_all(deployment.bootstrap, deployment.topics.dead_letter, codec) if r["stage"] == "settings"]
-        if metric(worker, "crm_sync_settings_rejected_total") >= 4 else [],
-        30, what="four settings dead letters",
-    )
+    def settings_letters() -> list[dict[str, Any]]:
+        found = [r for r in read_all(deployment.bootstrap, deployment.topics.dead_letter, codec) if r["stage"] == "settings"]
+        return found if len(found) >= len(malformed) else []
+
+    letters = wait_for(settings_letters, 30, what="four settings dead letters")
     assert sorted((r["original_key"], r["original_value"]) for r in letters) == sorted(malformed)
     assert {r["source_topic"] for r in letters} == {deployment.topics.settings}
     assert all(r["message"] and r["error_class"] for r in letters)

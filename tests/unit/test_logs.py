@@ -1,0 +1,79 @@
+"""The JSON logger's last line of defence: e-mails and credentials never reach a log line in clear."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from processors.logs import JsonFormatter, redact
+
+
+def line(msg: str, *args: object, exc: BaseException | None = None, **extra: object) -> str:
+    record = logging.LogRecord("crm_sync.test", logging.INFO, __file__, 1, msg, args, None)
+    if exc is not None:
+        try:
+            raise exc
+        except BaseException:
+            import sys
+
+            record.exc_info = sys.exc_info()
+    record.__dict__.update(extra)
+    return JsonFormatter().format(record)
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "bo.booker@buyer.example",
+        "Bo.Booker@Buyer.EXAMPLE",
+        "o'brien+crm@mail.sub.buyer.example",
+        "x_y-z@b-u.co.jp",
+        "山田@例え.jp",
+    ],
+)
+def test_an_email_anywhere_in_the_line_is_masked(email: str) -> None:
+    text = line("lookup for %s failed", email, exc=ValueError(f"no contact {email}"), who=email, nested={"to": [email]})
+    assert email not in text and email.lower() not in text.lower()
+    assert json.loads(text)["who"] == "<email>"
+
+
+def test_a_percent_encoded_email_in_a_url_is_masked() -> None:
+    """CRM query URLs carry e-mails URL-encoded (SOQL IN (...), HubSpot searches)."""
+    url = "https://sf.example/services/data/v59.0/query/?q=SELECT+Id+FROM+Contact+WHERE+Email+IN+(%27bo.booker%40buyer.example%27)"
+    text = line("GET %s", url)
+    assert "bo.booker%40buyer.example" not in text and "bo.booker" not in text
+
+
+@pytest.mark.parametrize(
+    "secret_text",
+    [
+        "Authorization: Bearer pat-na1-11111111-2222",
+        "session_id=00Dxx0000001gPL!AQ4AQFsecret",
+        '{"access_token": "pat-na1-11111111-2222"}',
+        "password: hunter2-secret",
+    ],
+)
+def test_credentials_are_masked(secret_text: str) -> None:
+    text = line("request failed: %s", secret_text)
+    for secret in ("pat-na1-11111111-2222", "00Dxx0000001gPL!AQ4AQFsecret", "hunter2-secret"):
+        assert secret not in text
+
+
+def test_credentials_in_structured_context_are_masked() -> None:
+    text = line("credentials loaded", access_token="pat-na1-9999", session_id="00Dsecret!xyz")
+    assert "pat-na1-9999" not in text and "00Dsecret!xyz" not in text
+    assert json.loads(text)["access_token"] == "***"
+
+
+def test_ids_and_context_stay_readable_and_the_line_stays_json() -> None:
+    text = line("delivery", event_id="evt-123", action_id="act-9", crm="salesforce", outcome="created")
+    parsed = json.loads(text)
+    assert parsed["msg"] == "delivery"
+    assert (parsed["event_id"], parsed["action_id"], parsed["crm"], parsed["outcome"]) == ("evt-123", "act-9", "salesforce", "created")
+    assert {"ts", "level", "logger"} <= set(parsed)
+
+
+def test_redact_keeps_text_without_secrets_unchanged() -> None:
+    assert redact("released 3 actions for crm=hubspot at 12:00") == "released 3 actions for crm=hubspot at 12:00"
