@@ -11,8 +11,14 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from processors.model import Crm, EventType, ObjectType
+
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OBJECTS = {Crm.SALESFORCE: (ObjectType.TASK,), Crm.HUBSPOT: (ObjectType.MEETING, ObjectType.NOTE)}
+OUTCOMES = ("created", "skipped", "failed", "duplicate", "deferred")
+DEAD_LETTERS = (("decode", "DecodeError"), ("validate", "ValidationError"), ("deliver", "PermanentError"), ("deliver", "AuthError"))
+SKIP_REASONS = {"any": ("no_settings",), **{crm.value: ("integration_disabled", "contact_not_found") for crm in Crm}}
 
 
 def _version() -> str:
@@ -88,7 +94,26 @@ class Metrics:
             build_info=Gauge("crm_sync_build_info", "Always 1; the running version as a label", ["version"], registry=r),
         )
         metrics.build_info.labels(_version()).set(1)
+        metrics._zero_known_series()
         return metrics
+
+    def _zero_known_series(self) -> None:
+        """Export the known label sets at 0 from the start: a counter born at 1 loses that first
+        increment to rate()/increase(), which hides rare events (the first failure of a CRM)."""
+        for crm in Crm:
+            self.released.labels(crm.value)
+            self.lateness.labels(crm.value)
+            for event_type in EventType:
+                self.planned.labels(crm.value, event_type.value)
+            for object_type in OBJECTS[crm]:
+                for outcome in OUTCOMES:
+                    self.delivered.labels(crm.value, object_type.value, outcome)
+        for stage, error_class in DEAD_LETTERS:
+            self.dead_lettered.labels(stage, error_class)
+        for crm, reasons in SKIP_REASONS.items():
+            for event_type in EventType:
+                for reason in reasons:
+                    self.skipped.labels(crm, event_type.value, reason)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -62,6 +62,10 @@ def register_sinks(app: faust.App, ch: Channels) -> None:
 
     async def fail(action: Action, outcome: Outcome, source: Source) -> None:
         err = outcome.error
+        rt.history.record(
+            company_id=action.company_id, crm=action.crm.value, event_type=action.event_type.value, outcome=FAILED,
+            reason=err.code if err else outcome.reason, at_ms=now_ms(), event_id=action.event_id, action_id=action.action_id,
+        )
         await ch.send_dead_letter(
             dead_letter(
                 stage="deliver",
@@ -80,6 +84,11 @@ def register_sinks(app: faust.App, ch: Channels) -> None:
     async def record(crm: Crm, ledger: Any, event: faust.EventT, action: Action, outcome: Outcome) -> None:
         source = source_of(event)
         metrics.delivered.labels(crm.value, action.object_type.value, outcome.status).inc()
+        if outcome.status in (CREATED, SKIPPED):
+            rt.history.record(
+                company_id=action.company_id, crm=crm.value, event_type=action.event_type.value, outcome=outcome.status,
+                reason=outcome.reason, at_ms=now_ms(), event_id=action.event_id, action_id=action.action_id,
+            )
         log.info("delivery", extra={"event_id": action.event_id, "action_id": action.action_id, "crm": crm.value, **outcome_fields(outcome)})
         if outcome.status in (CREATED, DUPLICATE):
             with as_current(event):

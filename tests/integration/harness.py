@@ -53,6 +53,7 @@ def unique_topics(prefix: str) -> Topics:
         due_salesforce=f"{prefix}.due-sf.{suffix}",
         due_hubspot=f"{prefix}.due-hs.{suffix}",
         retry=f"{prefix}.retry.{suffix}",
+        history=f"{prefix}.history.{suffix}",
     )
 
 
@@ -67,6 +68,7 @@ def topic_env(topics: Topics) -> dict[str, str]:
         "CRM_SYNC_TOPIC_DUE_SALESFORCE": topics.due_salesforce,
         "CRM_SYNC_TOPIC_DUE_HUBSPOT": topics.due_hubspot,
         "CRM_SYNC_TOPIC_RETRY": topics.retry,
+        "CRM_SYNC_TOPIC_HISTORY": topics.history,
     }
 
 

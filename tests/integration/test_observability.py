@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -270,10 +269,7 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             secrets_dir=secrets,
             ca_file=info["ca_file"],
             delay_seconds=3.0,
-            extra_env={
-                "CRM_SYNC_TOPIC_HISTORY": f"obs.history.{uuid.uuid4().hex[:8]}",
-                "CRM_SYNC_SINK_INLINE_RETRY_SECONDS": "1",
-            },
+            extra_env={"CRM_SYNC_SINK_INLINE_RETRY_SECONDS": "1"},
         )
         worker = WorkerProcess(deployment, tmp / "worker.log")
         binary = shutil.which("prometheus")
