@@ -178,7 +178,6 @@ class DelayReleaser:
         self._buffers: dict[TopicPartition, PartitionBuffer] = {}
         self._sending: list[Awaitable[object]] = []
         self._release_after = 0.0
-        self._stopping = False
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_config = dict(
             bootstrap_servers=bootstrap_servers,
@@ -218,7 +217,7 @@ class DelayReleaser:
         await consumer.start()
         last_commit = time.monotonic()
         try:
-            while not self._stopping:
+            while True:
                 # Polling goes on while every partition is paused: that keeps max.poll.interval.
                 batches = await consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 for tp, records in batches.items():
@@ -238,9 +237,6 @@ class DelayReleaser:
                 await self._commit()
             finally:
                 await consumer.stop()
-
-    def stop(self) -> None:
-        self._stopping = True
 
     def _flow_control(self, now_ms: int) -> None:
         assert self._consumer is not None
