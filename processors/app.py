@@ -41,6 +41,8 @@ def build_app(rt: Runtime) -> faust.App:
         web_port=cfg.metrics_port,
         web_bind="0.0.0.0",
         web_in_thread=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     channels = Channels.create(app, rt)
     rt.history = register_history(app, cfg, company_timezone(rt.settings))

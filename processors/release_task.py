@@ -17,10 +17,11 @@ from processors.runtime import aiokafka_options, now_ms
 
 log = logging.getLogger("crm_sync.delay")
 
+RETRY_LOOKAHEAD_SECONDS = 900.0
 RELEASES = {DueDecision.DELIVER: Release.DELIVER, DueDecision.HOLD: Release.PARK, DueDecision.DROP: Release.DROP}
 
 
-def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
+def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
     rt = ch.runtime
     cfg = rt.config
     metrics = rt.metrics
@@ -46,26 +47,32 @@ def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
             extra={"reason": "integration_disabled", "crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")},
         )
 
-    releaser = DelayReleaser(
-        bootstrap_servers=cfg.bootstrap_servers,
-        topic=cfg.topics.delay,
-        group_id=f"{cfg.app_id}-delay",
-        decide=decide,
-        emit=emit,
-        on_dropped=dropped,
-        lookahead_seconds=cfg.delay_lookahead_seconds,
-        consumer_options=aiokafka_options(cfg),
-    )
+    def make(topic: str, group: str, lookahead_seconds: float) -> DelayReleaser:
+        return DelayReleaser(
+            bootstrap_servers=cfg.bootstrap_servers,
+            topic=topic,
+            group_id=f"{cfg.app_id}-{group}",
+            decide=decide,
+            emit=emit,
+            on_dropped=dropped,
+            lookahead_seconds=lookahead_seconds,
+            consumer_options=aiokafka_options(cfg),
+        )
+
+    # Planned actions wait on the delay topic; actions a sink deferred after transient CRM failures
+    # wait on the retry topic (backoffs up to 15 min, so it reads further ahead).
+    releasers = [
+        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds),
+        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS),
+    ]
 
     def on_settings_change(company_id: str) -> None:
         metrics.paused_tenants.set(sum(1 for c in rt.settings.companies() if c.paused))
 
     rt.settings.add_listener(on_settings_change)
 
-    @app.task
-    async def run_releaser() -> None:
+    async def supervise(releaser: DelayReleaser) -> None:
         """A releaser that dies would hold every action forever: restart it (offsets are committed)."""
-        await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
         while True:
             try:
                 await releaser.run()
@@ -76,8 +83,13 @@ def register_releaser(app: faust.App, ch: Channels) -> DelayReleaser:
                 log.exception("delay releaser failed; restarting in 1s")
                 await asyncio.sleep(1.0)
 
+    @app.task
+    async def run_releasers() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
+        await asyncio.gather(*(supervise(r) for r in releasers))
+
     @app.timer(interval=1.0)
     async def held_gauge() -> None:
-        metrics.held.set(releaser.held)
+        metrics.held.set(sum(r.held for r in releasers))
 
-    return releaser
+    return releasers

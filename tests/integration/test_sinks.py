@@ -171,3 +171,21 @@ def test_a_revoked_tenant_does_not_delay_the_others_and_its_failures_can_be_retr
     assert again.returncode == 0, again.stderr
     time.sleep(3.0)
     assert len(sandbox.hubspot.list_meetings()) == 2
+
+
+def test_an_outage_longer_than_the_inline_budget_is_delivered_after_recovery(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.extra_env["CRM_SYNC_SINK_INLINE_RETRY_SECONDS"] = "1"
+    seed(sandbox, ["outage@buyer.example"])
+    configure(deployment, "acme")
+    sandbox.inject(Fault(crm="hubspot", status=503, count=8))
+    worker = start_worker(deployment, workers, tmp_path)
+    publish(deployment, [booking("acme", "outage@buyer.example")])
+
+    wait_for(lambda: "crm_sync_actions_deferred_total{crm=\"hubspot\"" in worker.metrics()
+             and any(line.startswith('crm_sync_actions_deferred_total{crm="hubspot"') and not line.endswith(" 0.0")
+                     for line in worker.metrics().splitlines()), 30, what="a deferral to the retry topic")
+    wait_for(lambda: len(sandbox.hubspot.list_meetings()) == 1, 60, what="the meeting after the outage")
+    assert len(sandbox.salesforce.list_tasks()) == 1
+    assert dead_letters(deployment) == []
