@@ -137,6 +137,12 @@ def register_sinks(app: faust.App, ch: Channels) -> None:
             async for events in stream.take_events(cfg.sink_batch_size, within=cfg.sink_batch_window_seconds):
                 try:
                     await deliver(crm, ledger, list(events))
+                except asyncio.CancelledError:
+                    # take_events acks the whole batch when its generator closes; a worker stopped
+                    # mid-batch must not commit actions it has not delivered, so keep them referenced.
+                    for event in events:
+                        event.message.incref()
+                    raise
                 except Exception as exc:
                     log.exception("sink batch failed")
                     for event in events:
