@@ -114,9 +114,10 @@ def register_sinks(app: faust.App, ch: Channels) -> None:
                     dead_letter(stage="deliver", error_class="DecodeError", message=str(exc), source=source, now_ms=now_ms())
                 )
                 continue
-            if action.action_id in seen or ledger.get(action.action_id) is not None:
+            known = "in this batch" if action.action_id in seen else ledger.get(action.action_id)
+            if known is not None:
                 metrics.delivered.labels(crm.value, action.object_type.value, DUPLICATE).inc()
-                log.info("already delivered", extra={"event_id": action.event_id, "action_id": action.action_id})
+                log.info("already delivered", extra={"event_id": action.event_id, "action_id": action.action_id, "ledger": known})
                 continue
             seen.add(action.action_id)
             groups[action.company_id].append((event, action))
