@@ -26,6 +26,7 @@ from processors.model import (
     MeetingTypeSettings,
     ValidationError,
     action_from_record,
+    action_headers,
     company_to_record,
     meeting_type_to_record,
     valid_timezone,
@@ -302,13 +303,7 @@ def retry_failures(
         action = action_from_record(action_record)
         topic = config.topics.due_salesforce if action.crm is Crm.SALESFORCE else config.topics.due_hubspot
         record = dict(action_record, attempt=int(action_record.get("attempt", 0)) + 1)
-        headers = [
-            ("due_at", str(action.due_at).encode()),
-            ("crm", action.crm.value.encode()),
-            ("company_id", action.company_id.encode()),
-            ("action_id", action.action_id.encode()),
-            ("retry_of", failure.dead_letter_id.encode()),
-        ]
+        headers = [*action_headers(action), ("retry_of", failure.dead_letter_id.encode())]
         producer.produce(topic, key=action.action_id.encode(), value=codec.encode("Action", record), headers=headers)
         sent += 1
     if producer.flush(30) != 0:

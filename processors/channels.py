@@ -12,7 +12,7 @@ import faust
 from processors.codec import RegistryUnavailableError
 from processors.deadletter import Source
 from processors.metrics import Metrics
-from processors.model import Action, Crm
+from processors.model import Crm
 from processors.runtime import Runtime
 
 log = logging.getLogger("crm_sync")
@@ -66,18 +66,6 @@ class Channels:
         )
         key = (letter["company_id"] or "").encode()
         await self.dead_letter.send(key=key, value=self.runtime.codec.encode("DeadLetter", letter), force=force)
-
-
-def action_headers(action: Action) -> list[tuple[str, bytes]]:
-    """What the releaser needs without decoding the value: due time, CRM, tenant, ids."""
-    return [
-        ("due_at", str(action.due_at).encode()),
-        ("crm", action.crm.value.encode()),
-        ("company_id", action.company_id.encode()),
-        ("action_id", action.action_id.encode()),
-        ("event_id", action.event_id.encode()),
-        ("event_type", action.event_type.value.encode()),
-    ]
 
 
 def source_of(event: faust.EventT) -> Source:

@@ -7,10 +7,10 @@ import logging
 
 import faust
 
-from processors.channels import Channels, action_headers, source_of, until_registry_answers
+from processors.channels import Channels, source_of, until_registry_answers
 from processors.deadletter import Source, dead_letter
 from processors.ingest import ingest
-from processors.model import action_to_record
+from processors.model import action_headers, action_to_record
 from processors.runtime import now_ms
 from processors.settings_store import parse_settings_record
 

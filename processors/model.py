@@ -459,3 +459,15 @@ def action_from_record(value: Mapping[str, Any]) -> Action:
         properties=dict(value.get("properties") or {}),
         attempt=value.get("attempt", 0),
     )
+
+
+def action_headers(action: Action) -> list[tuple[str, bytes]]:
+    """What the releaser needs without decoding the value: due time, CRM, tenant, ids."""
+    return [
+        ("due_at", str(action.due_at).encode()),
+        ("crm", action.crm.value.encode()),
+        ("company_id", action.company_id.encode()),
+        ("action_id", action.action_id.encode()),
+        ("event_id", action.event_id.encode()),
+        ("event_type", action.event_type.value.encode()),
+    ]

@@ -20,10 +20,10 @@ from typing import Any, Iterator
 import faust
 from faust import streams
 
-from processors.channels import Channels, action_headers, source_of
+from processors.channels import Channels, source_of
 from processors.codec import DecodeError
 from processors.deadletter import Source, dead_letter
-from processors.model import Action, Crm, action_from_record, action_to_record
+from processors.model import Action, Crm, action_from_record, action_headers, action_to_record
 from processors.runtime import now_ms
 from processors.sinks import CREATED, DEFERRED, DUPLICATE, FAILED, SKIPPED, Outcome, deferral_backoff, outcome_fields
 
