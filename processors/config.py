@@ -129,6 +129,8 @@ class Config:
         conf: dict[str, str] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            # librdkafka's info lines (e.g. BGQUEUE on close) would break the CLI's one-line stderr.
+            "log_level": 4,
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
