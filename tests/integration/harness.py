@@ -41,6 +41,17 @@ def wait_for(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.
         time.sleep(interval)
 
 
+def http_ok(url: str) -> bool:
+    """True when `url` answers 200 now; a refused or slow connection is just 'not yet'."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def unique_topics(prefix: str) -> Topics:
     suffix = uuid.uuid4().hex[:8]
     return Topics(
@@ -125,17 +136,11 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        import urllib.request
-
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health/ready", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
+            return http_ok(f"http://127.0.0.1:{self.port}/health/ready")
 
         wait_for(ready, timeout, 0.2, "worker readiness")
 

@@ -37,6 +37,7 @@ from processors.codec import Codec
 from processors.history import local_day
 from processors.model import Crm, EventType
 from tests.integration.harness import (
+    http_ok,
     ROOT,
     Deployment,
     WorkerProcess,
@@ -188,11 +189,7 @@ class Prometheus:
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"prometheus exited with {self.proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.port}/-/ready")
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
