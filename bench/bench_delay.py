@@ -41,7 +41,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from processors.admin import SettingsAdmin  # noqa: E402
 from processors.codec import Codec  # noqa: E402
-from processors.config import Config, Topics  # noqa: E402
+from processors.config import TOPIC_ENV, Config, Topics  # noqa: E402
 from processors.model import Crm, EventType  # noqa: E402
 
 COMPANY = "bench-co"
@@ -137,7 +137,7 @@ def worker_env(bootstrap: str, topics: Topics, app_id: str, state: Path, delay_s
         CRM_SYNC_TOPIC_PARTITIONS=str(partitions), CRM_SYNC_STATE_DIR=str(state / "state"),
         CRM_SYNC_SECRETS_DIR=str(state / "secrets"), CRM_SYNC_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
     )
-    env.update({f"CRM_SYNC_TOPIC_{f.name.upper()}": getattr(topics, f.name) for f in dataclasses.fields(topics)})
+    env.update({var: getattr(topics, name) for name, var in TOPIC_ENV.items()})
     return env
 
 
@@ -341,6 +341,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: 5,000 events, 20,000 and 100,000 actions")
     p.add_argument("--bootstrap", help="an existing broker (disk use then needs --broker-dir)")
     p.add_argument("--broker-dir", type=Path, help="that broker's data dir, to measure the delay topic's disk use")
+    p.add_argument("--only", choices=["a", "b", "c"], help="run one part: (a) ingest, (b) lateness, (c) held")
     p.add_argument("--ingest-events", type=int, default=20_000)
     p.add_argument("--lateness-actions", type=int, default=100_000)
     p.add_argument("--lateness-rate", type=float, default=2_000.0, help="actions due per second in (b)")
@@ -370,14 +371,20 @@ def main() -> None:
         print(f"broker {bootstrap}; {os.cpu_count()} CPUs; partitions {args.partitions}", flush=True)
 
         a = bench_ingest(bootstrap, args.ingest_events, args.partitions, work)
-        print(f"(a) ingest, {args.ingest_events:,} events (2 actions each) through the worker process:")
-        print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   (worker start → ready {a['worker_ready_s']:.1f} s)")
-        print(f"    bare    {a['bare_events_per_s']:10,.0f} events/s   confluent-kafka consume → decode → produce")
-        print(f"    ratio   {a['worker_events_per_s'] / a['bare_events_per_s']:10.2f}", flush=True)
+        if args.only in (None, "a"):
+            print(f"(a) ingest, {args.ingest_events:,} events (2 actions each) through the worker process:")
+            print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   (worker start → ready {a['worker_ready_s']:.1f} s)")
+            print(f"    bare    {a['bare_events_per_s']:10,.0f} events/s   confluent-kafka consume → decode → produce")
+            print(f"    ratio   {a['worker_events_per_s'] / a['bare_events_per_s']:10.2f}", flush=True)
+        if args.only == "a":
+            return
 
-        b = bench_lateness(bootstrap, args.lateness_actions, args.lateness_rate, args.partitions, a["sample"], args)
-        print(f"(b) lateness, {b['count']:,} actions due at {args.lateness_rate:,.0f}/s, releaser process:")
-        print(f"    p50 {b['p50'] * 1000:.0f} ms   p99 {b['p99'] * 1000:.0f} ms   max {b['max'] * 1000:.0f} ms   early {b['early']}", flush=True)
+        if args.only in (None, "b"):
+            b = bench_lateness(bootstrap, args.lateness_actions, args.lateness_rate, args.partitions, a["sample"], args)
+            print(f"(b) lateness, {b['count']:,} actions due at {args.lateness_rate:,.0f}/s, releaser process:")
+            print(f"    p50 {b['p50'] * 1000:.0f} ms   p99 {b['p99'] * 1000:.0f} ms   max {b['max'] * 1000:.0f} ms   early {b['early']}", flush=True)
+        if args.only == "b":
+            return
 
         c = bench_held(bootstrap, args.held_actions, args.partitions, a["sample"], args, broker_dir)
         disk = f"{c['disk_mib']:.0f} MiB" if c["disk_mib"] is not None else "n/a (pass --broker-dir)"

@@ -301,7 +301,7 @@ def retry_failures(
             on_skip(failure, "no action to retry (the failure happened before planning)")
             continue
         action = action_from_record(action_record)
-        topic = config.topics.due_salesforce if action.crm is Crm.SALESFORCE else config.topics.due_hubspot
+        topic = config.topics.due(action.crm)
         record = dict(action_record, attempt=int(action_record.get("attempt", 0)) + 1)
         headers = [*action_headers(action), ("retry_of", failure.dead_letter_id.encode())]
         producer.produce(topic, key=action.action_id.encode(), value=codec.encode("Action", record), headers=headers)

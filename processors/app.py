@@ -1,25 +1,29 @@
 """The Faust app: wiring only; every decision lives in a module of its own.
 
-Flow: input topics → `ingest` agent (decode, validate, plan against the settings table) → delay
+Flow: input topics → ingest stage (decode, validate, plan against the settings table) → delay
 topic (or straight to a due topic when already overdue) → `DelayReleaser` (holds until due,
-re-checks connection/pause) → per-CRM due topics → sink agents (ledger check, deliver, record)
+re-checks connection/pause) → per-CRM due topics → sink stages (ledger check, deliver, record)
 → CRM; anything that cannot go on goes to the dead-letter topic with the reason.
 
-Agents consume raw bytes and decode themselves (Faust's own decode path acks bad records
-silently) and run with concurrency 1 (higher concurrency can commit past in-flight records).
+Every stage on the way of an action is an explicit-commit aiokafka consumer (`BatchConsumer`,
+`DelayReleaser`), not a Faust agent: Faust's offset bookkeeping can commit past a record during a
+rebalance (see `batch_consumer`). Faust runs the rest: the producer, the history table and its
+agent, the web views and the timers.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 
 from processors.channels import Channels
 from processors.history import company_timezone, register_history
-from processors.ingest_agent import register_ingest
+from processors.ingest_stage import make_ingest
 from processors.lag import register_lag
 from processors.release_task import register_releaser
-from processors.runtime import Runtime, faust_credentials
-from processors.sink_agents import register_sinks
+from processors.runtime import Runtime, faust_credentials, supervise
+from processors.sink_stage import make_sinks
 from processors.views import register_views
 
 
@@ -46,9 +50,15 @@ def build_app(rt: Runtime) -> faust.App:
     )
     channels = Channels.create(app, rt)
     rt.history = register_history(app, cfg, company_timezone(rt.settings))
-    register_ingest(app, channels)
-    register_sinks(app, channels)
-    register_releaser(app, channels)
+    rt.stages = [*make_ingest(channels), *make_sinks(channels)]
+    releasers = register_releaser(app, channels)
+
+    @app.task
+    async def run_stages() -> None:
+        """Plans and releases need the settings: start once the settings replica has caught up."""
+        await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
+        await asyncio.gather(*(supervise(stage.name, stage.run) for stage in [*rt.stages, *releasers]))
+
     register_lag(app, rt)
     register_views(app, rt)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import faust
+from aiokafka.structs import ConsumerRecord
 
 from processors.codec import RegistryUnavailableError
 from processors.deadletter import Source
@@ -25,6 +26,7 @@ class Channels:
     delay: faust.TopicT
     due: dict[Crm, faust.TopicT]
     retry: faust.TopicT
+    ledger: dict[Crm, faust.TopicT]
     dead_letter: faust.TopicT
     runtime: Runtime
 
@@ -38,8 +40,9 @@ class Channels:
             inputs=raw_topic(*t.inputs),
             settings=raw_topic(t.settings),
             delay=raw_topic(t.delay),
-            due={Crm.SALESFORCE: raw_topic(t.due_salesforce), Crm.HUBSPOT: raw_topic(t.due_hubspot)},
+            due={crm: raw_topic(t.due(crm)) for crm in Crm},
             retry=raw_topic(t.retry),
+            ledger={crm: raw_topic(t.ledger(crm)) for crm in Crm},
             dead_letter=raw_topic(t.dead_letter),
             runtime=rt,
         )
@@ -48,7 +51,8 @@ class Channels:
     def metrics(self) -> Metrics:
         return self.runtime.metrics
 
-    async def send_dead_letter(self, letter: dict[str, Any], *, force: bool = False) -> None:
+    async def send_dead_letter(self, letter: dict[str, Any]) -> Awaitable[Any]:
+        """Returns the broker's ack, which the caller awaits before committing the record's offset."""
         self.metrics.dead_lettered.labels(letter["stage"], letter["error_class"]).inc()
         log.warning(
             "dead-lettered",
@@ -65,12 +69,11 @@ class Channels:
             },
         )
         key = (letter["company_id"] or "").encode()
-        await self.dead_letter.send(key=key, value=self.runtime.codec.encode("DeadLetter", letter), force=force)
+        return await self.dead_letter.send(key=key, value=self.runtime.codec.encode("DeadLetter", letter), force=True)
 
 
-def source_of(event: faust.EventT) -> Source:
-    msg = event.message
-    return Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+def source_of(record: ConsumerRecord) -> Source:
+    return Source(record.topic, record.partition, record.offset, record.key, record.value)
 
 
 async def until_registry_answers(step: Callable[[], Awaitable[None]]) -> None:

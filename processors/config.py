@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from processors.model import Crm
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -36,10 +38,34 @@ class Topics:
     due_hubspot: str = "crm-sync.actions.hubspot.v1"
     history: str = "crm-sync.history.v1"
     retry: str = "crm-sync.actions.retry.v1"
+    ledger_salesforce: str = "crm-sync.ledger.salesforce.v1"
+    ledger_hubspot: str = "crm-sync.ledger.hubspot.v1"
 
     @property
     def inputs(self) -> tuple[str, str, str]:
         return (self.meetings, self.research, self.surveys)
+
+    def due(self, crm: Crm) -> str:
+        return self.due_salesforce if crm is Crm.SALESFORCE else self.due_hubspot
+
+    def ledger(self, crm: Crm) -> str:
+        return self.ledger_salesforce if crm is Crm.SALESFORCE else self.ledger_hubspot
+
+
+TOPIC_ENV = {
+    "meetings": "CRM_SYNC_TOPIC_MEETINGS",
+    "research": "CRM_SYNC_TOPIC_RESEARCH",
+    "surveys": "CRM_SYNC_TOPIC_SURVEYS",
+    "settings": "CRM_SYNC_TOPIC_SETTINGS",
+    "dead_letter": "CRM_SYNC_TOPIC_DEAD_LETTER",
+    "delay": "CRM_SYNC_TOPIC_DELAY",
+    "due_salesforce": "CRM_SYNC_TOPIC_DUE_SALESFORCE",
+    "due_hubspot": "CRM_SYNC_TOPIC_DUE_HUBSPOT",
+    "history": "CRM_SYNC_TOPIC_HISTORY",
+    "retry": "CRM_SYNC_TOPIC_RETRY",
+    "ledger_salesforce": "CRM_SYNC_TOPIC_LEDGER_SALESFORCE",
+    "ledger_hubspot": "CRM_SYNC_TOPIC_LEDGER_HUBSPOT",
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,8 @@ class Config:
     sink_give_up_seconds: float = 86_400.0
     sink_inline_retry_seconds: float = 10.0
     sink_batch_size: int = 200
+    ledger_keep_hours: float = 168.0
+    ingest_batch_size: int = 1000
     sink_batch_window_seconds: float = 0.2
     sink_concurrency: int = 16
     salesforce_rate_per_second: float = 20.0
@@ -82,18 +110,7 @@ class Config:
             value = env.get(name)
             return value if value not in (None, "") else default
 
-        topics = Topics(
-            meetings=get("CRM_SYNC_TOPIC_MEETINGS", Topics.meetings),
-            research=get("CRM_SYNC_TOPIC_RESEARCH", Topics.research),
-            surveys=get("CRM_SYNC_TOPIC_SURVEYS", Topics.surveys),
-            settings=get("CRM_SYNC_TOPIC_SETTINGS", Topics.settings),
-            dead_letter=get("CRM_SYNC_TOPIC_DEAD_LETTER", Topics.dead_letter),
-            delay=get("CRM_SYNC_TOPIC_DELAY", Topics.delay),
-            due_salesforce=get("CRM_SYNC_TOPIC_DUE_SALESFORCE", Topics.due_salesforce),
-            due_hubspot=get("CRM_SYNC_TOPIC_DUE_HUBSPOT", Topics.due_hubspot),
-            history=get("CRM_SYNC_TOPIC_HISTORY", Topics.history),
-            retry=get("CRM_SYNC_TOPIC_RETRY", Topics.retry),
-        )
+        topics = Topics(**{name: get(var, getattr(Topics, name)) for name, var in TOPIC_ENV.items()})
         return cls(
             bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
             security_protocol=get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -116,6 +133,8 @@ class Config:
             sink_give_up_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "86400")),
             sink_inline_retry_seconds=float(get("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", "10")),
             sink_batch_size=int(get("CRM_SYNC_SINK_BATCH_SIZE", "200")),
+            ledger_keep_hours=float(get("CRM_SYNC_LEDGER_KEEP_HOURS", "168")),
+            ingest_batch_size=int(get("CRM_SYNC_INGEST_BATCH_SIZE", "1000")),
             sink_batch_window_seconds=float(get("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", "0.2")),
             sink_concurrency=int(get("CRM_SYNC_SINK_CONCURRENCY", "16")),
             salesforce_rate_per_second=float(get("CRM_SYNC_SALESFORCE_RATE", "20")),

@@ -167,6 +167,7 @@ class DelayReleaser:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topic = topic
+        self.name = f"releaser-{topic}"
         self._decide = decide
         self._emit = emit
         self._on_dropped = on_dropped

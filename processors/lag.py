@@ -1,16 +1,17 @@
 """Consumer lag per topic, for this worker's assigned partitions only (so summing over workers in
 Prometheus counts each partition once).
 
-`lag_by_topic` is the arithmetic; `LagProbe` asks the broker (committed offsets of the Faust
-consumer group, high watermarks) from a librdkafka consumer that never joins the group. The delay
-topic is not measured here: its backlog is held on purpose and shows as `crm_sync_actions_held`.
+`lag_by_topic` is the arithmetic; `LagProbe` asks the broker (committed offsets of one consumer
+group, high watermarks) from a librdkafka consumer that never joins the group; there is one probe
+per group (each stage's, and the Faust app's for the history topic). The delay and retry topics
+are not measured here: their backlog is held on purpose and shows as `crm_sync_actions_held`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
@@ -59,15 +60,30 @@ class LagProbe:
 
 
 def register_lag(app: faust.App, rt: Runtime) -> None:
-    t = rt.config.topics
-    topics = (*t.inputs, t.settings, t.due_salesforce, t.due_hubspot, t.history)
-    probe = LagProbe(rt.config.kafka_client_config(), rt.config.app_id)
+    kafka = rt.config.kafka_client_config()
+    history = rt.config.topics.history
+
+    def faust_assignment() -> list[Tp]:
+        return [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+
+    groups: list[tuple[LagProbe, tuple[str, ...], Callable[[], list[Tp]]]] = [
+        (LagProbe(kafka, stage.group_id), stage.topics, lambda stage=stage: [(tp.topic, tp.partition) for tp in stage.assignment()])
+        for stage in rt.stages
+    ]
+    groups.append((LagProbe(kafka, rt.config.app_id), (history,), faust_assignment))
+
+    def measure_all(assigned: list[tuple[LagProbe, tuple[str, ...], list[Tp]]]) -> dict[str, int]:
+        lag: dict[str, int] = {}
+        for probe, topics, tps in assigned:
+            lag.update(probe.measure(topics, tps))
+        return lag
 
     @app.timer(interval=INTERVAL_SECONDS)
     async def measure_lag() -> None:
         try:
-            assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
-            lag = await asyncio.get_running_loop().run_in_executor(None, probe.measure, topics, assigned)
+            # assignments are read here, in the event loop that changes them; the broker calls block
+            assigned = [(probe, topics, assignment()) for probe, topics, assignment in groups]
+            lag = await asyncio.get_running_loop().run_in_executor(None, measure_all, assigned)
         except Exception as exc:  # consumer not started yet, or a slow broker: the gauge just goes stale
             log.warning("consumer lag not measured", extra={"reason": str(exc)})
             return

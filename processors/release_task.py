@@ -1,9 +1,8 @@
-"""Wires the `DelayReleaser` into the worker: due decisions from the settings table (parked actions
-are re-decided every tick, so a resume needs no signal), emits to the due topics."""
+"""Wires the `DelayReleaser`s into the worker: due decisions from the settings table (parked actions
+are re-decided every tick, so a resume needs no signal), emits to the due topics. The app runs them."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -70,23 +69,6 @@ def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
         metrics.paused_tenants.set(sum(1 for c in rt.settings.companies() if c.paused))
 
     rt.settings.add_listener(on_settings_change)
-
-    async def supervise(releaser: DelayReleaser) -> None:
-        """A releaser that dies would hold every action forever: restart it (offsets are committed)."""
-        while True:
-            try:
-                await releaser.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delay releaser failed; restarting in 1s")
-                await asyncio.sleep(1.0)
-
-    @app.task
-    async def run_releasers() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
-        await asyncio.gather(*(supervise(r) for r in releasers))
 
     @app.timer(interval=1.0)
     async def held_gauge() -> None:

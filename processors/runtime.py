@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connectors.credentials import CredentialStore
 from connectors.retry import RetryPolicy
+from processors.batch_consumer import BatchConsumer
 from processors.codec import Codec
 from processors.config import Config
 from processors.history import History
@@ -18,6 +21,8 @@ from processors.metrics import Metrics
 from processors.model import Crm
 from processors.settings_store import SettingsStore
 from processors.sinks import Deliverer
+
+log = logging.getLogger("crm_sync")
 
 
 def now_ms() -> int:
@@ -34,6 +39,7 @@ class Runtime:
     metrics: Metrics
     deliverer: Deliverer
     history: History = field(init=False, repr=False)  # needs the Faust app: attached by build_app
+    stages: list[BatchConsumer] = field(default_factory=list)  # attached by build_app
 
 
 def make_runtime(config: Config) -> Runtime:
@@ -51,6 +57,19 @@ def make_runtime(config: Config) -> Runtime:
         concurrency=config.sink_concurrency,
     )
     return Runtime(config, codec, settings, metrics, deliverer)
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """A stage that dies would hold its partitions' records forever: restart it (offsets are committed)."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stage failed; restarting in 1s", extra={"stage": name})
+            await asyncio.sleep(1.0)
 
 
 def aiokafka_options(config: Config) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.config import Config
+from processors.model import Crm
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +16,14 @@ SEVEN_DAYS_MS = str(7 * 24 * 3600 * 1000)
 
 
 def topic_specs(config: Config) -> dict[str, dict[str, str]]:
-    """Name → topic config. Settings and the ledger are compacted; the DLQ keeps 30 days.
+    """Name → topic config. Settings are compacted; the DLQ keeps 30 days; the ledgers are
+    compacted and keep what the sinks read back (`CRM_SYNC_LEDGER_KEEP_HOURS`).
 
     The history topic holds one record per outcome (not compactable: every record counts); it keeps
     8 days so that 7 whole days in any company time zone can be re-read from it.
     """
     t = config.topics
+    ledger = {"cleanup.policy": "compact,delete", "retention.ms": str(int(config.ledger_keep_hours * 3600 * 1000))}
     return {
         t.meetings: {},
         t.research: {},
@@ -32,6 +35,8 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.due_hubspot: {"retention.ms": SEVEN_DAYS_MS},
         t.history: {"retention.ms": str(8 * 24 * 3600 * 1000)},
         t.retry: {"retention.ms": SEVEN_DAYS_MS},
+        t.ledger_salesforce: ledger,
+        t.ledger_hubspot: ledger,
     }
 
 
@@ -43,12 +48,24 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> None:
         for name, conf in topic_specs(config).items()
         if name not in existing
     ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
-        try:
-            future.result()
-            log.info("topic created", extra={"topic": name})
-        except KafkaException as exc:
-            if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
-                raise
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                future.result()
+                log.info("topic created", extra={"topic": name})
+            except KafkaException as exc:
+                if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
+                    raise
+    check_ledgers(config, {name: len(meta.partitions) for name, meta in admin.list_topics(timeout=timeout).topics.items()})
+
+
+def check_ledgers(config: Config, partitions: dict[str, int]) -> None:
+    """A due record's ledger entry goes to the same partition number: the counts must match.
+
+    A topic not yet in the metadata was just created here, with the same count as the others.
+    """
+    t = config.topics
+    for crm in Crm:
+        due, ledger = partitions.get(t.due(crm)), partitions.get(t.ledger(crm))
+        if due is not None and ledger is not None and due != ledger:
+            raise ValueError(f"topic {t.ledger(crm)} has {ledger} partitions but {t.due(crm)} has {due}: they must be equal")

@@ -11,11 +11,20 @@ from processors.history import KEEP_DAYS
 from processors.runtime import Runtime, now_ms
 
 
-def readiness(*, settings_ready: bool, assigned: bool, recovered: bool, rebalancing: bool) -> dict[str, bool]:
-    """Ready = the settings replica caught up, and the Faust consumer holds partitions whose tables
-    are recovered (no rebalance under way): only then are decisions and history answers current."""
-    checks = {"settings_ready": settings_ready, "partitions_assigned": assigned, "tables_recovered": recovered, "rebalancing": rebalancing}
-    return {"ready": settings_ready and assigned and recovered and not rebalancing, **checks}
+def readiness(
+    *, settings_ready: bool, stages_running: bool, assigned: bool, recovered: bool, rebalancing: bool
+) -> dict[str, bool]:
+    """Ready = the settings replica caught up, every stage's consumer has joined its group, and the
+    Faust consumer holds partitions whose tables are recovered (no rebalance under way): only then
+    are decisions and history answers current."""
+    checks = {
+        "settings_ready": settings_ready,
+        "stages_running": stages_running,
+        "partitions_assigned": assigned,
+        "tables_recovered": recovered,
+        "rebalancing": rebalancing,
+    }
+    return {"ready": settings_ready and stages_running and assigned and recovered and not rebalancing, **checks}
 
 
 def app_readiness(app: faust.App, rt: Runtime) -> dict[str, bool]:
@@ -25,6 +34,7 @@ def app_readiness(app: faust.App, rt: Runtime) -> dict[str, bool]:
         assigned = False
     return readiness(
         settings_ready=rt.settings.ready,
+        stages_running=bool(rt.stages) and all(stage.running for stage in rt.stages),
         assigned=assigned,
         recovered=app.tables.recovery.completed.is_set(),
         rebalancing=bool(app.rebalancing),

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 from confluent_kafka import Consumer, TopicPartition
 
 from processors.codec import Codec
-from processors.config import Config, Topics
+from processors.config import TOPIC_ENV, Config, Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -54,33 +54,11 @@ def http_ok(url: str) -> bool:
 
 def unique_topics(prefix: str) -> Topics:
     suffix = uuid.uuid4().hex[:8]
-    return Topics(
-        meetings=f"{prefix}.meetings.{suffix}",
-        research=f"{prefix}.research.{suffix}",
-        surveys=f"{prefix}.surveys.{suffix}",
-        settings=f"{prefix}.settings.{suffix}",
-        dead_letter=f"{prefix}.dlq.{suffix}",
-        delay=f"{prefix}.delay.{suffix}",
-        due_salesforce=f"{prefix}.due-sf.{suffix}",
-        due_hubspot=f"{prefix}.due-hs.{suffix}",
-        retry=f"{prefix}.retry.{suffix}",
-        history=f"{prefix}.history.{suffix}",
-    )
+    return Topics(**{name: f"{prefix}.{name}.{suffix}" for name in TOPIC_ENV})
 
 
 def topic_env(topics: Topics) -> dict[str, str]:
-    return {
-        "CRM_SYNC_TOPIC_MEETINGS": topics.meetings,
-        "CRM_SYNC_TOPIC_RESEARCH": topics.research,
-        "CRM_SYNC_TOPIC_SURVEYS": topics.surveys,
-        "CRM_SYNC_TOPIC_SETTINGS": topics.settings,
-        "CRM_SYNC_TOPIC_DEAD_LETTER": topics.dead_letter,
-        "CRM_SYNC_TOPIC_DELAY": topics.delay,
-        "CRM_SYNC_TOPIC_DUE_SALESFORCE": topics.due_salesforce,
-        "CRM_SYNC_TOPIC_DUE_HUBSPOT": topics.due_hubspot,
-        "CRM_SYNC_TOPIC_RETRY": topics.retry,
-        "CRM_SYNC_TOPIC_HISTORY": topics.history,
-    }
+    return {var: getattr(topics, name) for name, var in TOPIC_ENV.items()}
 
 
 @dataclass

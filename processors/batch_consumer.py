@@ -1,0 +1,159 @@
+"""A consumer group whose committed offsets move only past records a batch handler has finished.
+
+Why not Faust agents: faust-streaming commits from a list of acked offsets with gap filling, and
+after a rebalance it can deliver a record prefetched before it; together they can commit past a
+record no agent has seen (faust-streaming issues #221, #606; our two-worker rebalance test lost
+actions that way). Here every batch is handled to the end (including the broker's acks for what it
+produced) and then its offsets are committed; a revoke waits for the batch under way; a batch read
+before a rebalance is dropped unhandled (the partition's next owner re-reads it from the commit).
+So a crash or a rebalance can only repeat work, which the handlers make idempotent.
+
+`batch_offsets` is the pure part; `BatchConsumer` is the thin aiokafka shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+Handle = Callable[[list[ConsumerRecord]], Awaitable[None]]
+PartitionsHook = Callable[[Sequence[TopicPartition]], Awaitable[None]]
+
+
+def batch_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The offset to commit per partition once every record of the batch is handled."""
+    offsets: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+    return offsets
+
+
+async def _nothing(partitions: Sequence[TopicPartition]) -> None:
+    return None
+
+
+class BatchConsumer:
+    """Runs in the worker's event loop; one group per stage, so each worker owns its partitions."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap_servers: str,
+        topics: Sequence[str],
+        group_id: str,
+        handle: Handle,
+        on_assigned: PartitionsHook = _nothing,
+        on_revoked: PartitionsHook = _nothing,
+        max_records: int = 500,
+        batch_window_seconds: float = 0.0,
+        consumer_options: dict | None = None,
+    ) -> None:
+        self.name = name
+        self.group_id = group_id
+        self.topics = tuple(topics)
+        self._handle = handle
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._max_records = max_records
+        self._window = batch_window_seconds
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer_config = dict(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+            **(consumer_options or {}),
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._consumer is not None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    async def run(self) -> None:
+        owner = self
+
+        class Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                # Wait for the batch under way: it commits before the next owner starts reading.
+                async with owner._lock:
+                    owner._generation += 1
+                    await owner._on_revoked(revoked)
+
+            async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+                async with owner._lock:
+                    owner._generation += 1
+                    await owner._on_assigned(assigned)
+
+        consumer = AIOKafkaConsumer(**self._consumer_config)
+        consumer.subscribe(list(self.topics), listener=Listener())
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            while True:
+                generation = self._generation
+                records = await self._next_batch(consumer)
+                if not records:
+                    continue
+                async with self._lock:
+                    if generation != self._generation:
+                        await self._drop(consumer, records)
+                        continue
+                    await self._handle(records)
+                    await self._commit(consumer, batch_offsets(records))
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord]:
+        """Up to `max_records`, waiting at most the batch window after the first record."""
+        records: list[ConsumerRecord] = []
+        deadline: float | None = None
+        while len(records) < self._max_records:
+            wait = 1.0 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=self._max_records - len(records))
+            for batch in fetched.values():
+                records.extend(batch)
+            if deadline is None:
+                if not records:
+                    break
+                deadline = time.monotonic() + self._window
+        return records
+
+    async def _drop(self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]) -> None:
+        """A rebalance came between the read and the handling: re-read what is still ours from the commit."""
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            first[tp] = min(first.get(tp, rec.offset), rec.offset)
+        for tp, offset in first.items():
+            if tp in consumer.assignment():
+                committed = await consumer.committed(tp)
+                consumer.seek(tp, min(offset, committed) if committed is not None else offset)
+        log.info("batch read before a rebalance dropped", extra={"consumer": self.name, "records": len(records)})
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+        except Exception:
+            # The group moved on (e.g. a session timeout): the next owner repeats the batch, idempotently.
+            log.warning("commit failed; the batch will be handled again", extra={"consumer": self.name}, exc_info=True)
