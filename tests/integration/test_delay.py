@@ -110,6 +110,14 @@ def settle_and_check_once(sandbox: CrmSandbox, ids: list[str], quiet: float = 3.
     assert got == expected(ids)
 
 
+def check_before_create(deployment: Deployment, sandbox: CrmSandbox) -> None:
+    """The ledger alone cannot see a create the CRM finished after a kill -9: the sinks' external-id
+    check against the CRM (a Task field, a meeting property) is what makes that exactly-once."""
+    deployment.extra_env["CRM_SYNC_SALESFORCE_ACTION_ID_FIELD"] = "CrmSyncActionId__c"
+    deployment.extra_env["CRM_SYNC_HUBSPOT_ACTION_ID_PROPERTY"] = "crm_sync_action_id"
+    sandbox.seed({"salesforce": {"task_custom_fields": ["CrmSyncActionId__c"]}, "hubspot": {"custom_properties": ["crm_sync_action_id"]}})
+
+
 def released_action_ids(deployment: Deployment) -> set[str]:
     """Every action the delay store (or ingest, when overdue) handed to a due topic."""
     t = deployment.topics
@@ -173,10 +181,7 @@ def test_kill9_during_delivery_creates_no_duplicate(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     deployment.delay_seconds = 3.0
-    # The ledger alone cannot see a create the CRM finished after the kill: the sink's external-id
-    # check against the CRM (sandbox Task field CrmSyncActionId__c) is what makes this exactly-once.
-    deployment.extra_env["CRM_SYNC_SALESFORCE_ACTION_ID_FIELD"] = "CrmSyncActionId__c"
-    sandbox.seed({"salesforce": {"task_custom_fields": ["CrmSyncActionId__c"]}})
+    check_before_create(deployment, sandbox)
     seed(sandbox)
     configure(deployment)
     first = start_worker(deployment, workers, tmp_path)
@@ -273,3 +278,28 @@ def test_two_workers_and_a_rebalance_lose_nothing_and_duplicate_nothing(
     wait_for(lambda: planned <= released_action_ids(deployment), 30, 0.5, "every action released")
     assert '"msg": "planned"' in second.log_text(), "the second worker held nothing before it stopped"
     check_once(sandbox, ids, 30)
+
+
+def test_a_worker_joining_and_another_killed_mid_run_lose_nothing_and_duplicate_nothing(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    deployment.delay_seconds = 4.0
+    check_before_create(deployment, sandbox)
+    companies = tuple(f"{COMPANY}-{i}" for i in range(8))
+    seed(sandbox)
+    configure(deployment, companies)
+    first = start_worker(deployment, workers, tmp_path)
+
+    ids: list[str] = []
+    for round_ in range(12):
+        if round_ == 3:
+            second = start_worker(deployment, workers, tmp_path)  # joins while actions are held
+        if round_ == 8:
+            first.kill()  # the first owner dies while it holds and delivers
+        ids += publish(deployment, 1, companies=companies)
+        time.sleep(0.5)
+    # Events the dead worker had not planned are planned by the survivor once overdue: straight to a due topic.
+    wait_for(lambda: len(released_action_ids(deployment)) == 2 * len(ids), 60, 0.5, "every action released")
+    assert planned_action_ids(deployment) <= released_action_ids(deployment)
+    assert '"msg": "delivery"' in second.log_text(), "the joining worker delivered nothing"
+    check_once(sandbox, ids, 40)
