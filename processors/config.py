@@ -88,6 +88,7 @@ class Config:
     state_dir: Path = Path("./.run/state")
     log_level: str = "INFO"
     delay_lookahead_seconds: float = 60.0
+    paused_repark_seconds: float = 3600.0
     sink_give_up_seconds: float = 86_400.0
     sink_inline_retry_seconds: float = 10.0
     sink_batch_size: int = 200
@@ -130,6 +131,7 @@ class Config:
             state_dir=Path(get("CRM_SYNC_STATE_DIR", "./.run/state")),
             log_level=get("CRM_SYNC_LOG_LEVEL", "INFO"),
             delay_lookahead_seconds=float(get("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", "60")),
+            paused_repark_seconds=float(get("CRM_SYNC_PAUSED_REPARK_SECONDS", "3600")),
             sink_give_up_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "86400")),
             sink_inline_retry_seconds=float(get("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", "10")),
             sink_batch_size=int(get("CRM_SYNC_SINK_BATCH_SIZE", "200")),

@@ -7,7 +7,10 @@ to the per-CRM due topics, and commits a partition only up to its oldest action 
 A crash therefore loses nothing (the log is re-read from the committed offset) and can only
 re-release, which the idempotent sinks absorb. Actions of a paused company stay unreleased (and
 uncommitted) and are decided again on every tick, per (company, CRM), so they go out on the first
-tick after resume; a disconnected company's are dropped (rule 7).
+tick after resume; a disconnected company's are dropped (rule 7). An action parked longer than
+`repark_after` is copied to the end of the retry topic (then done here), so a long pause neither
+holds a partition's commit back (a restart would replay all that came after it) nor outlives the
+topic's retention; the retry topic's releaser parks the copy again, and so on until resume.
 
 `PartitionBuffer` is the pure bookkeeping; `DelayReleaser` is the thin aiokafka shell.
 """
@@ -37,6 +40,7 @@ class Held:
     offset: int
     headers: Headers = field(compare=False)
     value: bytes = field(compare=False)
+    parked_at: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, offset: int, headers: Headers | None, value: bytes) -> "Held":
@@ -87,9 +91,25 @@ class PartitionBuffer:
             out.append(held)
         return out
 
-    def park(self, held: Held) -> None:
+    def park(self, held: Held, now_ms: int) -> None:
+        """Held back by a pause; `parked_at` stays the first time, across re-decisions."""
         self.in_flight.pop(held.offset, None)
+        held.parked_at = held.parked_at or now_ms
         self.parked.setdefault((held.company_id, held.crm), {})[held.offset] = held
+
+    def stale_parked(self, now_ms: int, after_ms: int) -> list[Held]:
+        """Parked longer than `after_ms`: in flight until copied to the end of the log (then `done`)."""
+        out = []
+        for group_key in list(self.parked):
+            group = self.parked[group_key]
+            for offset, held in list(group.items()):
+                if now_ms - held.parked_at >= after_ms:
+                    del group[offset]
+                    self.in_flight[offset] = held
+                    out.append(held)
+            if not group:
+                del self.parked[group_key]
+        return out
 
     def parked_groups(self) -> list[tuple[str, str]]:
         return list(self.parked)
@@ -160,6 +180,8 @@ class DelayReleaser:
         emit: Emit,
         on_dropped: Callable[[Held], None],
         lookahead_seconds: float,
+        repark: Emit | None = None,
+        repark_after_seconds: float = 3600.0,
         max_buffered: int = 100_000,
         consumer_options: dict | None = None,
         tick_seconds: float = 0.05,
@@ -171,6 +193,8 @@ class DelayReleaser:
         self._decide = decide
         self._emit = emit
         self._on_dropped = on_dropped
+        self._repark = repark
+        self._repark_after_ms = int(repark_after_seconds * 1000)
         self._lookahead_ms = int(lookahead_seconds * 1000)
         self._max_buffered = max_buffered
         self._tick = tick_seconds
@@ -271,7 +295,7 @@ class DelayReleaser:
             for held in batch:
                 decision = self._decide(held.company_id, held.crm)
                 if decision == Release.PARK:
-                    buf.park(held)
+                    buf.park(held, now_ms)
                     continue
                 if decision != Release.DELIVER:
                     self._on_dropped(held)
@@ -285,12 +309,32 @@ class DelayReleaser:
                     continue
                 sent.append((buf, held, ack))
                 self._sending.append(ack)
+        reparked: list[tuple[PartitionBuffer, Held, Awaitable[object]]] = []
+        if self._repark is not None:
+            for buf in list(self._buffers.values()):
+                for held in buf.stale_parked(now_ms, self._repark_after_ms):
+                    try:
+                        ack = await self._repark(held)
+                    except Exception:
+                        failed += 1
+                        buf.park(held, now_ms)
+                        continue
+                    reparked.append((buf, held, ack))
+                    self._sending.append(ack)
         for buf, held, ack in sent:
             try:
                 await ack
             except Exception:
                 failed += 1
                 buf.retry(held)
+            else:
+                buf.done(held.offset)
+        for buf, held, ack in reparked:
+            try:
+                await ack
+            except Exception:
+                failed += 1
+                buf.park(held, now_ms)
             else:
                 buf.done(held.offset)
         self._sending = []

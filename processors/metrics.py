@@ -37,6 +37,7 @@ class Metrics:
     skipped: Counter
     held: Gauge
     released: Counter
+    reparked: Counter
     lateness: Histogram
     delivered: Counter
     dead_lettered: Counter
@@ -62,6 +63,9 @@ class Metrics:
             skipped=Counter("crm_sync_actions_skipped_total", "Events or actions skipped", ["crm", "event_type", "reason"], registry=r),
             held=Gauge("crm_sync_actions_held", "Actions held in this worker's delay buffers", registry=r),
             released=Counter("crm_sync_actions_released_total", "Actions released when due", ["crm"], registry=r),
+            reparked=Counter(
+                "crm_sync_actions_reparked_total", "Actions of a paused company copied to the end of the retry topic", ["crm"], registry=r
+            ),
             lateness=Histogram(
                 "crm_sync_due_lateness_seconds", "Release time minus due time", ["crm"], buckets=LATENESS_BUCKETS, registry=r
             ),
@@ -102,6 +106,7 @@ class Metrics:
         increment to rate()/increase(), which hides rare events (the first failure of a CRM)."""
         for crm in Crm:
             self.released.labels(crm.value)
+            self.reparked.labels(crm.value)
             self.lateness.labels(crm.value)
             for event_type in EventType:
                 self.planned.labels(crm.value, event_type.value)

@@ -35,6 +35,11 @@ def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
             key=held.action_id.encode(), value=held.value, headers=list(held.headers), force=True
         )
 
+    async def repark(held: Held) -> Any:
+        metrics.reparked.labels(held.crm).inc()
+        log.info("parked action moved to the retry topic", extra={"crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")})
+        return await ch.retry.send(key=held.company_id.encode(), value=held.value, headers=list(held.headers), force=True)
+
     def dropped(held: Held) -> None:
         metrics.skipped.labels(held.crm, held.header("event_type") or "unknown", "integration_disabled").inc()
         rt.history.record(
@@ -55,6 +60,8 @@ def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
             emit=emit,
             on_dropped=dropped,
             lookahead_seconds=lookahead_seconds,
+            repark=repark,
+            repark_after_seconds=cfg.paused_repark_seconds,
             consumer_options=aiokafka_options(cfg),
         )
 

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from connectors.sandbox.server import CrmSandbox
 from connectors.sandbox.state import Fault
@@ -121,8 +122,21 @@ def check_before_create(deployment: Deployment, sandbox: CrmSandbox) -> None:
 def released_action_ids(deployment: Deployment) -> set[str]:
     """Every action the delay store (or ingest, when overdue) handed to a due topic."""
     t = deployment.topics
-    msgs = read_all(deployment.bootstrap, t.due_salesforce) + read_all(deployment.bootstrap, t.due_hubspot)
-    return {dict(m.headers() or ()).get("action_id", b"").decode() for m in msgs}
+    return header_values(deployment, t.due_salesforce, "action_id") | header_values(deployment, t.due_hubspot, "action_id")
+
+
+def header_values(deployment: Deployment, topic: str, name: str) -> set[str]:
+    return {dict(m.headers() or ()).get(name, b"").decode() for m in read_all(deployment.bootstrap, topic)}
+
+
+def committed_to_end(deployment: Deployment, topic: str, group: str) -> bool:
+    consumer = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": f"{deployment.app_id}-{group}"})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(deployment.partitions)]
+        committed = consumer.committed(parts, timeout=10)
+        return all(max(tp.offset, 0) == consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in committed)
+    finally:
+        consumer.close()
 
 
 def planned_action_ids(deployment: Deployment) -> set[str]:
@@ -205,15 +219,21 @@ def test_paused_company_is_held_past_its_due_time_and_delivered_after_resume(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     deployment.delay_seconds = 3.0
+    deployment.extra_env["CRM_SYNC_PAUSED_REPARK_SECONDS"] = "2"
     seed(sandbox)
     admin = configure(deployment)
     start_worker(deployment, workers, tmp_path)
     ids = publish(deployment, 3)
     wait_for(lambda: len(delay_headers(deployment)) == 6, 20, what="6 actions on the delay topic")
     admin.set_paused(COMPANY, True)
+    held = planned_action_ids(deployment)
     due = max(int(h["due_at"]) for h in delay_headers(deployment)) / 1000
     wait_for(lambda: time.time() > due + 3.0, 20, what="the due time to pass")
     assert delivered(sandbox) == Counter(), "a paused company's action was delivered"
+    # Parked longer than the repark time: copied to the end of the retry topic, so the delay
+    # topic's commit is no longer held back by the pause.
+    wait_for(lambda: held <= header_values(deployment, deployment.topics.retry, "action_id"), 20, 0.5, "copies on the retry topic")
+    wait_for(lambda: committed_to_end(deployment, deployment.topics.delay, "delay"), 20, 0.5, "the delay commit past the pause")
 
     admin.set_paused(COMPANY, False)
     resumed = time.time()

@@ -70,7 +70,7 @@ def test_commit_never_passes_a_parked_action_until_it_is_decided_again() -> None
     buf.add(held(11, 100, company="other"))
     for h in buf.pop_due(100):
         if h.company_id == "paused-co":
-            buf.park(h)
+            buf.park(h, now_ms=100)
         else:
             buf.done(h.offset)
     assert buf.commit_offset() == 10
@@ -100,7 +100,7 @@ def test_reading_pauses_when_the_budget_is_full_but_parked_actions_do_not_count(
     buf = filled((0, 1), (1, 1), (2, 1))
     assert buf.should_pause(now_ms=0, lookahead_ms=60_000, max_buffered=3)
     for h in buf.pop_due(1):
-        buf.park(h)
+        buf.park(h, now_ms=100)
     assert not buf.should_pause(now_ms=0, lookahead_ms=60_000, max_buffered=3)
     assert buf.size == 3
 
@@ -115,3 +115,31 @@ def test_the_budget_is_shared_by_the_worker_s_partitions() -> None:
     assert per_partition_cap(100_000, 6) == 16_666
     assert per_partition_cap(100_000, 0) == 100_000
     assert per_partition_cap(3, 6) == 1
+
+
+def test_a_parked_action_keeps_its_first_parked_time_across_re_decisions() -> None:
+    buf = filled((10, 100))
+    [h] = buf.pop_due(100)
+    buf.park(h, now_ms=1_000)
+    [back] = buf.unpark("acme", "salesforce")
+    buf.park(back, now_ms=5_000)
+    assert back.parked_at == 1_000
+
+
+def test_actions_parked_too_long_are_handed_out_and_hold_the_commit_until_copied() -> None:
+    buf = PartitionBuffer()
+    for offset in (10, 11):
+        buf.add(held(offset, 100, company="paused-co"))
+    buf.add(held(12, 100, company="other"))
+    first, second, other = buf.pop_due(100)
+    buf.park(first, now_ms=1_000)
+    buf.park(second, now_ms=3_000)
+    buf.done(other.offset)
+    assert buf.stale_parked(now_ms=3_999, after_ms=3_000) == []
+    [stale] = buf.stale_parked(now_ms=4_000, after_ms=3_000)
+    assert stale.offset == 10
+    assert buf.commit_offset() == 10  # in flight until its copy is acknowledged
+    buf.done(stale.offset)
+    assert buf.commit_offset() == 11  # the other parked action still holds the partition
+    assert [h.offset for h in buf.stale_parked(now_ms=6_000, after_ms=3_000)] == [11]
+    assert buf.parked_groups() == []
