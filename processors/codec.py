@@ -41,6 +41,17 @@ _CONFLUENT_MAGIC = 0
 _CONFLUENT_HEADER = 5
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TIME_UNITS = {"timestamp-millis": timedelta(milliseconds=1), "timestamp-micros": timedelta(microseconds=1)}
+# The primitive checks of fastavro.validation, inlined: they run for every field of every record written.
+_PRIMITIVE_OK: dict[str, Callable[[Any], bool]] = {
+    "null": lambda d: d is None,
+    "boolean": lambda d: isinstance(d, bool),
+    "string": lambda d: isinstance(d, str),
+    "bytes": lambda d: isinstance(d, (bytes, bytearray)),
+    "int": lambda d: isinstance(d, int) and not isinstance(d, bool) and -(2**31) <= d < 2**31,
+    "long": lambda d: isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63,
+    "float": lambda d: isinstance(d, (int, float)) and not isinstance(d, bool),
+    "double": lambda d: isinstance(d, (int, float)) and not isinstance(d, bool),
+}
 
 _T = TypeVar("_T")
 
@@ -387,7 +398,8 @@ def _conform(schema: Any, datum: Any, path: str) -> Any:
         datum = (datum - _EPOCH) // _TIME_UNITS[logical]
     if datum is None and kind != "null":
         raise _Invalid(f"{where}: null not allowed, expected {_describe(schema)}")
-    if not validate(datum, _without_logical_types(schema), raise_errors=False):
+    primitive_ok = _PRIMITIVE_OK.get(kind)
+    if not (primitive_ok(datum) if primitive_ok is not None else validate(datum, _without_logical_types(schema), raise_errors=False)):
         got = "an unknown symbol" if kind == "enum" and isinstance(datum, str) else type(datum).__name__
         raise _Invalid(f"{where}: expected {_describe(schema)}, got {got}")
     if kind == "string" and not datum.isascii():
