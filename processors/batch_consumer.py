@@ -36,6 +36,21 @@ def batch_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int
     return offsets
 
 
+def group_consumer_config(bootstrap_servers: str, group_id: str, options: dict | None) -> dict:
+    """aiokafka settings of every stage: no auto-commit, committed reads only, 10 s session."""
+    return dict(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_interval_ms=300_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        **(options or {}),
+    )
+
+
 async def _nothing(partitions: Sequence[TopicPartition]) -> None:
     return None
 
@@ -68,17 +83,7 @@ class BatchConsumer:
         self._lock = asyncio.Lock()
         self._generation = 0
         self._consumer: AIOKafkaConsumer | None = None
-        self._consumer_config = dict(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-            **(consumer_options or {}),
-        )
+        self._consumer_config = group_consumer_config(bootstrap_servers, group_id, consumer_options)
 
     @property
     def running(self) -> bool:

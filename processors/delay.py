@@ -27,6 +27,8 @@ from typing import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from processors.batch_consumer import group_consumer_config
+
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
@@ -204,15 +206,7 @@ class DelayReleaser:
         self._sending: list[Awaitable[object]] = []
         self._release_after = 0.0
         self._consumer: AIOKafkaConsumer | None = None
-        self._consumer_config = dict(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_interval_ms=300_000,
-            **(consumer_options or {}),
-        )
+        self._consumer_config = group_consumer_config(bootstrap_servers, group_id, consumer_options)
 
     @property
     def held(self) -> int:
