@@ -202,7 +202,9 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path) -> di
 # ---- (b)/(c) the releaser in a process of its own --------------------------------------------------
 
 
-async def run_releaser(bootstrap: str, topic: str, due_topic: str, group: str, lookahead: float, max_buffered: int) -> None:
+async def run_releaser(
+    bootstrap: str, topic: str, due_topic: str, group: str, lookahead: float, max_buffered: int, instance_id: str | None
+) -> None:
     """The worker's release loop minus the sinks: every action goes to one due topic."""
     from aiokafka import AIOKafkaProducer
 
@@ -217,6 +219,7 @@ async def run_releaser(bootstrap: str, topic: str, due_topic: str, group: str, l
     releaser = DelayReleaser(
         bootstrap_servers=bootstrap, topic=topic, group_id=group, decide=lambda company, crm: Release.DELIVER,
         emit=emit, on_dropped=lambda held: None, lookahead_seconds=lookahead, max_buffered=max_buffered,
+        consumer_options={"group_instance_id": instance_id} if instance_id else None,
     )
     try:
         await releaser.run()
@@ -227,7 +230,8 @@ async def run_releaser(bootstrap: str, topic: str, due_topic: str, group: str, l
 def spawn_releaser(bootstrap: str, topic: str, due_topic: str, group: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, __file__, "releaser", "--bootstrap", bootstrap, "--topic", topic, "--due-topic", due_topic,
-         "--group", group, "--lookahead", str(args.lookahead), "--max-buffered", str(args.max_buffered)],
+         "--group", group, "--lookahead", str(args.lookahead), "--max-buffered", str(args.max_buffered),
+         *(["--instance-id", f"{group}-releaser"] if args.static_membership else [])],
         cwd=ROOT,
     )
 
@@ -350,12 +354,14 @@ def main() -> None:
     p.add_argument("--lookahead", type=float, default=60.0)
     p.add_argument("--max-buffered", type=int, default=100_000)
     p.add_argument("--downtime", type=float, default=5.0, help="seconds between kill -9 and restart in (c)")
+    p.add_argument("--static-membership", action="store_true", help="the releaser restarts with the same group instance id (CRM_SYNC_GROUP_INSTANCE_ID)")
+    p.add_argument("--instance-id", help=argparse.SUPPRESS)
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--due-topic", help=argparse.SUPPRESS)
     p.add_argument("--group", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mode == "releaser":
-        asyncio.run(run_releaser(args.bootstrap, args.topic, args.due_topic, args.group, args.lookahead, args.max_buffered))
+        asyncio.run(run_releaser(args.bootstrap, args.topic, args.due_topic, args.group, args.lookahead, args.max_buffered, args.instance_id))
         return
     if args.quick:
         args.ingest_events, args.lateness_actions, args.held_actions = 5_000, 20_000, 100_000
@@ -388,7 +394,8 @@ def main() -> None:
 
         c = bench_held(bootstrap, args.held_actions, args.partitions, a["sample"], args, broker_dir)
         disk = f"{c['disk_mib']:.0f} MiB" if c["disk_mib"] is not None else "n/a (pass --broker-dir)"
-        print(f"(c) {c['held']:,} actions held (due over {c['held'] / HELD_RATE:.0f} s), lookahead {args.lookahead:.0f} s, max_buffered {args.max_buffered:,}:")
+        membership = "static" if args.static_membership else "dynamic"
+        print(f"(c) {c['held']:,} actions held (due over {c['held'] / HELD_RATE:.0f} s), lookahead {args.lookahead:.0f} s, max_buffered {args.max_buffered:,}, {membership} group membership:")
         print(f"    peak RSS {c['peak_rss_mib']:.0f} MiB   delay topic on disk {disk}")
         print(f"    kill -9, {args.downtime:.0f} s down, restart → first release after {c['resume_s']:.2f} s;"
               f" {c['overdue_fired']:,} overdue actions fired, the latest {c['overdue_max_late_s']:.1f} s after its due time")

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_sinks.py [--actions 2000] [--companies 5] [--batch 200]
 
 Plans real actions for `--actions` booked meetings spread over `--companies` companies, then
-delivers them with the worker's `Deliverer` exactly as the sink agent does (one company's group of
+delivers them with the worker's `Deliverer` exactly as the sink stage does (one company's group of
 up to `--batch` actions per call), over real HTTP(S) to the sandbox, and prints API calls per
 created object and objects/s for each CRM — beside the same run with batches of one (the naive
 lookup-lookup-create path), so the saving is visible.

@@ -293,7 +293,9 @@ def retry_failures(
     config: Config, codec: Codec, failures: Iterable[Failure], on_skip: Callable[[Failure, str], None]
 ) -> int:
     """Send each failure's action back to its due topic; the sinks' ledger keeps it idempotent."""
-    producer = Producer({**config.kafka_client_config(), "enable.idempotence": True, "acks": "all"})
+    # murmur2, as the worker's own producer: the retry lands on the partition (and so the ledger
+    # partition) of the action's earlier copies.
+    producer = Producer({**config.kafka_client_config(), "enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"})
     sent = 0
     for failure in failures:
         action_record = failure.record.get("action")

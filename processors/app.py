@@ -14,6 +14,7 @@ agent, the web views and the timers.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 
@@ -25,6 +26,11 @@ from processors.release_task import register_releaser
 from processors.runtime import Runtime, faust_credentials, supervise
 from processors.sink_stage import make_sinks
 from processors.views import register_views
+
+
+log = logging.getLogger("crm_sync")
+
+SHUTDOWN_DRAIN_SECONDS = 30.0
 
 
 def build_app(rt: Runtime) -> faust.App:
@@ -61,6 +67,15 @@ def build_app(rt: Runtime) -> faust.App:
         """Plans and releases need the settings: start once the settings replica has caught up."""
         await asyncio.get_running_loop().run_in_executor(None, rt.settings.wait_ready, 120.0)
         await asyncio.gather(*(supervise(stage.name, stage.run) for stage in [*rt.stages, *releasers]))
+
+    @app.on_before_shutdown.connect
+    async def drain_stages(app: faust.App, **kwargs: object) -> None:
+        """Before Faust stops its producer: let every stage finish its batch, commit and leave its group."""
+        stops = asyncio.gather(*(stage.stopping.stop() for stage in [*rt.stages, *releasers]))
+        try:
+            await asyncio.wait_for(stops, SHUTDOWN_DRAIN_SECONDS)
+        except asyncio.TimeoutError:
+            log.warning("stages still busy at shutdown; their batches will be handled again", extra={"waited_s": SHUTDOWN_DRAIN_SECONDS})
 
     register_lag(app, rt)
     register_views(app, rt)

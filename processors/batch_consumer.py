@@ -51,6 +51,26 @@ def group_consumer_config(bootstrap_servers: str, group_id: str, options: dict |
     )
 
 
+class StopSignal:
+    """Lets a stage finish the batch under way, commit and leave its group when the worker stops
+    (a batch cut short would repeat CRM creates the ledger has not recorded yet)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._exited = asyncio.Event()
+        self._exited.set()
+
+    def started(self) -> None:
+        self._exited.clear()
+
+    def exited(self) -> None:
+        self._exited.set()
+
+    async def stop(self) -> None:
+        self.requested = True
+        await self._exited.wait()
+
+
 async def _nothing(partitions: Sequence[TopicPartition]) -> None:
     return None
 
@@ -67,7 +87,6 @@ class BatchConsumer:
         group_id: str,
         handle: Handle,
         on_assigned: PartitionsHook = _nothing,
-        on_revoked: PartitionsHook = _nothing,
         max_records: int = 500,
         batch_window_seconds: float = 0.0,
         consumer_options: dict | None = None,
@@ -77,11 +96,11 @@ class BatchConsumer:
         self.topics = tuple(topics)
         self._handle = handle
         self._on_assigned = on_assigned
-        self._on_revoked = on_revoked
         self._max_records = max_records
         self._window = batch_window_seconds
         self._lock = asyncio.Lock()
         self._generation = 0
+        self.stopping = StopSignal()
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_config = group_consumer_config(bootstrap_servers, group_id, consumer_options)
 
@@ -100,19 +119,19 @@ class BatchConsumer:
                 # Wait for the batch under way: it commits before the next owner starts reading.
                 async with owner._lock:
                     owner._generation += 1
-                    await owner._on_revoked(revoked)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 async with owner._lock:
                     owner._generation += 1
                     await owner._on_assigned(assigned)
 
+        self.stopping.started()
         consumer = AIOKafkaConsumer(**self._consumer_config)
-        consumer.subscribe(list(self.topics), listener=Listener())
-        await consumer.start()
-        self._consumer = consumer
         try:
-            while True:
+            consumer.subscribe(list(self.topics), listener=Listener())
+            await consumer.start()
+            self._consumer = consumer
+            while not self.stopping.requested:
                 generation = self._generation
                 records = await self._next_batch(consumer)
                 if not records:
@@ -125,7 +144,10 @@ class BatchConsumer:
                     await self._commit(consumer, batch_offsets(records))
         finally:
             self._consumer = None
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            finally:
+                self.stopping.exited()
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord]:
         """Up to `max_records`, waiting at most the batch window after the first record."""

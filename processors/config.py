@@ -93,6 +93,7 @@ class Config:
     sink_inline_retry_seconds: float = 10.0
     sink_batch_size: int = 200
     ledger_keep_hours: float = 168.0
+    group_instance_id: str | None = None
     ingest_batch_size: int = 1000
     sink_batch_window_seconds: float = 0.2
     sink_concurrency: int = 16
@@ -136,6 +137,7 @@ class Config:
             sink_inline_retry_seconds=float(get("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", "10")),
             sink_batch_size=int(get("CRM_SYNC_SINK_BATCH_SIZE", "200")),
             ledger_keep_hours=float(get("CRM_SYNC_LEDGER_KEEP_HOURS", "168")),
+            group_instance_id=get("CRM_SYNC_GROUP_INSTANCE_ID"),
             ingest_batch_size=int(get("CRM_SYNC_INGEST_BATCH_SIZE", "1000")),
             sink_batch_window_seconds=float(get("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", "0.2")),
             sink_concurrency=int(get("CRM_SYNC_SINK_CONCURRENCY", "16")),

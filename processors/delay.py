@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from processors.batch_consumer import group_consumer_config
+from processors.batch_consumer import StopSignal, group_consumer_config
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ class DelayReleaser:
         self._sending: list[Awaitable[object]] = []
         self._release_after = 0.0
         self._consumer: AIOKafkaConsumer | None = None
+        self.stopping = StopSignal()
         self._consumer_config = group_consumer_config(bootstrap_servers, group_id, consumer_options)
 
     @property
@@ -231,12 +232,13 @@ class DelayReleaser:
                     releaser._buffers[tp] = PartitionBuffer()
 
         self._buffers = {}
+        self.stopping.started()
         consumer = self._consumer = AIOKafkaConsumer(**self._consumer_config)
-        consumer.subscribe([self._topic], listener=Listener())
-        await consumer.start()
         last_commit = time.monotonic()
         try:
-            while True:
+            consumer.subscribe([self._topic], listener=Listener())
+            await consumer.start()
+            while not self.stopping.requested:
                 # Polling goes on while every partition is paused: that keeps max.poll.interval.
                 batches = await consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 for tp, records in batches.items():
@@ -255,7 +257,10 @@ class DelayReleaser:
                 await self._settle_sends()
                 await self._commit()
             finally:
-                await consumer.stop()
+                try:
+                    await consumer.stop()
+                finally:
+                    self.stopping.exited()
 
     def _flow_control(self, now_ms: int) -> None:
         assert self._consumer is not None

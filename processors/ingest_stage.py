@@ -15,7 +15,7 @@ from processors.channels import Channels, source_of, until_registry_answers
 from processors.deadletter import Source, dead_letter
 from processors.ingest import ingest
 from processors.model import action_headers, action_to_record
-from processors.runtime import aiokafka_options, now_ms
+from processors.runtime import group_options, now_ms
 from processors.settings_store import parse_settings_record
 
 log = logging.getLogger("crm_sync.ingest")
@@ -102,7 +102,7 @@ def make_ingest(ch: Channels) -> list[BatchConsumer]:
             group_id=f"{cfg.app_id}-{name}",
             handle=handle,
             max_records=cfg.ingest_batch_size,
-            consumer_options=aiokafka_options(cfg),
+            consumer_options=group_options(cfg),
         )
 
     return [

@@ -12,7 +12,7 @@ from processors.channels import Channels
 from processors.delay import DelayReleaser, Held, Release
 from processors.model import Crm
 from processors.rules import DueDecision, decide_when_due
-from processors.runtime import aiokafka_options, now_ms
+from processors.runtime import group_options, now_ms
 
 log = logging.getLogger("crm_sync.delay")
 
@@ -62,7 +62,7 @@ def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
             lookahead_seconds=lookahead_seconds,
             repark=repark,
             repark_after_seconds=cfg.paused_repark_seconds,
-            consumer_options=aiokafka_options(cfg),
+            consumer_options=group_options(cfg),
         )
 
     # Planned actions wait on the delay topic; actions a sink deferred after transient CRM failures

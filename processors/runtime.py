@@ -87,6 +87,15 @@ def aiokafka_options(config: Config) -> dict[str, Any]:
     return options
 
 
+def group_options(config: Config) -> dict[str, Any]:
+    """For the stages' group consumers: with a stable instance id (static membership) a restarted
+    worker takes its partitions back at once instead of waiting for its old session to expire."""
+    options = aiokafka_options(config)
+    if config.group_instance_id:
+        options["group_instance_id"] = config.group_instance_id
+    return options
+
+
 def faust_credentials(config: Config) -> Any:
     if config.security_protocol == "PLAINTEXT":
         return None

@@ -25,7 +25,7 @@ from processors.codec import DecodeError
 from processors.deadletter import Source, dead_letter
 from processors.ledger import Ledger
 from processors.model import Action, Crm, action_from_record, action_headers, action_to_record
-from processors.runtime import aiokafka_options, now_ms
+from processors.runtime import aiokafka_options, group_options, now_ms
 from processors.sinks import CREATED, DEFERRED, DUPLICATE, FAILED, SKIPPED, Outcome, deferral_backoff, outcome_fields
 
 log = logging.getLogger("crm_sync.sink")
@@ -161,7 +161,7 @@ def make_sinks(ch: Channels) -> list[BatchConsumer]:
             on_assigned=assigned,
             max_records=cfg.sink_batch_size,
             batch_window_seconds=cfg.sink_batch_window_seconds,
-            consumer_options=aiokafka_options(cfg),
+            consumer_options=group_options(cfg),
         )
 
     return [make(crm) for crm in Crm]

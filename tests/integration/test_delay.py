@@ -215,6 +215,27 @@ def test_kill9_during_delivery_creates_no_duplicate(
     check_once(sandbox, ids, 30)
 
 
+def test_a_worker_stopped_during_delivery_finishes_its_batch_and_creates_no_duplicate(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # No external-id check here: only the graceful drain (finish the batch, record it, commit) keeps
+    # a deploy's SIGTERM from creating the batch's objects twice.
+    deployment.delay_seconds = 3.0
+    seed(sandbox)
+    configure(deployment)
+    first = start_worker(deployment, workers, tmp_path)
+    slow = Fault(crm="salesforce", latency=2.0, count=4, path_contains="sobjects")
+    sandbox.inject(slow)
+    ids = publish(deployment, 4)
+    wait_for(lambda: slow.count < 4 or slow not in sandbox.state.faults, 30, 0.02, "a Salesforce create under way")
+    first.stop()
+    assert first.proc is not None and first.proc.returncode == 0, first.log_tail()
+    assert "stages still busy at shutdown" not in first.log_text()
+
+    start_worker(deployment, workers, tmp_path)
+    check_once(sandbox, ids, 30)
+
+
 def test_paused_company_is_held_past_its_due_time_and_delivered_after_resume(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
