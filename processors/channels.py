@@ -1,4 +1,4 @@
-"""The worker's topics and the few things every agent does with them (dead letters, headers)."""
+"""The worker's topics and the few things every stage does with them (dead letters, headers)."""
 
 from __future__ import annotations
 

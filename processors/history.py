@@ -146,7 +146,7 @@ def format_report(company_id: str, body: Mapping[str, Any]) -> str:
 
 
 class History:
-    """The one entry point the agents use (`record`), plus the per-company report for the endpoint."""
+    """The one entry point the stages use (`record`), plus the per-company report for the endpoint."""
 
     def __init__(self, topic: faust.TopicT, table: Any, timezone_of: Callable[[str], str]) -> None:
         self.topic = topic

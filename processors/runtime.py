@@ -31,7 +31,7 @@ def now_ms() -> int:
 
 @dataclass
 class Runtime:
-    """The worker's long-lived parts, made once and shared by the agents."""
+    """The worker's long-lived parts, made once and shared by the stages."""
 
     config: Config
     codec: Codec

@@ -4,7 +4,7 @@ Settings are small and every event may need any company's document, so each work
 of it from the topic itself (the topic is its own changelog; no extra table changelog to keep in
 step). It reads `read_committed`, so an apply-to-other-meeting-types transaction shows up all at
 once or not at all. Records that do not decode or validate are ignored here (counted and logged);
-the settings guard agent is the one that dead-letters them, so they are reported once, not once per
+the settings guard stage is the one that dead-letters them, so they are reported once, not once per
 worker.
 """
 

@@ -3,7 +3,7 @@
 `salesforce_task_fields` and `hubspot_properties` decide (pure). `Deliverer.deliver_batch` does the
 calls for one company's batch through `connectors/`: one batched lookup per kind (people, users,
 contacts, owners), an optional external-id check that finds objects created before a crash, one
-batched create, and one `Outcome` per action — never an exception, so the sink agent goes on.
+batched create, and one `Outcome` per action — never an exception, so the sink stage goes on.
 
 A transient failure is retried inline for a short while (the one retry policy); after that the
 actions come back DEFERRED, and the sink parks them on the retry topic so the partition moves on
