@@ -106,6 +106,8 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
     time.sleep(1.0)
     now = int(time.time() * 1000)
     start = now + 24 * 3600 * 1000
+    # Unique per run: the broker keeps earlier runs' bookings, which a new demo app id reads again.
+    url = f"https://meet.example.com/demo-{uuid.uuid4().hex[:8]}"
     publisher = EventPublisher(config.kafka_client_config(), Topics(config.topics.meetings, config.topics.research, config.topics.surveys))
     publisher.publish_meeting_booked({
         "event_id": f"demo-{uuid.uuid4().hex[:12]}", "occurred_at": now, "company_id": "demo-co",
@@ -113,7 +115,7 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
         "host": {"email": "hana.host@seller.example", "name": "Hana Host"},
         "booker": {"email": "bo.booker@buyer.example", "name": "Bo Booker", "company_name": "Buyer Inc."},
         "start_at": start, "end_at": start + 30 * 60 * 1000, "timezone": "Asia/Tokyo",
-        "meeting_url": "https://meet.example.com/demo", "form_answers": [{"question": "Topic?", "answer": "Pricing"}],
+        "meeting_url": url, "form_answers": [{"question": "Topic?", "answer": "Pricing"}],
     })
     publisher.flush()
     say(f"published a booking; it is due in {config.delay_seconds:.0f}s")
@@ -122,7 +124,8 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
         return
     deadline = time.monotonic() + config.delay_seconds + 60
     while time.monotonic() < deadline:
-        tasks, meetings = control(info, "salesforce/tasks"), control(info, "hubspot/meetings")
+        tasks = [t for t in control(info, "salesforce/tasks") if url in str(t.get("Description", ""))]
+        meetings = [m for m in control(info, "hubspot/meetings") if m["properties"].get("hs_meeting_external_url") == url]
         if tasks and meetings:
             print(json.dumps({"salesforce_tasks": tasks, "hubspot_meetings": meetings}, ensure_ascii=False, indent=2))
             say(f"the booking reached both CRMs {time.time() - now / 1000:.1f}s after it happened")
