@@ -57,7 +57,7 @@ def build_app(rt: Runtime) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
     )
-    channels = Channels.create(app, rt)
+    channels = Channels(app, rt)
     rt.history = register_history(app, cfg, company_timezone(rt.settings))
     rt.stages = [*make_ingest(channels), *make_sinks(channels)]
     releasers = register_releaser(app, channels)

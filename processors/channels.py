@@ -1,11 +1,11 @@
-"""The worker's topics and the few things every stage does with them (dead letters, headers)."""
+"""How the stages send (one producer, acks returned) and the few things every stage does (dead letters, registry waits)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import faust
 from aiokafka.structs import ConsumerRecord
@@ -13,43 +13,30 @@ from aiokafka.structs import ConsumerRecord
 from processors.codec import RegistryUnavailableError
 from processors.deadletter import Source
 from processors.metrics import Metrics
-from processors.model import Crm
 from processors.runtime import Runtime
 
 log = logging.getLogger("crm_sync")
 
+Headers = Sequence[tuple[str, bytes]]
+
 
 @dataclass
 class Channels:
-    inputs: faust.TopicT
-    settings: faust.TopicT
-    delay: faust.TopicT
-    due: dict[Crm, faust.TopicT]
-    retry: faust.TopicT
-    ledger: dict[Crm, faust.TopicT]
-    dead_letter: faust.TopicT
+    """Where the stages send: Faust's producer (straight, without Faust's per-record channel
+    machinery: it costs ~15% of ingest throughput), topic names from the configuration."""
+
+    app: faust.App
     runtime: Runtime
-
-    @classmethod
-    def create(cls, app: faust.App, rt: Runtime) -> "Channels":
-        def raw_topic(*names: str) -> faust.TopicT:
-            return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-        t = rt.config.topics
-        return cls(
-            inputs=raw_topic(*t.inputs),
-            settings=raw_topic(t.settings),
-            delay=raw_topic(t.delay),
-            due={crm: raw_topic(t.due(crm)) for crm in Crm},
-            retry=raw_topic(t.retry),
-            ledger={crm: raw_topic(t.ledger(crm)) for crm in Crm},
-            dead_letter=raw_topic(t.dead_letter),
-            runtime=rt,
-        )
 
     @property
     def metrics(self) -> Metrics:
         return self.runtime.metrics
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: Headers | None = None, partition: int | None = None
+    ) -> Awaitable[Any]:
+        """Queues one record; returns the broker's ack, which the caller awaits before committing."""
+        return await self.app.producer.send(topic, key, value, partition, None, list(headers) if headers is not None else None)
 
     async def send_dead_letter(self, letter: dict[str, Any]) -> Awaitable[Any]:
         """Returns the broker's ack, which the caller awaits before committing the record's offset."""
@@ -69,7 +56,7 @@ class Channels:
             },
         )
         key = (letter["company_id"] or "").encode()
-        return await self.dead_letter.send(key=key, value=self.runtime.codec.encode("DeadLetter", letter), force=True)
+        return await self.send(self.runtime.config.topics.dead_letter, key, self.runtime.codec.encode("DeadLetter", letter))
 
 
 def source_of(record: ConsumerRecord) -> Source:

@@ -51,9 +51,9 @@ def make_ingest(ch: Channels) -> list[BatchConsumer]:
             value = rt.codec.encode("Action", action_to_record(action))
             headers = action_headers(action)
             if action.due_at <= now:
-                acks.append(await ch.due[action.crm].send(key=action.action_id.encode(), value=value, headers=headers, force=True))
+                acks.append(await ch.send(cfg.topics.due(action.crm), action.action_id.encode(), value, headers))
             else:
-                acks.append(await ch.delay.send(key=action.company_id.encode(), value=value, headers=headers, force=True))
+                acks.append(await ch.send(cfg.topics.delay, action.company_id.encode(), value, headers))
             log.info(
                 "planned",
                 extra={"event_id": action.event_id, "action_id": action.action_id, "crm": action.crm.value, "due_at": action.due_at},

@@ -31,14 +31,12 @@ def register_releaser(app: faust.App, ch: Channels) -> list[DelayReleaser]:
     async def emit(held: Held) -> Any:
         metrics.released.labels(held.crm).inc()
         metrics.lateness.labels(held.crm).observe(max(0.0, (now_ms() - held.due_at) / 1000))
-        return await ch.due[Crm(held.crm)].send(
-            key=held.action_id.encode(), value=held.value, headers=list(held.headers), force=True
-        )
+        return await ch.send(cfg.topics.due(Crm(held.crm)), held.action_id.encode(), held.value, held.headers)
 
     async def repark(held: Held) -> Any:
         metrics.reparked.labels(held.crm).inc()
         log.info("parked action moved to the retry topic", extra={"crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")})
-        return await ch.retry.send(key=held.company_id.encode(), value=held.value, headers=list(held.headers), force=True)
+        return await ch.send(cfg.topics.retry, held.company_id.encode(), held.value, held.headers)
 
     def dropped(held: Held) -> None:
         metrics.skipped.labels(held.crm, held.header("event_type") or "unknown", "integration_disabled").inc()

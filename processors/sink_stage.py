@@ -46,11 +46,8 @@ def make_sinks(ch: Channels) -> list[BatchConsumer]:
         backoff = outcome.retry_after or deferral_backoff(action.attempt + 1)
         retried = replace(action, attempt=action.attempt + 1, due_at=now + int(backoff * 1000))
         metrics.deferred.labels(action.crm.value, outcome.reason or "transient").inc()
-        return await ch.retry.send(
-            key=action.company_id.encode(),
-            value=rt.codec.encode("Action", action_to_record(retried)),
-            headers=action_headers(retried),
-            force=True,
+        return await ch.send(
+            cfg.topics.retry, action.company_id.encode(), rt.codec.encode("Action", action_to_record(retried)), action_headers(retried)
         )
 
     async def fail(action: Action, outcome: Outcome, source: Source) -> Awaitable[Any]:
@@ -127,7 +124,7 @@ def make_sinks(ch: Channels) -> list[BatchConsumer]:
 
     def make(crm: Crm) -> BatchConsumer:
         async def write(partition: int, key: bytes, value: bytes) -> Awaitable[Any]:
-            return await ch.ledger[crm].send(key=key, value=value, partition=partition, force=True)
+            return await ch.send(cfg.topics.ledger(crm), key, value, partition=partition)
 
         ledger = Ledger(
             topic=cfg.topics.ledger(crm),
