@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -31,7 +32,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +63,22 @@ def start_broker(workdir: Path) -> str:
 
 def stop_broker(workdir: Path) -> None:
     subprocess.run(["bash", str(ROOT / "deploy/kafka/kafka.sh"), "stop", "--dir", str(workdir)], capture_output=True)
+
+
+@contextlib.contextmanager
+def bench_broker(bootstrap: str | None, prefix: str) -> Iterator[tuple[str, Path, Path | None]]:
+    """The given broker, or one of our own: yields (bootstrap, a scratch dir, our broker's dir or None)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    own = None
+    try:
+        if bootstrap is None:
+            own = work / "kafka"
+            bootstrap = start_broker(own)
+        yield bootstrap, work, own
+    finally:
+        if own is not None:
+            stop_broker(own)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
@@ -366,14 +383,8 @@ def main() -> None:
     if args.quick:
         args.ingest_events, args.lateness_actions, args.held_actions = 5_000, 20_000, 100_000
 
-    work = Path(tempfile.mkdtemp(prefix="bench-delay-"))
-    broker_dir = args.broker_dir
-    own_broker = None
-    try:
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            own_broker = broker_dir = work / "kafka"
-            bootstrap = start_broker(own_broker)
+    with bench_broker(args.bootstrap, "bench-delay-") as (bootstrap, work, own_broker):
+        broker_dir = own_broker or args.broker_dir
         print(f"broker {bootstrap}; {os.cpu_count()} CPUs; partitions {args.partitions}", flush=True)
 
         a = bench_ingest(bootstrap, args.ingest_events, args.partitions, work)
@@ -399,10 +410,6 @@ def main() -> None:
         print(f"    peak RSS {c['peak_rss_mib']:.0f} MiB   delay topic on disk {disk}")
         print(f"    kill -9, {args.downtime:.0f} s down, restart → first release after {c['resume_s']:.2f} s;"
               f" {c['overdue_fired']:,} overdue actions fired, the latest {c['overdue_max_late_s']:.1f} s after its due time")
-    finally:
-        if own_broker is not None:
-            stop_broker(own_broker)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

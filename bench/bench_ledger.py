@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from confluent_kafka import Producer  # noqa: E402
 
-from bench_delay import create_topics, start_broker, stop_broker  # noqa: E402
+from bench_delay import bench_broker, create_topics  # noqa: E402
 from processors.ledger import Ledger  # noqa: E402
 
 
@@ -68,13 +66,7 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--bootstrap", help="an existing broker")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
-    own = None
-    try:
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            own = work / "kafka"
-            bootstrap = start_broker(own)
+    with bench_broker(args.bootstrap, "bench-ledger-") as (bootstrap, _, _):
         topic = f"bench.ledger.{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, [topic], args.partitions)
         # In a process of its own, so that its buffers do not hide the ledger's memory in ours.
@@ -84,11 +76,6 @@ def main() -> None:
         count, seconds, grown = asyncio.run(read_back(bootstrap, topic, args.partitions))
         print(f"ledger read back: {count:,} entries over {args.partitions} partitions in {seconds:.1f} s "
               f"({count / seconds:,.0f} entries/s); memory +{grown:.0f} MiB ({grown * 2**20 / max(1, count):.0f} bytes each)")
-    finally:
-        if own is not None:
-            stop_broker(own)
-        shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from processors.runtime import Runtime
 log = logging.getLogger("crm_sync")
 
 Headers = Sequence[tuple[str, bytes]]
+Acks = list[Awaitable[Any]]  # what a stage awaits before it commits a batch
 
 
 @dataclass

@@ -197,6 +197,9 @@ class DelayReleaser:
         self._on_dropped = on_dropped
         self._repark = repark
         self._repark_after_ms = int(repark_after_seconds * 1000)
+        # Looking for long-parked actions walks every parked one: a tenth of the repark time is often enough.
+        self._repark_scan_every = min(60.0, repark_after_seconds / 10)
+        self._next_repark_scan = 0.0
         self._lookahead_ms = int(lookahead_seconds * 1000)
         self._max_buffered = max_buffered
         self._tick = tick_seconds
@@ -284,8 +287,24 @@ class DelayReleaser:
         """
         if time.monotonic() < self._release_after:
             return
-        sent: list[tuple[PartitionBuffer, Held, Awaitable[object]]] = []
+        # (buffer, action, ack, what to do with the action if its send fails)
+        sent: list[tuple[PartitionBuffer, Held, Awaitable[object], Callable[[Held], None]]] = []
         failed = 0
+
+        async def send(buf: PartitionBuffer, held: Held, via: Emit, undo: Callable[[Held], None]) -> None:
+            nonlocal failed
+            try:
+                ack = await via(held)
+            except Exception:
+                failed += 1
+                undo(held)
+                return
+            sent.append((buf, held, ack, undo))
+            self._sending.append(ack)
+
+        repark = self._repark if time.monotonic() >= self._next_repark_scan else None
+        if repark is not None:
+            self._next_repark_scan = time.monotonic() + self._repark_scan_every
         for buf in list(self._buffers.values()):
             batch = buf.pop_due(now_ms)
             for company_id, crm in buf.parked_groups():
@@ -295,45 +314,20 @@ class DelayReleaser:
                 decision = self._decide(held.company_id, held.crm)
                 if decision == Release.PARK:
                     buf.park(held, now_ms)
-                    continue
-                if decision != Release.DELIVER:
+                elif decision != Release.DELIVER:
                     self._on_dropped(held)
                     buf.done(held.offset)
-                    continue
-                try:
-                    ack = await self._emit(held)
-                except Exception:
-                    failed += 1
-                    buf.retry(held)
-                    continue
-                sent.append((buf, held, ack))
-                self._sending.append(ack)
-        reparked: list[tuple[PartitionBuffer, Held, Awaitable[object]]] = []
-        if self._repark is not None:
-            for buf in list(self._buffers.values()):
+                else:
+                    await send(buf, held, self._emit, buf.retry)
+            if repark is not None:
                 for held in buf.stale_parked(now_ms, self._repark_after_ms):
-                    try:
-                        ack = await self._repark(held)
-                    except Exception:
-                        failed += 1
-                        buf.park(held, now_ms)
-                        continue
-                    reparked.append((buf, held, ack))
-                    self._sending.append(ack)
-        for buf, held, ack in sent:
+                    await send(buf, held, repark, lambda h, buf=buf: buf.park(h, now_ms))
+        for buf, held, ack, undo in sent:
             try:
                 await ack
             except Exception:
                 failed += 1
-                buf.retry(held)
-            else:
-                buf.done(held.offset)
-        for buf, held, ack in reparked:
-            try:
-                await ack
-            except Exception:
-                failed += 1
-                buf.park(held, now_ms)
+                undo(held)
             else:
                 buf.done(held.offset)
         self._sending = []

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiokafka.structs import ConsumerRecord
 
 from processors.batch_consumer import BatchConsumer
-from processors.channels import Channels, source_of, until_registry_answers
+from processors.channels import Acks, Channels, source_of, until_registry_answers
 from processors.deadletter import Source, dead_letter
 from processors.ingest import ingest
 from processors.model import action_headers, action_to_record
@@ -19,8 +19,6 @@ from processors.runtime import group_options, now_ms
 from processors.settings_store import parse_settings_record
 
 log = logging.getLogger("crm_sync.ingest")
-
-Acks = list[Awaitable[Any]]
 
 
 def make_ingest(ch: Channels) -> list[BatchConsumer]:

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from processors.batch_consumer import BatchConsumer
-from processors.channels import Channels, source_of
+from processors.channels import Acks, Channels, source_of
 from processors.codec import DecodeError
 from processors.deadletter import Source, dead_letter
 from processors.ledger import Ledger
@@ -29,8 +29,6 @@ from processors.runtime import aiokafka_options, group_options, now_ms
 from processors.sinks import CREATED, DEFERRED, DUPLICATE, FAILED, SKIPPED, Outcome, deferral_backoff, outcome_fields
 
 log = logging.getLogger("crm_sync.sink")
-
-Acks = list[Awaitable[Any]]
 
 
 def make_sinks(ch: Channels) -> list[BatchConsumer]:
