@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from processors.admin import SettingsAdmin  # noqa: E402
+from processors.ops.admin import SettingsAdmin  # noqa: E402
 from processors.codec import Codec  # noqa: E402
 from processors.config import TOPIC_ENV, Config, Topics  # noqa: E402
-from processors.model import Crm, EventType  # noqa: E402
+from processors.domain.model import Crm, EventType  # noqa: E402
 
 COMPANY = "bench-co"
 MEETING_TYPE = "intro-30"
@@ -181,7 +181,7 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path) -> di
     port = _free_port()
     log = open(work / "worker.log", "ab")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "processors.cli", "worker"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "processors.ops.cli", "worker"], cwd=ROOT,
                             env=dict(env, CRM_SYNC_METRICS_PORT=str(port)), stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: _ready(port), 120, "worker readiness", log=work / "worker.log")
@@ -225,7 +225,9 @@ async def run_releaser(
     """The worker's release loop minus the sinks: every action goes to one due topic."""
     from aiokafka import AIOKafkaProducer
 
-    from processors.delay import DelayReleaser, Held, Release
+    from processors.domain.release import Held, Release
+    from processors.kafka import clients
+    from processors.kafka.releaser import DelayReleaser
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
@@ -233,10 +235,14 @@ async def run_releaser(
     async def emit(held: Held) -> Any:
         return await producer.send(due_topic, key=held.action_id.encode(), value=held.value, headers=list(held.headers))
 
+    async def nothing(*args: Any) -> Any:
+        raise AssertionError("the benchmark's actions are all deliverable and well formed")
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **({"CRM_SYNC_GROUP_INSTANCE_ID": instance_id} if instance_id else {})}
     releaser = DelayReleaser(
-        bootstrap_servers=bootstrap, topic=topic, group_id=group, decide=lambda company, crm: Release.DELIVER,
-        emit=emit, on_dropped=lambda held: None, lookahead_seconds=lookahead, max_buffered=max_buffered,
-        consumer_options={"group_instance_id": instance_id} if instance_id else None,
+        topic=topic, consumer_config=clients.group_consumer(Config.from_env(env), group),
+        decide=lambda company, crm: Release.DELIVER, emit=emit, drop=nothing, reject=nothing,
+        lookahead_seconds=lookahead, max_buffered=max_buffered,
     )
     try:
         await releaser.run()

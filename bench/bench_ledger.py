@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from confluent_kafka import Producer  # noqa: E402
 
 from bench_delay import bench_broker, create_topics  # noqa: E402
-from processors.ledger import Ledger  # noqa: E402
+from processors.state.ledger import Ledger  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -53,7 +53,7 @@ async def read_back(bootstrap: str, topic: str, partitions: int) -> tuple[int, f
     async def no_write(partition: int, key: bytes, value: bytes) -> Any:
         raise AssertionError("the benchmark only reads")
 
-    ledger = Ledger(topic=topic, write=no_write, reader_options={"bootstrap_servers": bootstrap}, keep_ms=7 * 24 * 3_600_000)
+    ledger = Ledger(topic=topic, write=no_write, reader_config={"bootstrap.servers": bootstrap}, keep_ms=7 * 24 * 3_600_000)
     before = rss_mib()
     started = time.monotonic()
     await ledger.hold(range(partitions))

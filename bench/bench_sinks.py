@@ -25,7 +25,7 @@ from connectors.credentials import CredentialStore  # noqa: E402
 from connectors.retry import RetryPolicy  # noqa: E402
 from connectors.sandbox.server import CrmSandbox  # noqa: E402
 from processors.metrics import Metrics  # noqa: E402
-from processors.model import (  # noqa: E402
+from processors.domain.model import (  # noqa: E402
     Action,
     CompanySettings,
     Crm,
@@ -34,8 +34,8 @@ from processors.model import (  # noqa: E402
     MeetingTypeSettings,
     Person,
 )
-from processors.planner import plan  # noqa: E402
-from processors.sinks import CREATED, Deliverer  # noqa: E402
+from processors.domain.planner import plan  # noqa: E402
+from processors.stages.deliverer import CREATED, Deliverer  # noqa: E402
 
 ON = EventToggles(meeting_booked=True)
 
@@ -94,7 +94,7 @@ def run(n: int, companies: int, hosts: int, batch: int) -> dict[str, dict[str, f
         (default / "salesforce.json").write_text(json.dumps({"instance_url": info["salesforce_instance"], "session_id": info["session_id"]}))
         (default / "hubspot.json").write_text(json.dumps({"access_token": info["hubspot_token"], "base_url": info["hubspot_url"]}))
         deliverer = Deliverer(
-            CredentialStore(secrets), info["ca_file"], RetryPolicy(max_elapsed=10), Metrics.create(),
+            CredentialStore(secrets, allow_default=True), info["ca_file"], RetryPolicy(max_elapsed=10), Metrics.create(),
             rates={Crm.SALESFORCE: 10_000.0, Crm.HUBSPOT: 10_000.0},
         )
         actions = make_actions(n, companies, hosts)

@@ -7,9 +7,11 @@ Layout (``$CRM_SYNC_SECRETS_DIR``, default ``./secrets``)::
                                    or {"consumer_key", "consumer_secret", "domain"}   (client credentials)
     <company_id>/hubspot.json      {"access_token": ..., "base_url"?: "https://api.hubapi.com"}
 
-Fallback for demos and tests: when a company has **no directory at all**, the files under
-``_default/`` are used for it. A company directory that exists but lacks a CRM's file means the
-company has no credentials for that CRM (``CredentialsMissing``), never the default's.
+A company without its own directory has no credentials (``CredentialsMissing``, naming the file
+to create): ``_default/`` belongs to some other org, so using it silently would write one
+company's bookings into another company's CRM. Only with ``allow_default=True`` (demos and tests)
+does a company with **no directory at all** use the files under ``_default/``; a company
+directory that exists but lacks a CRM's file never falls back to the default's.
 
 Files are re-read when they change on disk (secret rotation) and when ``invalidate()`` or
 ``reload()`` is called, which the connectors do after a 401. Secrets never appear in ``repr``.
@@ -58,6 +60,8 @@ class SalesforceCredentials:
     consumer_key: str | None = None
     consumer_secret: str | None = None
     domain: str | None = None
+    # The org's External ID field on Task holding our action id (idempotent creates), if it has one.
+    action_id_field: str | None = None
 
     @property
     def auth_type(self) -> str:
@@ -117,6 +121,8 @@ class HubSpotCredentials:
 
     access_token: str
     base_url: str = DEFAULT_HUBSPOT_BASE_URL
+    # The portal's unique meeting/note property holding our action id, if it has one.
+    action_id_property: str | None = None
 
     def __repr__(self) -> str:
         return f"HubSpotCredentials(base_url={self.base_url!r})"
@@ -128,7 +134,8 @@ class HubSpotCredentials:
         if not token or not isinstance(token, str):
             raise CredentialsInvalid("hubspot", "hubspot.json needs an access_token")
         base_url = str(data.get("base_url") or DEFAULT_HUBSPOT_BASE_URL).rstrip("/")
-        return cls(access_token=token, base_url=base_url)
+        prop = data.get("action_id_property")
+        return cls(access_token=token, base_url=base_url, action_id_property=str(prop) if prop else None)
 
 
 C = TypeVar("C", SalesforceCredentials, HubSpotCredentials)
@@ -143,13 +150,17 @@ class _Cached:
 class CredentialStore:
     """Reads and caches credentials per company; thread-safe (connectors run in executors)."""
 
-    def __init__(self, secrets_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, secrets_dir: str | os.PathLike[str] | None = None, *, allow_default: bool = False
+    ) -> None:
         self.secrets_dir = Path(secrets_dir or os.environ.get("CRM_SYNC_SECRETS_DIR") or "secrets")
+        self.allow_default = allow_default
         self._cache: dict[Path, _Cached] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"CredentialStore(secrets_dir={str(self.secrets_dir)!r})"
+        return (f"CredentialStore(secrets_dir={str(self.secrets_dir)!r}, "
+                f"allow_default={self.allow_default!r})")
 
     def salesforce(self, company_id: str, *, fresh: bool = False) -> SalesforceCredentials:
         """The company's Salesforce credentials; ``fresh`` re-reads the file (after a 401)."""
@@ -177,16 +188,21 @@ class CredentialStore:
         if not _COMPANY_ID.match(company_id) or company_id == DEFAULT_DIRECTORY:
             raise CredentialsMissing(crm, "the company id cannot name a secrets directory")
         directory = self.secrets_dir / company_id
-        if not directory.is_dir():
+        if self.allow_default and not directory.is_dir():
             directory = self.secrets_dir / DEFAULT_DIRECTORY
         return directory / f"{crm}.json"
+
+    def _missing(self, company_id: str, crm: str) -> CredentialsMissing:
+        """Says which file to create: paths and ids only, never a file's content."""
+        wanted = self.secrets_dir / company_id / f"{crm}.json"
+        return CredentialsMissing(crm, f"no {crm} credentials for this company: create {wanted}")
 
     def _get(self, company_id: str, crm: str, cls: type[C]) -> C:
         path = self._path(company_id, crm)
         try:
             stat = path.stat()
         except FileNotFoundError:
-            raise CredentialsMissing(crm) from None
+            raise self._missing(company_id, crm) from None
         stamp = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
             cached = self._cache.get(path)
@@ -195,7 +211,7 @@ class CredentialStore:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise CredentialsMissing(crm) from None
+            raise self._missing(company_id, crm) from None
         except (OSError, ValueError):
             raise CredentialsInvalid(crm, f"{crm}.json is not readable JSON") from None
         if not isinstance(data, dict):

@@ -1,5 +1,7 @@
 """The HubSpot I/O shell over hubspot-api-client: contact/owner lookups, meetings and notes.
 
+Also what a contact is already linked to (``associated_objects``), for crash reconciliation.
+
 Every failure leaves as a ``connectors.errors.CrmError`` (``ApiException`` is classified by
 status and body, whichever generated sub-package raised it). On a 401 the client re-reads its
 credentials once (``reload``) and retries; a second 401 is an ``AuthError`` (permanent).
@@ -9,8 +11,8 @@ urllib3's own retries are switched off: ``connectors.retry`` is the one retry po
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from hubspot import HubSpot
 from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
@@ -20,16 +22,16 @@ from hubspot.crm.objects.notes.exceptions import ApiException as NotesApiExcepti
 from hubspot.crm.owners.exceptions import ApiException as OwnersApiException
 from urllib3.util.retry import Retry
 
+from connectors.base import CrmClient, chunks, unique_lower
 from connectors.credentials import HubSpotCredentials
 from connectors.errors import (
-    HUBSPOT, AuthError, PermanentError, Result, classify_hubspot, classify_network, is_network_error,
+    HUBSPOT, AuthError, CrmError, PermanentError, Result, classify_hubspot, classify_network,
 )
 
 __all__ = ["HubSpotClient", "Result"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 API_EXCEPTIONS = (
     AssociationsApiException, ContactsApiException, MeetingsApiException, NotesApiException,
     OwnersApiException,
@@ -65,29 +67,24 @@ def _error_body(err: Any) -> dict[str, Any]:
 
 
 SEARCH_IN_LIMIT = 100
+ENGAGEMENT_TYPES = ("meetings", "notes")
+NO_ASSOCIATIONS = "crm.associations.NO_ASSOCIATIONS_FOUND"
+NOT_FOUND = "OBJECT_NOT_FOUND"
 
 
-class HubSpotClient:
+def _raise_batch_errors(answer: Any, benign: str) -> None:
+    """Raise the first per-input error of a 207 answer unless its category or sub-category is
+    ``benign`` (a lookup that half failed must not read as "nothing there")."""
+    for err in getattr(answer, "errors", None) or []:
+        if benign not in (err.category, err.sub_category):
+            raise classify_hubspot(None, _error_body(err), None)
+
+
+class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
     """One company's HubSpot connection; blocking, meant to run in an executor thread."""
 
-    def __init__(
-        self,
-        creds: HubSpotCredentials,
-        ca_bundle: str | None = None,
-        *,
-        reload: Callable[[], HubSpotCredentials] | None = None,
-        timeout: float = 30.0,
-        throttle: Callable[[], None] | None = None,
-    ) -> None:
-        self._throttle = throttle
-        self._creds = creds
-        self._ca_bundle = ca_bundle
-        self._reload = reload
-        self._timeout = timeout
-        self._api = self._connect()
-
-    def __repr__(self) -> str:
-        return f"HubSpotClient({self._creds!r})"
+    crm = HUBSPOT
+    _api: HubSpot | None = None
 
     def _connect(self) -> HubSpot:
         """``host`` drives the generated APIs and ``base_url`` ``api_request()``: set both."""
@@ -99,40 +96,33 @@ class HubSpotClient:
             retry=Retry(total=0, redirect=0, raise_on_status=False),
         )
 
-    def _guard(self, fn: Callable[[HubSpot], T]) -> T:
-        if self._throttle is not None:
-            self._throttle()
-        try:
-            return fn(self._api)
-        except API_EXCEPTIONS as exc:
-            if not exc.status:
-                raise classify_network(HUBSPOT, Exception(exc.reason)) from None
-            raise classify_hubspot(exc.status, exc.body, exc.headers) from None
-        except Exception as exc:
-            if is_network_error(exc):
-                raise classify_network(HUBSPOT, exc) from None
-            raise
-
-    def _call(self, fn: Callable[[HubSpot], T]) -> T:
-        """``fn(api)`` with one credentials re-read and retry on a 401."""
-        try:
-            return self._guard(fn)
-        except AuthError:
-            if self._reload is None:
-                raise
-            self._creds = self._reload()
+    def _handle(self) -> HubSpot:
+        if self._api is None:
             self._api = self._connect()
-            logger.info("hubspot token rejected; retrying once with re-read credentials")
-            return self._guard(fn)
+        return self._api
+
+    def _classify(self, exc: Exception) -> CrmError | None:
+        """By status and body, whichever generated sub-package raised; no status = no answer."""
+        if not isinstance(exc, API_EXCEPTIONS):
+            return None
+        if not exc.status:
+            return classify_network(HUBSPOT, Exception(exc.reason))
+        return classify_hubspot(exc.status, exc.body, exc.headers)
+
+    def _reauthenticate(self) -> bool:
+        """A token cannot be refreshed here: re-read the credentials, if we may."""
+        if self._reload is None:
+            return False
+        self._creds, self._api = self._reload(), None
+        return True
 
     def find_contacts(self, emails: Iterable[str]) -> dict[str, str]:
         """Contacts by (primary) email via batch read: ``{email_lower: contact_id}``."""
-        wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
         found: dict[str, str] = {}
-        for start in range(0, len(wanted), BATCH_LIMIT):
+        for chunk in chunks(unique_lower(emails), BATCH_LIMIT):
             body = {
                 "idProperty": "email",
-                "inputs": [{"id": e} for e in wanted[start : start + BATCH_LIMIT]],
+                "inputs": [{"id": e} for e in chunk],
                 "properties": ["email"],
                 "propertiesWithHistory": [],
             }
@@ -149,12 +139,11 @@ class HubSpotClient:
 
         The sink's external-id check: an action created before a crash is found, not created twice.
         """
-        wanted = list(dict.fromkeys(values))
         found: dict[str, str] = {}
-        for start in range(0, len(wanted), SEARCH_IN_LIMIT):
+        for chunk in chunks(list(dict.fromkeys(values)), SEARCH_IN_LIMIT):
             body = {
                 "filterGroups": [
-                    {"filters": [{"propertyName": prop, "operator": "IN", "values": wanted[start : start + SEARCH_IN_LIMIT]}]}
+                    {"filters": [{"propertyName": prop, "operator": "IN", "values": list(chunk)}]}
                 ],
                 "properties": [prop],
                 "limit": SEARCH_IN_LIMIT,
@@ -165,6 +154,56 @@ class HubSpotClient:
                 value = (obj.properties or {}).get(prop)
                 if value:
                     found.setdefault(value, str(obj.id))
+        return found
+
+    def associated_objects(self, object_type: str, contact_ids: Iterable[str],
+                           properties: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each contact's associated meetings or notes: ``{contact_id: [{"id", "properties"}]}``.
+
+        Crash reconciliation without an external-id field: unlike search, which lags writes by
+        seconds, the v4 associations read plus a batch read sees an object as soon as it exists.
+        Every contact id is a key (``[]`` when it has none); ``properties`` holds the asked ones
+        plus HubSpot's defaults (``hs_object_id``, ``hs_createdate``, ``hs_lastmodifieddate``).
+        """
+        if object_type not in ENGAGEMENT_TYPES:
+            raise ValueError(f"object_type must be one of {ENGAGEMENT_TYPES}, not {object_type!r}")
+        linked = self._associated_ids(object_type, contact_ids)
+        wanted = list(dict.fromkeys(obj_id for ids in linked.values() for obj_id in ids))
+        objects = self._read_objects(object_type, wanted, properties)
+        return {contact: [objects[i] for i in ids if i in objects] for contact, ids in linked.items()}
+
+    def _associated_ids(self, to_type: str, contact_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Associated ids per contact via the v4 batch read, following each contact's pages."""
+        linked: dict[str, list[str]] = {str(c): [] for c in contact_ids}
+        pending = [{"id": contact} for contact in linked]
+        while pending:
+            following: list[dict[str, str]] = []
+            for chunk in chunks(pending, BATCH_LIMIT):
+                body = {"inputs": list(chunk)}
+                answer = self._call(lambda api: api.crm.associations.v4.batch_api.get_page(
+                    "contacts", to_type, body, _request_timeout=self._timeout))
+                _raise_batch_errors(answer, NO_ASSOCIATIONS)
+                for result in answer.results or []:
+                    contact = str(result._from.id)
+                    linked.setdefault(contact, []).extend(str(to.to_object_id) for to in result.to or [])
+                    after = result.paging.next.after if result.paging and result.paging.next else None
+                    if after:
+                        following.append({"id": contact, "after": after})
+            pending = following
+        return {contact: list(dict.fromkeys(ids)) for contact, ids in linked.items()}
+
+    def _read_objects(self, object_type: str, ids: Sequence[str],
+                      properties: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Meetings or notes by id through batch read; ids that no longer exist are left out."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(ids, BATCH_LIMIT):
+            body = {"inputs": [{"id": obj_id} for obj_id in chunk], "properties": list(properties),
+                    "propertiesWithHistory": []}
+            answer = self._call(lambda api: getattr(api.crm.objects, object_type).batch_api.read(
+                body, archived=False, _request_timeout=self._timeout))
+            _raise_batch_errors(answer, NOT_FOUND)
+            for obj in answer.results or []:
+                found[str(obj.id)] = {"id": str(obj.id), "properties": dict(obj.properties or {})}
         return found
 
     def search_contact(self, email: str) -> str | None:
@@ -215,8 +254,8 @@ class HubSpotClient:
     def _create_batch(self, object_type: str, type_id: int,
                       items: Sequence[tuple[Mapping[str, Any], str]]) -> list[Result]:
         results: list[Result] = []
-        for start in range(0, len(items), BATCH_LIMIT):
-            results.extend(self._create_chunk(object_type, type_id, items[start : start + BATCH_LIMIT]))
+        for chunk in chunks(items, BATCH_LIMIT):
+            results.extend(self._create_chunk(object_type, type_id, chunk))
         return results
 
     def _create_chunk(self, object_type: str, type_id: int,

@@ -1,8 +1,10 @@
-"""One retry policy and a per-account rate limiter for CRM calls.
+"""One parameterised backoff policy for every retry in the project, and per-account rate limiters.
 
 Backoff is exponential with full jitter (AWS architecture blog, "Exponential Backoff And
-Jitter"): concurrent workers spread out instead of retrying in lock step. A CRM's
-``Retry-After`` wins over the computed delay. Only ``TransientError`` is retried; the blocking
+Jitter"): concurrent workers spread out instead of retrying in lock step. The same
+``RetryPolicy`` serves CRM calls (``delay_for``/``call_with_retry``, where a CRM's ``Retry-After``
+wins over the computed delay, up to ``max_retry_after``) and any other loop that backs off
+(``backoff`` alone, e.g. re-sending to Kafka). Only ``TransientError`` is retried; the blocking
 CRM clients run in a thread executor so one company's waits never block another's.
 """
 
@@ -25,38 +27,68 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 OnRetry = Callable[[int, TransientError, float], object]
+Rng = Callable[[], float]
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Delays grow as ``base * 2**(attempt-1)`` up to ``cap``; give up after ``max_elapsed``."""
+    """Delays grow as ``base * 2**(attempt-1)`` up to ``cap``, drawn uniformly below that ceiling.
+
+    ``max_elapsed`` (seconds since the first try) and ``max_attempts`` bound the retries (None:
+    no bound); ``max_retry_after`` caps how long a CRM's ``Retry-After`` may make us wait (None:
+    as long as it asks), so one company's "come back in an hour" cannot stall a worker.
+    """
 
     base: float = 0.5
     cap: float = 30.0
-    max_elapsed: float = 300.0
+    max_elapsed: float | None = 300.0
     max_attempts: int | None = None
+    max_retry_after: float | None = None
 
-    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Full-jitter delay before retry number ``attempt`` (1 = first retry)."""
-        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
-        return ceiling * rng()
+    def __post_init__(self) -> None:
+        for name in ("base", "cap", "max_elapsed", "max_retry_after"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_attempts is not None and self.max_attempts < 0:
+            raise ValueError("max_attempts must be >= 0")
+
+    def backoff(self, attempt: int, rng: Rng = random.random) -> float:
+        """Full jitter before retry ``attempt`` (1 = first): uniform in [0, min(cap, base*2**(attempt-1))].
+
+        Attempts below 1 count as 1, so a caller's zero-based counter still gets a short delay.
+        """
+        exponent = min(max(0, attempt - 1), 1000)  # 2.0**1024 overflows; the cap rules long before
+        return min(self.cap, self.base * 2.0**exponent) * rng()
+
+    def retry_after(self, seconds: float | None) -> float | None:
+        """The CRM's ``Retry-After`` as we honour it: capped by ``max_retry_after``, never negative."""
+        if seconds is None:
+            return None
+        wait = max(0.0, seconds)
+        return wait if self.max_retry_after is None else min(wait, self.max_retry_after)
 
     def delay_for(
         self,
         attempt: int,
         error: BaseException,
         elapsed: float = 0.0,
-        rng: Callable[[], float] = random.random,
+        rng: Rng = random.random,
     ) -> float | None:
-        """Seconds to wait before retry ``attempt``, or None to give up."""
+        """Seconds to wait before retry ``attempt`` after ``error``, or None to give up.
+
+        Only ``TransientError`` is retried. With a ``Retry-After`` the wait is that (capped) value
+        plus at most ``base`` of jitter, so workers told the same instant do not return together.
+        """
         if not isinstance(error, TransientError):
             return None
         if self.max_attempts is not None and attempt > self.max_attempts:
             return None
         delay = self.backoff(attempt, rng)
-        if error.retry_after is not None:
-            delay = error.retry_after + min(self.base, delay)
-        if elapsed + delay > self.max_elapsed:
+        asked = self.retry_after(error.retry_after)
+        if asked is not None:
+            delay = asked + min(self.base, delay)
+        if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
             return None
         return delay
 

@@ -1,4 +1,4 @@
-"""The Salesforce I/O shell over simple-salesforce: lookups by email and Task creation.
+"""The Salesforce I/O shell over simple-salesforce: lookups, Task creation and reconciliation.
 
 Every failure leaves as a ``connectors.errors.CrmError``. On ``INVALID_SESSION_ID`` the client
 logs in again (login credentials) or re-reads its credentials (``reload``, e.g. after a secret
@@ -7,32 +7,30 @@ rotation) and retries once; a second failure is an ``AuthError`` (permanent).
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime, timezone
+from typing import Any
 
 import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
+from connectors.base import CrmClient, chunks, unique_lower
 from connectors.credentials import SalesforceCredentials
 from connectors.errors import (
-    SALESFORCE, AuthError, PermanentError, Result, classify_network, classify_salesforce,
-    classify_salesforce_errors, is_network_error,
+    SALESFORCE, CrmError, PermanentError, Result, classify_salesforce, classify_salesforce_errors,
 )
 
-__all__ = ["Person", "Result", "SalesforceClient"]
+__all__ = ["Person", "Result", "SalesforceClient", "soql_datetime"]
 
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 API_VERSION = "59.0"
 QUERY_CHUNK = 100
 COLLECTION_LIMIT = 200
 PERSON_SOBJECTS = ("Contact", "Lead")
+RECONCILE_FIELDS = ("Id", "WhoId", "Subject", "ActivityDate", "Description")
 
 
 @dataclass(frozen=True)
@@ -44,20 +42,19 @@ class Person:
     sobject: str
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _unique_lower(emails: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(e.strip().lower() for e in emails if e and e.strip()))
-
-
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-class SalesforceClient:
+def soql_datetime(epoch_ms: int) -> str:
+    """A SOQL datetime literal (UTC, whole seconds rounded down, never quoted)."""
+    moment = datetime.fromtimestamp(epoch_ms // 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
     """One company's Salesforce connection; blocking, meant to run in an executor thread."""
+
+    crm = SALESFORCE
 
     def __init__(
         self,
@@ -69,18 +66,11 @@ class SalesforceClient:
         api_version: str = API_VERSION,
         throttle: Callable[[], None] | None = None,
     ) -> None:
-        self._throttle = throttle
-        self._creds = creds
-        self._ca_bundle = ca_bundle
-        self._reload = reload
-        self._timeout = timeout
+        super().__init__(creds, ca_bundle, reload=reload, timeout=timeout, throttle=throttle)
         self._api_version = api_version
         self._last = threading.local()
         self._sf: Salesforce | None = None
         self._usage: tuple[int, int] | None = None
-
-    def __repr__(self) -> str:
-        return f"SalesforceClient({self._creds!r})"
 
     def _session(self) -> requests.Session:
         """A session that ignores REQUESTS_CA_BUNDLE & co. so ``verify`` really applies."""
@@ -117,31 +107,20 @@ class SalesforceClient:
         """``(used, limit)`` from the last ``Sforce-Limit-Info`` header, if any."""
         return self._usage
 
-    def _guard(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` converting every failure to a ``CrmError``."""
-        if self._throttle is not None:
-            self._throttle()
-        self._last.headers = None
-        try:
-            return fn()
-        except SalesforceError as exc:
-            raise classify_salesforce(exc, getattr(self._last, "headers", None)) from None
-        except Exception as exc:
-            if is_network_error(exc):
-                raise classify_network(SALESFORCE, exc) from None
-            raise
+    def _handle(self) -> Salesforce:
+        return self.sf
 
-    def _call(self, fn: Callable[[Salesforce], T]) -> T:
-        """``fn(sf)`` with one re-authentication and retry on an expired session."""
-        try:
-            return self._guard(lambda: fn(self.sf))
-        except AuthError:
-            if not self._reauthenticate():
-                raise
-            logger.info("salesforce session rejected; retrying once with fresh credentials")
-            return self._guard(lambda: fn(self.sf))
+    def _on_request(self) -> None:
+        """Forget the previous response's headers so an error never reads stale ones."""
+        self._last.headers = None
+
+    def _classify(self, exc: Exception) -> CrmError | None:
+        if isinstance(exc, SalesforceError):
+            return classify_salesforce(exc, getattr(self._last, "headers", None))
+        return None
 
     def _reauthenticate(self) -> bool:
+        """Login credentials log in again; a bare session id can only be re-read (``reload``)."""
         if self._creds.can_login:
             self._sf = None
             return True
@@ -157,10 +136,10 @@ class SalesforceClient:
 
     def find_users(self, emails: Iterable[str], active_only: bool = True) -> dict[str, str]:
         """Active Users by email: ``{email_lower: user_id}``."""
-        wanted = _unique_lower(emails)
+        wanted = unique_lower(emails)
         found: dict[str, str] = {}
         active = " AND IsActive = true" if active_only else ""
-        for chunk in _chunks(wanted, QUERY_CHUNK):
+        for chunk in chunks(wanted, QUERY_CHUNK):
             soql = format_soql("SELECT Id, Email FROM User WHERE Email IN {}", list(chunk)) + active
             for record in self._query(soql):
                 found.setdefault(str(record["Email"]).lower(), str(record["Id"]))
@@ -168,11 +147,11 @@ class SalesforceClient:
 
     def find_people(self, emails: Iterable[str]) -> dict[str, Person]:
         """Contacts, else unconverted Leads, by email; the most recently modified wins."""
-        remaining = _unique_lower(emails)
+        remaining = unique_lower(emails)
         found: dict[str, Person] = {}
         for sobject in PERSON_SOBJECTS:
             extra = " AND IsConverted = false" if sobject == "Lead" else ""
-            for chunk in _chunks(remaining, QUERY_CHUNK):
+            for chunk in chunks(remaining, QUERY_CHUNK):
                 soql = (
                     format_soql(
                         f"SELECT Id, OwnerId, Email, LastModifiedDate FROM {sobject} WHERE Email IN {{}}",
@@ -196,10 +175,31 @@ class SalesforceClient:
         found: dict[str, str] = {}
         if not _FIELD_NAME.match(field):
             raise ValueError(f"not a Salesforce field name: {field!r}")
-        for chunk in _chunks(list(dict.fromkeys(values)), QUERY_CHUNK):
+        for chunk in chunks(list(dict.fromkeys(values)), QUERY_CHUNK):
             soql = format_soql(f"SELECT Id, {field} FROM Task WHERE {field} IN {{}}", list(chunk))
             for record in self._query(soql):
                 found.setdefault(str(record[field]), str(record["Id"]))
+        return found
+
+    def find_tasks_for(self, who_ids: Iterable[str], since_ms: int) -> list[dict[str, str]]:
+        """Tasks on these Leads/Contacts created at or after ``since_ms`` (epoch milliseconds).
+
+        Crash reconciliation without an external-id field: the worker compares what it meant to
+        create with what exists. Each dict has Id, WhoId, Subject, ActivityDate and Description
+        (``""`` where the field is empty); ``since`` is rounded down to the second, so a Task
+        created in the same second is never missed.
+        """
+        since = soql_datetime(since_ms)
+        columns = ", ".join(RECONCILE_FIELDS)
+        found: list[dict[str, str]] = []
+        for chunk in chunks(list(dict.fromkeys(who_ids)), QUERY_CHUNK):
+            soql = format_soql(
+                f"SELECT {columns} FROM Task WHERE WhoId IN {{}} AND CreatedDate >= {{:literal}}",
+                list(chunk), since,
+            )
+            for record in self._query(soql):
+                found.append({name: "" if record.get(name) is None else str(record[name])
+                              for name in RECONCILE_FIELDS})
         return found
 
     def create_task(self, fields: Mapping[str, Any]) -> str:
@@ -210,7 +210,7 @@ class SalesforceClient:
     def create_tasks(self, records: Sequence[Mapping[str, Any]]) -> list[Result]:
         """Create Tasks through sObject Collections (200 per call); one ``Result`` per record."""
         results: list[Result] = []
-        for chunk in _chunks(records, COLLECTION_LIMIT):
+        for chunk in chunks(records, COLLECTION_LIMIT):
             body = {
                 "allOrNone": False,
                 "records": [{"attributes": {"type": "Task"}, **dict(r)} for r in chunk],

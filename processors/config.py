@@ -2,44 +2,109 @@
 
 A `.env` file in the working directory may supply variables; real environment variables win.
 Names in SPEC §10 are a contract with deployments: add new ones, never rename.
+
+Each field below is declared once (attribute, type, env var, default); pydantic-settings validates
+the environment against those declarations, so a bad value stops start-up with one line
+(`ConfigError`) that names the variable and the form it expects, instead of a traceback later.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Mapping, Sequence, get_type_hints
 
-from processors.model import Crm
+from pydantic import BeforeValidator, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator, create_model
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from processors.domain.model import Crm
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _load_dotenv() -> None:
-    path = Path(".env")
-    if path.is_file():
-        from dotenv import load_dotenv
+class ConfigError(ValueError):
+    """A bad environment; `str()` is one line, `VAR: expected …` per bad variable, joined by `; `."""
 
-        load_dotenv(path, override=False)
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def _form(text: str) -> WrapValidator:
+    """Replaces pydantic's wording by what the operator should write, e.g. `a port number (1..65535)`."""
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValueError:  # pydantic's ValidationError, or a ValueError from an inner validator
+            raise PydanticCustomError("config_form", text) from None
+
+    return WrapValidator(check)
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(value: Any) -> bool:
+    """Only the spellings we document: pydantic alone would also take `on`, `t`, `y`."""
+    key = str(value).strip().lower()
+    if key not in _BOOLS:
+        raise ValueError(value)
+    return _BOOLS[key]
+
+
+def _choice(*options: str) -> tuple[BeforeValidator, WrapValidator]:
+    """Case-insensitive, stored in the upper case the Kafka clients and the log config expect."""
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.upper() not in options:
+            raise ValueError(value)
+        return value.upper()
+
+    return BeforeValidator(check), _form("one of " + ", ".join(options))
+
+
+_PROTOCOL, _MECHANISM = _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), _choice(*_SASL_MECHANISMS)
+_LEVEL = _choice("DEBUG", "INFO", "WARNING", "ERROR")
+# Field types: the constraint and its wording travel together; attributes keep their plain types.
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False), _form("a number of seconds (>= 0)")]
+_Hours = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of hours (> 0)")]
+_Rate = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of calls per second (> 0)")]
+_Count = Annotated[int, Field(ge=1), _form("a whole number (>= 1)")]
+_Port = Annotated[int, Field(ge=1, le=65535), _form("a port number (1..65535)")]
+_Flag = Annotated[bool, BeforeValidator(_flag), _form("a boolean (true/false, 1/0, yes/no)")]
+_SecurityProtocol = Annotated[str, _PROTOCOL[0], _PROTOCOL[1]]
+_SaslMechanism = Annotated[str, _MECHANISM[0], _MECHANISM[1]]
+_LogLevel = Annotated[str, _LEVEL[0], _LEVEL[1]]
+
+
+def _env(var: str, default: Any, *, repr: bool = True) -> Any:
+    """A field read from `var`; the dataclass default is the variable's documented default."""
+    return field(default=default, repr=repr, metadata={"env": var})
 
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names; inputs and settings are the upstream contract, the rest are internal."""
+    """Topic names; inputs and settings are the upstream contract, the rest are internal.
 
-    meetings: str = "scheduling.meetings.v1"
-    research: str = "scheduling.research.v1"
-    surveys: str = "scheduling.surveys.v1"
-    settings: str = "crm-sync.settings.v1"
-    dead_letter: str = "crm-sync.dead-letter.v1"
-    delay: str = "crm-sync.actions.delay.v1"
-    due_salesforce: str = "crm-sync.actions.salesforce.v1"
-    due_hubspot: str = "crm-sync.actions.hubspot.v1"
-    history: str = "crm-sync.history.v1"
-    retry: str = "crm-sync.actions.retry.v1"
-    ledger_salesforce: str = "crm-sync.ledger.salesforce.v1"
-    ledger_hubspot: str = "crm-sync.ledger.hubspot.v1"
+    This class body is the single table of topics: field, variable, default.
+    """
+
+    meetings: str = _env("CRM_SYNC_TOPIC_MEETINGS", "scheduling.meetings.v1")
+    research: str = _env("CRM_SYNC_TOPIC_RESEARCH", "scheduling.research.v1")
+    surveys: str = _env("CRM_SYNC_TOPIC_SURVEYS", "scheduling.surveys.v1")
+    settings: str = _env("CRM_SYNC_TOPIC_SETTINGS", "crm-sync.settings.v1")
+    dead_letter: str = _env("CRM_SYNC_TOPIC_DEAD_LETTER", "crm-sync.dead-letter.v1")
+    delay: str = _env("CRM_SYNC_TOPIC_DELAY", "crm-sync.actions.delay.v1")
+    due_salesforce: str = _env("CRM_SYNC_TOPIC_DUE_SALESFORCE", "crm-sync.actions.salesforce.v1")
+    due_hubspot: str = _env("CRM_SYNC_TOPIC_DUE_HUBSPOT", "crm-sync.actions.hubspot.v1")
+    history: str = _env("CRM_SYNC_TOPIC_HISTORY", "crm-sync.history.v1")
+    retry: str = _env("CRM_SYNC_TOPIC_RETRY", "crm-sync.actions.retry.v1")
+    ledger_salesforce: str = _env("CRM_SYNC_TOPIC_LEDGER_SALESFORCE", "crm-sync.ledger.salesforce.v1")
+    ledger_hubspot: str = _env("CRM_SYNC_TOPIC_LEDGER_HUBSPOT", "crm-sync.ledger.hubspot.v1")
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -52,115 +117,138 @@ class Topics:
         return self.ledger_salesforce if crm is Crm.SALESFORCE else self.ledger_hubspot
 
 
-TOPIC_ENV = {
-    "meetings": "CRM_SYNC_TOPIC_MEETINGS",
-    "research": "CRM_SYNC_TOPIC_RESEARCH",
-    "surveys": "CRM_SYNC_TOPIC_SURVEYS",
-    "settings": "CRM_SYNC_TOPIC_SETTINGS",
-    "dead_letter": "CRM_SYNC_TOPIC_DEAD_LETTER",
-    "delay": "CRM_SYNC_TOPIC_DELAY",
-    "due_salesforce": "CRM_SYNC_TOPIC_DUE_SALESFORCE",
-    "due_hubspot": "CRM_SYNC_TOPIC_DUE_HUBSPOT",
-    "history": "CRM_SYNC_TOPIC_HISTORY",
-    "retry": "CRM_SYNC_TOPIC_RETRY",
-    "ledger_salesforce": "CRM_SYNC_TOPIC_LEDGER_SALESFORCE",
-    "ledger_hubspot": "CRM_SYNC_TOPIC_LEDGER_HUBSPOT",
-}
+TOPIC_ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Topics)}
 
 
 @dataclass(frozen=True)
 class Config:
-    bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
-    schema_registry_url: str | None = None
-    delay_seconds: float = 600.0
-    topics: Topics = field(default_factory=Topics)
-    topic_partitions: int = 6
-    replication_factor: int = 1
-    secrets_dir: Path = Path("./secrets")
-    metrics_port: int = 9464
-    ca_bundle: str | None = None
-    app_id: str = "crm-sync"
-    state_dir: Path = Path("./.run/state")
-    log_level: str = "INFO"
-    delay_lookahead_seconds: float = 60.0
-    paused_repark_seconds: float = 3600.0
-    sink_give_up_seconds: float = 86_400.0
-    sink_inline_retry_seconds: float = 10.0
-    sink_batch_size: int = 200
-    ledger_keep_hours: float = 168.0
-    group_instance_id: str | None = None
-    ingest_batch_size: int = 1000
-    sink_batch_window_seconds: float = 0.2
-    sink_concurrency: int = 16
-    salesforce_rate_per_second: float = 20.0
-    hubspot_rate_per_second: float = 9.0
-    salesforce_action_id_field: str | None = None
-    hubspot_action_id_property: str | None = None
+    """Immutable; `Config()` is every default, `Config.from_env()` the validated environment."""
+
+    bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+    security_protocol: _SecurityProtocol = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    sasl_mechanism: _SaslMechanism | None = _env("KAFKA_SASL_MECHANISM", None)
+    sasl_username: str | None = _env("KAFKA_SASL_USERNAME", None)
+    sasl_password: str | None = _env("KAFKA_SASL_PASSWORD", None, repr=False)
+    ssl_ca_location: str | None = _env("KAFKA_SSL_CA_LOCATION", None)
+    schema_registry_url: str | None = _env("SCHEMA_REGISTRY_URL", None)
+    delay_seconds: _Seconds = _env("CRM_SYNC_DELAY_SECONDS", 600.0)
+    topics: Topics = field(default_factory=Topics)  # each topic has its own variable (TOPIC_ENV)
+    topic_partitions: _Count = _env("CRM_SYNC_TOPIC_PARTITIONS", 6)
+    replication_factor: _Count = _env("CRM_SYNC_REPLICATION_FACTOR", 1)
+    secrets_dir: Path = _env("CRM_SYNC_SECRETS_DIR", Path("./secrets"))
+    metrics_port: _Port = _env("CRM_SYNC_METRICS_PORT", 9464)
+    ca_bundle: str | None = _env("CRM_SYNC_CA_BUNDLE", None)
+    app_id: str = _env("CRM_SYNC_APP_ID", "crm-sync")
+    state_dir: Path = _env("CRM_SYNC_STATE_DIR", Path("./.run/state"))
+    log_level: _LogLevel = _env("CRM_SYNC_LOG_LEVEL", "INFO")
+    delay_lookahead_seconds: _Seconds = _env("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", 60.0)
+    paused_repark_seconds: _Seconds = _env("CRM_SYNC_PAUSED_REPARK_SECONDS", 3600.0)
+    sink_give_up_seconds: _Seconds = _env("CRM_SYNC_SINK_RETRY_SECONDS", 86_400.0)
+    sink_inline_retry_seconds: _Seconds = _env("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", 10.0)
+    sink_batch_size: _Count = _env("CRM_SYNC_SINK_BATCH_SIZE", 200)
+    ledger_keep_hours: _Hours = _env("CRM_SYNC_LEDGER_KEEP_HOURS", 168.0)
+    group_instance_id: str | None = _env("CRM_SYNC_GROUP_INSTANCE_ID", None)
+    ingest_batch_size: _Count = _env("CRM_SYNC_INGEST_BATCH_SIZE", 1000)
+    sink_batch_window_seconds: _Seconds = _env("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", 0.2)
+    sink_concurrency: _Count = _env("CRM_SYNC_SINK_CONCURRENCY", 16)
+    salesforce_rate_per_second: _Rate = _env("CRM_SYNC_SALESFORCE_RATE", 20.0)
+    hubspot_rate_per_second: _Rate = _env("CRM_SYNC_HUBSPOT_RATE", 9.0)
+    salesforce_action_id_field: str | None = _env("CRM_SYNC_SALESFORCE_ACTION_ID_FIELD", None)
+    hubspot_action_id_property: str | None = _env("CRM_SYNC_HUBSPOT_ACTION_ID_PROPERTY", None)
+    # The shared `_default/` credentials directory is used only when true (demo and sandbox).
+    allow_default_credentials: _Flag = _env("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", False)
+    # A brand-new consumer group starts from now minus this, not from the topic's beginning.
+    new_group_lookback_seconds: _Seconds = _env("CRM_SYNC_NEW_GROUP_LOOKBACK_SECONDS", 600.0)
+    settings_ready_timeout_seconds: _Seconds = _env("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", 30.0)
+    # A CRM's Retry-After longer than this is capped.
+    retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
+    # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.
+    sink_company_budget_seconds: _Seconds = _env("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", 5.0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """`env`, or (None) os.environ after loading `.env` without overriding; empty means unset.
+
+        Raises ConfigError naming every bad variable at once.
+        """
         if env is None:
             _load_dotenv()
             env = os.environ
+        values: dict[str, Any] = {var: env[var] for var in _VARS if env.get(var, "") != ""}
+        try:
+            settings = _Settings(**values)
+        except ValidationError as exc:
+            raise ConfigError([_describe(error) for error in exc.errors()] + _sasl_problems(values)) from None
+        if problems := _sasl_problems(values):
+            raise ConfigError(problems)
+        topics = Topics(**{name: getattr(settings, var) for name, var in TOPIC_ENV.items()})
+        return cls(topics=topics, **{name: getattr(settings, var) for name, var in _CONFIG_ENV.items()})
 
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else default
 
-        topics = Topics(**{name: get(var, getattr(Topics, name)) for name, var in TOPIC_ENV.items()})
-        return cls(
-            bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
-            security_protocol=get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-            sasl_mechanism=get("KAFKA_SASL_MECHANISM"),
-            sasl_username=get("KAFKA_SASL_USERNAME"),
-            sasl_password=get("KAFKA_SASL_PASSWORD"),
-            ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"),
-            schema_registry_url=get("SCHEMA_REGISTRY_URL"),
-            delay_seconds=float(get("CRM_SYNC_DELAY_SECONDS", "600")),
-            topics=topics,
-            topic_partitions=int(get("CRM_SYNC_TOPIC_PARTITIONS", "6")),
-            replication_factor=int(get("CRM_SYNC_REPLICATION_FACTOR", "1")),
-            secrets_dir=Path(get("CRM_SYNC_SECRETS_DIR", "./secrets")),
-            metrics_port=int(get("CRM_SYNC_METRICS_PORT", "9464")),
-            ca_bundle=get("CRM_SYNC_CA_BUNDLE"),
-            app_id=get("CRM_SYNC_APP_ID", "crm-sync"),
-            state_dir=Path(get("CRM_SYNC_STATE_DIR", "./.run/state")),
-            log_level=get("CRM_SYNC_LOG_LEVEL", "INFO"),
-            delay_lookahead_seconds=float(get("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", "60")),
-            paused_repark_seconds=float(get("CRM_SYNC_PAUSED_REPARK_SECONDS", "3600")),
-            sink_give_up_seconds=float(get("CRM_SYNC_SINK_RETRY_SECONDS", "86400")),
-            sink_inline_retry_seconds=float(get("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", "10")),
-            sink_batch_size=int(get("CRM_SYNC_SINK_BATCH_SIZE", "200")),
-            ledger_keep_hours=float(get("CRM_SYNC_LEDGER_KEEP_HOURS", "168")),
-            group_instance_id=get("CRM_SYNC_GROUP_INSTANCE_ID"),
-            ingest_batch_size=int(get("CRM_SYNC_INGEST_BATCH_SIZE", "1000")),
-            sink_batch_window_seconds=float(get("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", "0.2")),
-            sink_concurrency=int(get("CRM_SYNC_SINK_CONCURRENCY", "16")),
-            salesforce_rate_per_second=float(get("CRM_SYNC_SALESFORCE_RATE", "20")),
-            hubspot_rate_per_second=float(get("CRM_SYNC_HUBSPOT_RATE", "9")),
-            salesforce_action_id_field=get("CRM_SYNC_SALESFORCE_ACTION_ID_FIELD"),
-            hubspot_action_id_property=get("CRM_SYNC_HUBSPOT_ACTION_ID_PROPERTY"),
-        )
+def _load_dotenv() -> None:
+    """Into os.environ, as before, so anything else reading the environment sees the same values."""
+    path = Path(".env")
+    if path.is_file():
+        from dotenv import load_dotenv
 
-    def kafka_client_config(self) -> dict[str, str]:
-        """librdkafka (confluent-kafka) settings for every client of ours."""
-        conf: dict[str, str] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-            # librdkafka's info lines (e.g. BGQUEUE on close) would break the CLI's one-line stderr.
-            "log_level": 4,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            conf["sasl.password"] = self.sasl_password
-        if self.ssl_ca_location:
-            conf["ssl.ca.location"] = self.ssl_ca_location
-        return conf
+        load_dotenv(path, override=False)
+
+
+_CONFIG_ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Config) if "env" in f.metadata}
+_HIDDEN: frozenset[str] = frozenset(f.metadata["env"] for f in fields(Config) if not f.repr)
+
+
+def _settings_model() -> type[BaseSettings]:
+    """One pydantic-settings field per variable, named by it, typed and defaulted by the dataclasses."""
+    definitions: dict[str, Any] = {}
+    for cls in (Config, Topics):
+        hints = get_type_hints(cls, include_extras=True)
+        for f in fields(cls):
+            if "env" in f.metadata:
+                definitions[f.metadata["env"]] = (hints[f.name], f.default)
+
+    class Base(BaseSettings):
+        model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore")
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # from_env hands over the one mapping to read, so a test's mapping and the real
+            # environment (+ .env) go through the same validation and nothing else leaks in.
+            return (init_settings,)
+
+    return create_model("_Settings", __base__=Base, **definitions)
+
+
+_Settings = _settings_model()
+_VARS: tuple[str, ...] = tuple(_Settings.model_fields)
+
+
+def _describe(error: Any) -> str:
+    """`VAR: expected <form>, got '<value>'` (secrets are never echoed)."""
+    var = str(error["loc"][0])
+    got = "(hidden)" if var in _HIDDEN else repr(error["input"])
+    return f"{var}: expected {error['msg']}, got {got}"
+
+
+def _sasl_problems(values: Mapping[str, str]) -> list[str]:
+    """SASL protocols cannot connect without a mechanism, a user name and a password."""
+    protocol = values.get("KAFKA_SECURITY_PROTOCOL", "").upper()
+    if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return []
+    needed = {
+        "KAFKA_SASL_MECHANISM": "one of " + ", ".join(_SASL_MECHANISMS),
+        "KAFKA_SASL_USERNAME": "a user name",
+        "KAFKA_SASL_PASSWORD": "a password",
+    }
+    return [
+        f"{var}: expected {form} (KAFKA_SECURITY_PROTOCOL is {protocol}), got nothing"
+        for var, form in needed.items()
+        if var not in values
+    ]

@@ -11,7 +11,7 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from processors.model import Crm, EventType, ObjectType
+from processors.domain.model import Crm, EventType, ObjectType
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -50,6 +50,8 @@ class Metrics:
     paused_targets: Gauge
     consumer_lag: Gauge
     ready: Gauge
+    settings_ready: Gauge
+    history_recorded: Counter
     build_info: Gauge
 
     @classmethod
@@ -95,6 +97,10 @@ class Metrics:
                 registry=r,
             ),
             ready=Gauge("crm_sync_worker_ready", "1 when the worker is ready (settings caught up, partitions recovered)", registry=r),
+            settings_ready=Gauge(
+                "crm_sync_settings_ready", "1 once the settings topic was read to its end (read_committed); nothing is planned before", registry=r
+            ),
+            history_recorded=Counter("crm_sync_history_records_total", "Sync-history records written", ["outcome"], registry=r),
             build_info=Gauge("crm_sync_build_info", "Always 1; the running version as a label", ["version"], registry=r),
         )
         metrics.build_info.labels(_version()).set(1)

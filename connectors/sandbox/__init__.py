@@ -1,8 +1,14 @@
 """A local Salesforce + HubSpot sandbox for tests and demos (see ``server.CrmSandbox``).
 
+Tenants: the ``default`` tenant is one org + portal reached with ``DEFAULT_SESSION_ID`` and
+``DEFAULT_HUBSPOT_TOKEN``; ``CrmSandbox.add_tenant(name)`` (``POST /__sandbox/tenants``) adds an
+isolated one with its own session id, token and data. Requests reach the tenant whose
+credentials they carry; a ``Fault(..., tenant=name)`` hits only that tenant's requests.
+
 Seed document (Python ``CrmSandbox.seed``, ``POST /__sandbox/seed``, CLI ``--seed FILE``)::
 
-    {"salesforce": {"sessions": ["..."],
+    {"tenant"?: "default",
+     "salesforce": {"sessions": ["..."],
                     "users": [{"email": "...", "id"?: "005...", "active"?: true, "name"?: "..."}],
                     "contacts": [{"email": "...", "owner_id" | "owner_email": "...",
                                   "last_modified"?: "2024-01-01T00:00:00Z", "id"?: "003..."}],
@@ -14,6 +20,8 @@ Seed document (Python ``CrmSandbox.seed``, ``POST /__sandbox/seed``, CLI ``--see
 """
 
 from connectors.sandbox.server import CrmSandbox
-from connectors.sandbox.state import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, Fault
+from connectors.sandbox.state import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, DEFAULT_TENANT, Fault
+from connectors.sandbox.tenant import Tenant
 
-__all__ = ["CrmSandbox", "DEFAULT_HUBSPOT_TOKEN", "DEFAULT_SESSION_ID", "Fault"]
+__all__ = ["CrmSandbox", "DEFAULT_HUBSPOT_TOKEN", "DEFAULT_SESSION_ID", "DEFAULT_TENANT", "Fault",
+           "Tenant"]

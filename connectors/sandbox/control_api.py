@@ -1,21 +1,26 @@
 """The JSON control API under ``/__sandbox/`` on the HubSpot port (no auth: loopback only).
 
-Routes::
+Routes (``T``: the route acts on one tenant, chosen by ``?tenant=NAME`` or a ``"tenant"`` key in
+the JSON body; without either, the default tenant)::
 
     GET    /__sandbox/health                    urls, CA file, default session id and token
     GET    /__sandbox/state                     full data snapshot
-    POST   /__sandbox/reset                     drop data, counters and faults
-    POST   /__sandbox/seed                      seed document -> created ids
-    GET    /__sandbox/salesforce/tasks          created Tasks
-    POST   /__sandbox/salesforce/sessions       {"session_id"}: accept a session id
-    POST   /__sandbox/salesforce/expire-session {"session_id"}: later requests get 401
-    GET    /__sandbox/hubspot/meetings|notes|associations
-    POST   /__sandbox/hubspot/tokens            {"token"}: accept a token
-    POST   /__sandbox/hubspot/revoke-token      {"token"}: later requests get 401
-    GET    /__sandbox/calls                     {"<crm> <METHOD> <route>": count}
+    POST   /__sandbox/reset                     drop data, counters, faults and added tenants
+    GET    /__sandbox/tenants                   [{"tenant", "session_id", "hubspot_token"}]
+    POST   /__sandbox/tenants                   {"name", "session_id"?, "hubspot_token"?} -> health
+                                                fields with the new tenant's credentials
+    POST   /__sandbox/seed                    T seed document -> created ids
+    GET    /__sandbox/salesforce/tasks        T created Tasks
+    POST   /__sandbox/salesforce/sessions     T {"session_id"}: accept a session id
+    POST   /__sandbox/salesforce/expire-session T {"session_id"}: later requests get 401
+    GET    /__sandbox/hubspot/meetings|notes|associations  T
+    POST   /__sandbox/hubspot/tokens          T {"token"}: accept a token
+    POST   /__sandbox/hubspot/revoke-token    T {"token"}: later requests get 401
+    GET    /__sandbox/calls                     {"<crm> <METHOD> <route>": count}; all tenants
+                                                summed unless ?tenant=
     DELETE /__sandbox/calls                     zero the counters
     GET    /__sandbox/faults                    pending faults
-    POST   /__sandbox/faults                    a Fault as JSON (see state.Fault)
+    POST   /__sandbox/faults                    a Fault as JSON (see state.Fault; "tenant" scopes it)
     DELETE /__sandbox/faults                    drop pending faults
 """
 
@@ -29,88 +34,75 @@ from connectors.sandbox.http import Request, Response
 from connectors.sandbox.state import Fault, SandboxState
 
 PREFIX = "/__sandbox"
+Action = Callable[[SandboxState, Any, Mapping[str, Any], str | None], Any]
 
 
 def handle(state: SandboxState, req: Request, info: Mapping[str, Any]) -> Response:
-    """Answer one control request; bad input gets 400 ``{"error": ...}``."""
+    """Answer one control request; bad input (or an unknown tenant) gets 400 ``{"error": ...}``."""
     path = req.path.removeprefix(PREFIX).rstrip("/") or "/"
     try:
         body = req.json() or {}
         action = _ROUTES.get((req.method, path))
         if action is None:
             return Response(404, {"error": f"no control route {req.method} {path}"})
-        return Response(200, action(state, body, info))
+        tenant = req.param("tenant") or (body.get("tenant") if isinstance(body, dict) else None)
+        return Response(200, action(state, body, info, tenant))
     except (ValueError, TypeError, KeyError) as exc:
         return Response(400, {"error": f"{type(exc).__name__}: {exc}"})
 
 
-Action = Callable[[SandboxState, Any, Mapping[str, Any]], Any]
+def _ok(change: Callable[[SandboxState, Any, str | None], object]) -> Action:
+    """An action that changes something and answers ``{"ok": true}``."""
+    def action(state: SandboxState, body: Any, info: Mapping[str, Any], tenant: str | None) -> Any:
+        change(state, body, tenant)
+        return {"ok": True}
+    return action
 
 
-def _reset(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
-    state.reset()
-    return {"ok": True}
+def _credential(crm: str, key: str, method: str) -> Action:
+    """Accept or revoke one tenant's session id or token: ``<crm>.<method>(body[key])``."""
+    return _ok(lambda state, body, tenant: getattr(getattr(state.tenant(tenant), crm), method)(
+        str(body[key])))
 
 
-def _clear_calls(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
+def _add_tenant(state: SandboxState, body: Any, info: Mapping[str, Any], tenant: str | None) -> Any:
+    created = state.add_tenant(str(body["name"]), session_id=body.get("session_id"),
+                               hubspot_token=body.get("hubspot_token"))
+    return {**info, **created.credentials()}
+
+
+def _list_tenants(state: SandboxState, body: Any, info: Mapping[str, Any], tenant: str | None) -> Any:
     with state.lock:
-        state.calls.clear()
-    return {"ok": True}
+        return [t.credentials() for t in state.tenants.values()]
 
 
-def _add_fault(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
-    state.inject(Fault(**body))
-    return {"ok": True}
-
-
-def _clear_faults(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
-    state.clear_faults()
-    return {"ok": True}
-
-
-def _list_faults(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
+def _list_faults(state: SandboxState, body: Any, info: Mapping[str, Any], tenant: str | None) -> Any:
     with state.lock:
         return [asdict(f) for f in state.faults]
 
 
-def _session(add: bool) -> Action:
-    def action(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
-        session_id = str(body["session_id"])
-        if add:
-            state.salesforce.add_session(session_id)
-        else:
-            state.salesforce.expire_session(session_id)
-        return {"ok": True}
-    return action
-
-
-def _token(add: bool) -> Action:
-    def action(state: SandboxState, body: Any, info: Mapping[str, Any]) -> Any:
-        token = str(body["token"])
-        if add:
-            state.hubspot.add_token(token)
-        else:
-            state.hubspot.revoke_token(token)
-        return {"ok": True}
-    return action
-
-
 _ROUTES: dict[tuple[str, str], Action] = {
-    ("GET", "/health"): lambda state, body, info: {"ok": True, **info},
-    ("GET", "/state"): lambda state, body, info: state.to_dict(),
-    ("POST", "/reset"): _reset,
-    ("POST", "/seed"): lambda state, body, info: state.seed(body),
-    ("GET", "/salesforce/tasks"): lambda state, body, info: state.salesforce.list_tasks(),
-    ("POST", "/salesforce/sessions"): _session(add=True),
-    ("POST", "/salesforce/expire-session"): _session(add=False),
-    ("GET", "/hubspot/meetings"): lambda state, body, info: state.hubspot.list_meetings(),
-    ("GET", "/hubspot/notes"): lambda state, body, info: state.hubspot.list_notes(),
-    ("GET", "/hubspot/associations"): lambda state, body, info: state.hubspot.list_associations(),
-    ("POST", "/hubspot/tokens"): _token(add=True),
-    ("POST", "/hubspot/revoke-token"): _token(add=False),
-    ("GET", "/calls"): lambda state, body, info: state.call_counts(),
-    ("DELETE", "/calls"): _clear_calls,
+    ("GET", "/health"): lambda state, body, info, tenant: {"ok": True, **info},
+    ("GET", "/state"): lambda state, body, info, tenant: state.to_dict(),
+    ("POST", "/reset"): _ok(lambda state, body, tenant: state.reset()),
+    ("GET", "/tenants"): _list_tenants,
+    ("POST", "/tenants"): _add_tenant,
+    ("POST", "/seed"): lambda state, body, info, tenant: state.seed(body, tenant),
+    ("GET", "/salesforce/tasks"): lambda state, body, info, tenant:
+        state.tenant(tenant).salesforce.list_tasks(),
+    ("POST", "/salesforce/sessions"): _credential("salesforce", "session_id", "add_session"),
+    ("POST", "/salesforce/expire-session"): _credential("salesforce", "session_id", "expire_session"),
+    ("GET", "/hubspot/meetings"): lambda state, body, info, tenant:
+        state.tenant(tenant).hubspot.list_meetings(),
+    ("GET", "/hubspot/notes"): lambda state, body, info, tenant:
+        state.tenant(tenant).hubspot.list_notes(),
+    ("GET", "/hubspot/associations"): lambda state, body, info, tenant:
+        state.tenant(tenant).hubspot.list_associations(),
+    ("POST", "/hubspot/tokens"): _credential("hubspot", "token", "add_token"),
+    ("POST", "/hubspot/revoke-token"): _credential("hubspot", "token", "revoke_token"),
+    ("GET", "/calls"): lambda state, body, info, tenant: state.call_counts(tenant),
+    ("DELETE", "/calls"): _ok(lambda state, body, tenant: state.clear_calls()),
     ("GET", "/faults"): _list_faults,
-    ("POST", "/faults"): _add_fault,
-    ("DELETE", "/faults"): _clear_faults,
+    ("POST", "/faults"): _ok(lambda state, body, tenant: state.inject(Fault(**{**body, "tenant": tenant}))),
+    ("DELETE", "/faults"): _ok(lambda state, body, tenant: state.clear_faults()),
 }

@@ -1,5 +1,7 @@
 """Salesforce REST endpoints of the sandbox: SOQL query, Task create, sObject Collections.
 
+Each request is answered from one tenant's org (``server`` picks it by the session id).
+
 Bodies, status codes and error codes follow the real REST API closely enough that
 simple-salesforce raises the same exceptions it would against an org.
 """
@@ -13,7 +15,9 @@ from typing import Any
 from connectors.sandbox import soql
 from connectors.sandbox.http import Request, Response
 from connectors.sandbox.ids import is_salesforce_id, to15
-from connectors.sandbox.state import Fault, SandboxState, SfPerson, SfTask, SfUser, now_utc, sf_time
+from connectors.sandbox.records import SfPerson, SfUser, now_utc, sf_time
+from connectors.sandbox.state import Fault
+from connectors.sandbox.tenant import Tenant
 
 API_LIMIT = 15_000
 COLLECTION_LIMIT = 200
@@ -60,28 +64,28 @@ def fault_response(fault: Fault) -> Response:
     return resp
 
 
-def handle(state: SandboxState, req: Request, fault: Fault | None = None) -> Response:
+def handle(tenant: Tenant, req: Request, fault: Fault | None = None) -> Response:
     """Answer one Salesforce REST request, or with ``fault``'s injected error."""
-    with state.lock:
-        state.salesforce.api_usage += 1
-        resp = fault_response(fault) if fault else _route(state, req)
-        resp.headers["Sforce-Limit-Info"] = f"api-usage={state.salesforce.api_usage}/{API_LIMIT}"
+    with tenant.lock:
+        tenant.salesforce.api_usage += 1
+        resp = fault_response(fault) if fault else _route(tenant, req)
+        resp.headers["Sforce-Limit-Info"] = f"api-usage={tenant.salesforce.api_usage}/{API_LIMIT}"
         return resp
 
 
-def _route(state: SandboxState, req: Request) -> Response:
-    if req.bearer() not in state.salesforce.sessions:
+def _route(tenant: Tenant, req: Request) -> Response:
+    if req.bearer() not in tenant.salesforce.sessions:
         return error(401, "INVALID_SESSION_ID", "Session expired or invalid")
     match = _PATH.match(req.path)
     if match is None:
         return error(404, "NOT_FOUND", "The requested resource does not exist")
     version, rest = match.group("version"), match.group("rest")
     if req.method == "GET" and rest == "query":
-        return _query(state, req, version)
+        return _query(tenant, req, version)
     if req.method == "POST" and rest == "sobjects/Task":
-        return _create_task(state, req)
+        return _create_task(tenant, req)
     if req.method == "POST" and rest == "composite/sobjects":
-        return _collection(state, req)
+        return _collection(tenant, req)
     return error(404, "NOT_FOUND", "The requested resource does not exist")
 
 
@@ -101,20 +105,20 @@ def _person_record(person: SfPerson) -> dict[str, Any]:
     }
 
 
-def _query(state: SandboxState, req: Request, version: str) -> Response:
+def _query(tenant: Tenant, req: Request, version: str) -> Response:
     text = req.param("q")
     if not text:
         return error(400, "MALFORMED_QUERY", "unexpected token: <EOF>")
     try:
-        query = soql.parse(text, {"Task": frozenset(state.salesforce.task_custom_fields)})
+        query = soql.parse(text, {"Task": frozenset(tenant.salesforce.task_custom_fields)})
     except soql.SoqlError as exc:
         return error(400, exc.code, exc.message)
     if query.sobject == "User":
-        rows = [_user_record(u) for u in state.salesforce.users.values()]
+        rows = [_user_record(u) for u in tenant.salesforce.users.values()]
     elif query.sobject == "Task":
-        rows = [{"Id": t.id, **t.fields} for t in state.salesforce.tasks]
+        rows = [{"Id": t.id, "CreatedDate": t.created_at, **t.fields} for t in tenant.salesforce.tasks]
     else:
-        rows = [_person_record(p) for p in state.salesforce.people.values() if p.sobject == query.sobject]
+        rows = [_person_record(p) for p in tenant.salesforce.people.values() if p.sobject == query.sobject]
     rows = [row for row in rows if soql.matches(row, query)]
     if query.order_by:
         key = query.order_by
@@ -132,9 +136,9 @@ def _query(state: SandboxState, req: Request, version: str) -> Response:
     return Response(200, {"totalSize": len(records), "done": True, "records": records})
 
 
-def _task_errors(state: SandboxState, fields: dict[str, Any]) -> list[dict[str, Any]]:
+def _task_errors(tenant: Tenant, fields: dict[str, Any]) -> list[dict[str, Any]]:
     """Validation errors for one Task as ``{errorCode, message, fields}`` dicts."""
-    allowed = TASK_FIELDS | state.salesforce.task_custom_fields
+    allowed = TASK_FIELDS | tenant.salesforce.task_custom_fields
     errors: list[dict[str, Any]] = []
 
     def add(code: str, message: str, names: list[str]) -> None:
@@ -162,7 +166,7 @@ def _task_errors(state: SandboxState, fields: dict[str, Any]) -> list[dict[str, 
         label = FIELD_LABELS[name]
         if not is_salesforce_id(value):
             add("MALFORMED_ID", f"{label}: id value of incorrect type: {value}", [name])
-        elif not _reference_exists(state, str(value), kinds):
+        elif not _reference_exists(tenant, str(value), kinds):
             add("INVALID_CROSS_REFERENCE_KEY", f"{label}: invalid cross reference id", [name])
     return errors
 
@@ -177,36 +181,29 @@ def _valid_date(value: object) -> bool:
     return True
 
 
-def _reference_exists(state: SandboxState, value: str, kinds: set[str]) -> bool:
+def _reference_exists(tenant: Tenant, value: str, kinds: set[str]) -> bool:
     key = to15(value)
     if "User" in kinds:
-        user = state.salesforce.users.get(key)
+        user = tenant.salesforce.users.get(key)
         return user is not None and user.active
-    person = state.salesforce.people.get(key)
+    person = tenant.salesforce.people.get(key)
     return person is not None and person.sobject in kinds
 
 
-def _store_task(state: SandboxState, fields: dict[str, Any]) -> str:
-    task = SfTask(state.salesforce.next_id("Task"),
-                  {k: v for k, v in fields.items() if k != "attributes"}, sf_time(now_utc()))
-    state.salesforce.tasks.append(task)
-    return task.id
-
-
-def _create_task(state: SandboxState, req: Request) -> Response:
+def _create_task(tenant: Tenant, req: Request) -> Response:
     try:
         fields = req.json()
     except ValueError:
         return error(400, "JSON_PARSER_ERROR", "Unexpected character at [line:1, column:1]")
     if not isinstance(fields, dict):
         return error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of Task from the body")
-    errors = _task_errors(state, fields)
+    errors = _task_errors(tenant, fields)
     if errors:
         return Response(400, errors)
-    return Response(201, {"id": _store_task(state, fields), "success": True, "errors": []})
+    return Response(201, {"id": tenant.salesforce.add_task(fields), "success": True, "errors": []})
 
 
-def _collection(state: SandboxState, req: Request) -> Response:
+def _collection(tenant: Tenant, req: Request) -> Response:
     try:
         body = req.json()
     except ValueError:
@@ -222,7 +219,7 @@ def _collection(state: SandboxState, req: Request) -> Response:
         if not kind:
             return error(400, "INVALID_TYPE", "Must send a concrete entity type.")
     checked = [
-        _task_errors(state, r) if r["attributes"]["type"] == "Task"
+        _task_errors(tenant, r) if r["attributes"]["type"] == "Task"
         else [{"errorCode": "INVALID_TYPE", "message": "sObject type not supported", "fields": []}]
         for r in records
     ]
@@ -240,7 +237,7 @@ def _collection(state: SandboxState, req: Request) -> Response:
         if errs:
             results.append({"success": False, "errors": _as_status(errs)})
         else:
-            results.append({"id": _store_task(state, record), "success": True, "errors": []})
+            results.append({"id": tenant.salesforce.add_task(record), "success": True, "errors": []})
     return Response(200, results)
 
 

@@ -4,6 +4,7 @@ Salesforce is served over HTTPS (simple-salesforce only builds ``https://`` URLs
 certificate from a throwaway CA that trustme generates; HubSpot and the control API over plain
 HTTP. Data lives in one ``SandboxState``; with a ``state_file`` it is loaded at start and
 rewritten after every request that changes it, so another process can inspect it afterwards.
+Both servers serve every tenant: the request's credentials pick the org or portal.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import trustme
 
 from connectors.sandbox import control_api, hubspot_api, salesforce_api
 from connectors.sandbox.http import Request, Response
-from connectors.sandbox.state import (
-    DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, Fault, HubSpotState, SalesforceState, SandboxState,
-)
+from connectors.sandbox.state import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, Fault, SandboxState
+from connectors.sandbox.tenant import HubSpotState, SalesforceState, Tenant
 
 logger = logging.getLogger(__name__)
 App = Callable[[Request], Response | None]
@@ -121,13 +121,25 @@ class CrmSandbox:
 
     @property
     def salesforce(self) -> SalesforceState:
-        """Seed and inspect Salesforce data (``add_user``, ``add_contact``, ``list_tasks``…)."""
+        """Seed and inspect the default tenant's Salesforce data (``add_user``, ``list_tasks``…)."""
         return self.state.salesforce
 
     @property
     def hubspot(self) -> HubSpotState:
-        """Seed and inspect HubSpot data (``add_contact``, ``add_owner``, ``list_notes``…)."""
+        """Seed and inspect the default tenant's HubSpot data (``add_contact``, ``list_notes``…)."""
         return self.state.hubspot
+
+    def add_tenant(self, name: str, *, session_id: str | None = None,
+                   hubspot_token: str | None = None) -> dict[str, Any]:
+        """Create an isolated org + portal; returns ``info()`` with its ``tenant``, ``session_id``
+        and ``hubspot_token`` (only those three before ``start``)."""
+        tenant = self.state.add_tenant(name, session_id=session_id, hubspot_token=hubspot_token)
+        self.save()
+        return {**(self.info() if self._servers else {}), **tenant.credentials()}
+
+    def tenant(self, name: str) -> Tenant:
+        """A tenant, to seed and inspect: ``sb.tenant("b").salesforce.add_user(...)``."""
+        return self.state.tenant(name)
 
     @property
     def salesforce_instance(self) -> str:
@@ -199,21 +211,21 @@ class CrmSandbox:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def seed(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Load a seed document; returns the created ids."""
-        return self.state.seed(data)
+    def seed(self, data: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
+        """Load a seed document into a tenant (default: the document's, else the default one)."""
+        return self.state.seed(data, tenant)
 
     def reset(self) -> None:
-        """Drop all data, counters and faults."""
+        """Drop all data, counters, faults and added tenants."""
         self.state.reset()
 
     def inject(self, fault: Fault) -> None:
-        """Queue a fault for upcoming requests."""
+        """Queue a fault for upcoming requests (``fault.tenant`` scopes it to one tenant)."""
         self.state.inject(fault)
 
-    def calls(self) -> dict[str, int]:
-        """Requests received per ``"<crm> <METHOD> <route>"``."""
-        return self.state.call_counts()
+    def calls(self, tenant: str | None = None) -> dict[str, int]:
+        """Requests received per ``"<crm> <METHOD> <route>"``, for one tenant or all together."""
+        return self.state.call_counts(tenant)
 
     def save(self) -> None:
         """Write the state file atomically (no-op without one)."""
@@ -241,13 +253,14 @@ class CrmSandbox:
             if crm == "hubspot" and req.path.startswith(control_api.PREFIX):
                 resp = control_api.handle(self.state, req, self.info())
             else:
-                self.state.count(crm, api.route_name(req))
-                fault = self.state.take_fault(crm, req.path)
+                tenant = self.state.tenant_for(crm, req.bearer())
+                self.state.count(crm, api.route_name(req), tenant)
+                fault = self.state.take_fault(crm, req.path, tenant.name)
                 if fault is not None and fault.latency:
                     time.sleep(fault.latency)
                 if fault is not None and fault.drop:
                     return None
-                resp = api.handle(self.state, req, fault if fault and fault.status else None)
+                resp = api.handle(tenant, req, fault if fault and fault.status else None)
             if req.method != "GET":
                 self.save()
             return resp

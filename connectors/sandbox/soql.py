@@ -5,9 +5,15 @@ Grammar (keywords and field names case-insensitive)::
     SELECT field {, field} FROM sobject
       [WHERE cond {AND cond}] [ORDER BY field [ASC|DESC]] [LIMIT n]
     cond := field = literal | field IN ( literal {, literal} )
+          | datetime_field (= | < | <= | > | >=) datetime_literal
 
 Task is queryable by its standard fields and by the org's custom fields (``extra_fields``), so
-the sink's external-id check (``... FROM Task WHERE CrmSyncActionId__c IN (...)``) works.
+the sink's external-id check (``... FROM Task WHERE CrmSyncActionId__c IN (...)``) works, and by
+``WhoId`` and ``CreatedDate`` for crash reconciliation
+(``... WHERE WhoId IN (...) AND CreatedDate >= 2026-12-01T09:00:00Z``).
+
+Datetime literals are unquoted ISO 8601 with ``Z`` or ``+hh:mm``, as in SOQL; a quoted value for a
+datetime field, or a datetime for any other field, is refused as a real org refuses it.
 
 String literals follow Salesforce's escaping rules (``\\n \\r \\t \\b \\f \\" \\' \\\\``);
 anything else is rejected with the error code a real org would answer.
@@ -15,9 +21,11 @@ anything else is rejected with the error code a real org would answer.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 SCHEMA: dict[str, tuple[str, ...]] = {
     "User": ("Id", "Email", "IsActive", "Name", "Username", "LastModifiedDate"),
@@ -25,16 +33,21 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "Lead": (
         "Id", "OwnerId", "Email", "LastModifiedDate", "FirstName", "LastName", "Name", "IsConverted",
     ),
-    "Task": ("Id", "Subject", "WhoId", "OwnerId", "ActivityDate"),
+    "Task": ("Id", "Subject", "WhoId", "OwnerId", "ActivityDate", "Description", "CreatedDate"),
 }
-FILTERABLE = frozenset({"Id", "Email", "IsActive", "OwnerId", "IsConverted"})
+FILTERABLE = frozenset({"Id", "Email", "IsActive", "OwnerId", "IsConverted", "WhoId", "CreatedDate"})
+DATETIME_FIELDS = frozenset({"CreatedDate", "LastModifiedDate"})
+_COMPARE: dict[str, Callable[[datetime, datetime], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>\d+)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<punct>[(),=]))",
+    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')"
+    r"|(?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?(?:Z|[+-]\d{2}:\d{2}))"
+    r"|(?P<num>\d+)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct><=|>=|[(),=<>]))",
     re.DOTALL,
 )
-Value = str | bool | int
+Value = str | bool | int | datetime
 
 
 class SoqlError(Exception):
@@ -48,10 +61,11 @@ class SoqlError(Exception):
 
 @dataclass(frozen=True)
 class Condition:
-    """``field = value`` (one value) or ``field IN (values)``."""
+    """``field = value`` (one value), ``field IN (values)``, or a datetime comparison ``op``."""
 
     field: str
     values: tuple[Value, ...]
+    op: str = "="
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ def _tokens(soql: str) -> list[_Token]:
             value = unescape(raw, column)
         elif kind == "num":
             value = int(raw)
+        elif kind == "datetime":
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         elif kind == "word" and raw.lower() in {"true", "false"}:
             kind, value = "bool", raw.lower() == "true"
         tokens.append(_Token(kind, raw, value, column))
@@ -168,10 +184,14 @@ class _Parser:
             raise self.fail(token)
         return token.text
 
-    def literal(self) -> Value:
+    def literal(self, field: str) -> Value:
         token = self.next()
-        if token.kind not in {"str", "num", "bool"}:
+        if token.kind not in {"str", "num", "bool", "datetime"}:
             raise self.fail(token)
+        if (token.kind == "datetime") != (field in DATETIME_FIELDS):
+            kind = "dateTime and should not" if field in DATETIME_FIELDS else "string and should"
+            raise SoqlError("INVALID_FIELD", f"value of filter criterion for field '{field}' must "
+                                             f"be of type {kind} be enclosed in quotes")
         return token.value
 
     def parse(self) -> Query:
@@ -202,7 +222,7 @@ class _Parser:
             token = self.next()
             if token.kind != "num":
                 raise self.fail(token)
-            limit = int(token.value)
+            limit = int(token.text)
         if (token := self.peek()) is not None:
             raise self.fail(token)
         return Query(sobject, fields, tuple(conditions), order_by, descending, limit)
@@ -220,14 +240,19 @@ class _Parser:
         if self.at_keyword("IN"):
             self.next()
             self.punct("(")
-            values = [self.literal()]
+            values = [self.literal(name)]
             while (token := self.peek()) is not None and token.text == ",":
                 self.next()
-                values.append(self.literal())
+                values.append(self.literal(name))
             self.punct(")")
-            return Condition(name, tuple(values))
-        self.punct("=")
-        return Condition(name, (self.literal(),))
+            return Condition(name, tuple(values), "IN")
+        token = self.next()
+        if token.kind != "punct" or token.text not in {"=", *_COMPARE}:
+            raise self.fail(token)
+        if token.text != "=" and name not in DATETIME_FIELDS:
+            raise SoqlError("INVALID_FIELD", f"this sandbox compares only datetime fields with "
+                                             f"'{token.text}', not '{name}'")
+        return Condition(name, (self.literal(name),), token.text)
 
 
 def _sobject(name: str) -> str:
@@ -255,9 +280,17 @@ def _equal(actual: object, wanted: Value) -> bool:
     return actual == wanted
 
 
+def _holds(actual: object, cond: Condition) -> bool:
+    if cond.field in DATETIME_FIELDS:
+        if not isinstance(actual, str):
+            return False
+        moment = datetime.fromisoformat(actual.replace("Z", "+00:00"))
+        compare = _COMPARE.get(cond.op, operator.eq)
+        return any(compare(moment, wanted) for wanted in cond.values if isinstance(wanted, datetime))
+    return any(_equal(actual, value) for value in cond.values)
+
+
 def matches(record: Mapping[str, object], query: Query) -> bool:
-    """True if ``record`` satisfies every condition (strings compare case-insensitively)."""
-    return all(
-        any(_equal(record.get(cond.field), value) for value in cond.values)
-        for cond in query.conditions
-    )
+    """True if ``record`` satisfies every condition (strings compare case-insensitively,
+    datetimes as instants)."""
+    return all(_holds(record.get(cond.field), cond) for cond in query.conditions)

@@ -1,120 +1,27 @@
-"""The sandbox's in-memory CRM data, seeding API, call counters and fault queue.
+"""The sandbox's tenants, call counters and fault queue, shared by both servers and the control API.
 
-One ``SandboxState`` is shared by both servers and the control API; every public method
-takes the shared re-entrant lock, so tests may seed and inspect from any thread.
+The ``default`` tenant exists from the start (and after ``reset``) with the default session id
+and token; ``add_tenant`` creates more, each an isolated org + portal. A request is served by the
+tenant that owns its Bearer credential, or that expired or revoked it (unknown credentials
+reach the default tenant, which answers 401). Every public method takes the shared re-entrant lock, so tests may seed and
+inspect from any thread.
 """
 
 from __future__ import annotations
 
-import copy
+import re
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from connectors.sandbox.ids import salesforce_id, to15
+from connectors.sandbox.tenant import HubSpotState, SalesforceState, Tenant
 
 DEFAULT_SESSION_ID = "00Dsandbox!SESSION"
 DEFAULT_HUBSPOT_TOKEN = "pat-sandbox-token"
+DEFAULT_TENANT = "default"
 CRMS = ("salesforce", "hubspot")
-
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(timezone.utc)
-
-
-def parse_time(value: str | datetime | None) -> datetime:
-    """An aware datetime from ISO text (``Z`` and ``+0000`` accepted) or a datetime."""
-    if value is None:
-        return now_utc()
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    text = value.strip().replace("Z", "+00:00")
-    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":
-        text = text[:-2] + ":" + text[-2:]
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def sf_time(value: datetime) -> str:
-    """Salesforce's datetime format: ``2024-01-02T03:04:05.000+0000``."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{value.microsecond // 1000:03d}+0000"
-    )
-
-
-def hs_time(value: datetime) -> str:
-    """HubSpot's datetime format: ``2024-01-02T03:04:05.000Z``."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{value.microsecond // 1000:03d}Z"
-    )
-
-
-@dataclass
-class SfUser:
-    id: str
-    email: str
-    active: bool = True
-    name: str = ""
-
-
-@dataclass
-class SfPerson:
-    """A Contact or a Lead."""
-
-    id: str
-    sobject: str
-    email: str
-    owner_id: str
-    last_modified: str
-    first_name: str = ""
-    last_name: str = ""
-    is_converted: bool = False
-
-
-@dataclass
-class SfTask:
-    id: str
-    fields: dict[str, Any]
-    created_at: str
-
-
-@dataclass
-class HsContact:
-    id: str
-    email: str
-    properties: dict[str, str]
-    created_at: str
-
-
-@dataclass
-class HsOwner:
-    id: str
-    email: str
-    first_name: str
-    last_name: str
-    user_id: int
-
-
-@dataclass
-class HsObject:
-    """A created meeting or note."""
-
-    id: str
-    object_type: str
-    properties: dict[str, str]
-    created_at: str
-
-
-@dataclass
-class HsAssociation:
-    from_type: str
-    from_id: str
-    to_type: str
-    to_id: str
-    type_id: int
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass
@@ -124,6 +31,8 @@ class Fault:
     ``status`` answers with a CRM-shaped error (429 and Salesforce's 403 carry ``retry_after``
     as ``Retry-After``); ``latency`` delays the request first; ``drop`` closes the connection
     without an answer (a network error). ``error_code`` overrides the CRM error code.
+    ``tenant`` limits the fault to requests carrying that tenant's credentials (None: any tenant),
+    e.g. ``Fault("hubspot", latency=60, count=100, tenant="b")`` hangs only company B's portal.
     """
 
     crm: str
@@ -134,6 +43,7 @@ class Fault:
     latency: float = 0.0
     error_code: str | None = None
     drop: bool = False
+    tenant: str | None = None
 
     def __post_init__(self) -> None:
         if self.crm not in CRMS:
@@ -142,152 +52,8 @@ class Fault:
             raise ValueError("count must be >= 1")
 
 
-class SalesforceState:
-    """Users, Contacts, Leads, Tasks and valid session ids."""
-
-    def __init__(self, lock: threading.RLock, sequence: Counter[str]) -> None:
-        self._lock = lock
-        self._seq = sequence
-        self.sessions: set[str] = set()
-        self.users: dict[str, SfUser] = {}
-        self.people: dict[str, SfPerson] = {}
-        self.tasks: list[SfTask] = []
-        self.task_custom_fields: set[str] = set()
-        self.api_usage = 0
-
-    def next_id(self, sobject: str) -> str:
-        """A fresh id for ``sobject``."""
-        with self._lock:
-            self._seq[sobject] += 1
-            return salesforce_id(sobject, self._seq[sobject])
-
-    def add_session(self, session_id: str) -> None:
-        """Accept ``session_id`` as a valid Bearer token."""
-        with self._lock:
-            self.sessions.add(session_id)
-
-    def expire_session(self, session_id: str) -> None:
-        """Requests with ``session_id`` now get 401 INVALID_SESSION_ID."""
-        with self._lock:
-            self.sessions.discard(session_id)
-
-    def add_user(self, email: str, *, id: str | None = None, active: bool = True, name: str = "") -> str:
-        """Seed a User; returns its id."""
-        with self._lock:
-            user = SfUser(id or self.next_id("User"), email, active, name)
-            self.users[to15(user.id)] = user
-            return user.id
-
-    def _add_person(self, sobject: str, email: str, owner_id: str | None, last_modified: str | datetime | None,
-                    id: str | None, first_name: str, last_name: str, is_converted: bool) -> str:
-        with self._lock:
-            owner = owner_id
-            if not owner:
-                first = next(iter(self.users.values()), None)
-                owner = first.id if first else self.add_user("owner@sandbox.invalid")
-            person = SfPerson(
-                id or self.next_id(sobject), sobject, email, owner,
-                sf_time(parse_time(last_modified)), first_name, last_name, is_converted,
-            )
-            self.people[to15(person.id)] = person
-            return person.id
-
-    def add_contact(self, email: str, *, owner_id: str | None = None,
-                    last_modified: str | datetime | None = None, id: str | None = None,
-                    first_name: str = "", last_name: str = "Contact") -> str:
-        """Seed a Contact (owner defaults to the first User); returns its id."""
-        return self._add_person("Contact", email, owner_id, last_modified, id, first_name, last_name, False)
-
-    def add_lead(self, email: str, *, owner_id: str | None = None,
-                 last_modified: str | datetime | None = None, id: str | None = None,
-                 first_name: str = "", last_name: str = "Lead", is_converted: bool = False) -> str:
-        """Seed a Lead (owner defaults to the first User); returns its id."""
-        return self._add_person("Lead", email, owner_id, last_modified, id, first_name, last_name,
-                                is_converted)
-
-    def list_tasks(self) -> list[dict[str, Any]]:
-        """Created Tasks: ``{"id", "created_at", **fields}``."""
-        with self._lock:
-            return [{"id": t.id, "created_at": t.created_at, **copy.deepcopy(t.fields)} for t in self.tasks]
-
-
-class HubSpotState:
-    """Contacts, owners, created meetings/notes, associations and valid tokens."""
-
-    def __init__(self, lock: threading.RLock, sequence: Counter[str]) -> None:
-        self._lock = lock
-        self._seq = sequence
-        self.tokens: set[str] = set()
-        self.contacts: dict[str, HsContact] = {}
-        self.owners: dict[str, HsOwner] = {}
-        self.objects: dict[str, HsObject] = {}
-        self.associations: list[HsAssociation] = []
-        self.custom_properties: set[str] = set()
-        self.rate_windows: dict[str, deque[float]] = {}
-
-    def next_id(self, kind: str) -> str:
-        """A fresh numeric id; kinds get distinct ranges like HubSpot portals do."""
-        base = {"contacts": 1_000, "owners": 70_000_000, "objects": 40_000_000_000, "users": 9_000_000}
-        with self._lock:
-            self._seq[f"hs-{kind}"] += 1
-            return str(base[kind] + self._seq[f"hs-{kind}"])
-
-    def add_token(self, token: str) -> None:
-        """Accept ``token`` as a valid Bearer token."""
-        with self._lock:
-            self.tokens.add(token)
-
-    def revoke_token(self, token: str) -> None:
-        """Requests with ``token`` now get 401 INVALID_AUTHENTICATION."""
-        with self._lock:
-            self.tokens.discard(token)
-
-    def add_contact(self, email: str, *, id: str | None = None, **properties: str) -> str:
-        """Seed a contact with extra properties (``firstname``, ``company``…); returns its id."""
-        with self._lock:
-            contact_id = id or self.next_id("contacts")
-            stamp = hs_time(now_utc())
-            props = {"email": email, **{k: str(v) for k, v in properties.items()}}
-            self.contacts[contact_id] = HsContact(contact_id, email, props, stamp)
-            return contact_id
-
-    def add_owner(self, email: str, *, id: str | None = None, first_name: str = "",
-                  last_name: str = "") -> str:
-        """Seed an owner; returns its id."""
-        with self._lock:
-            owner_id = id or self.next_id("owners")
-            self.owners[owner_id] = HsOwner(owner_id, email, first_name, last_name,
-                                            int(self.next_id("users")))
-            return owner_id
-
-    def _list(self, object_type: str) -> list[dict[str, Any]]:
-        with self._lock:
-            out = []
-            for obj in self.objects.values():
-                if obj.object_type != object_type:
-                    continue
-                links = [asdict(a) for a in self.associations
-                         if a.from_type == object_type and a.from_id == obj.id]
-                out.append({"id": obj.id, "created_at": obj.created_at,
-                            "properties": dict(obj.properties), "associations": links})
-            return out
-
-    def list_meetings(self) -> list[dict[str, Any]]:
-        """Created meetings with their properties and associations."""
-        return self._list("meetings")
-
-    def list_notes(self) -> list[dict[str, Any]]:
-        """Created notes with their properties and associations."""
-        return self._list("notes")
-
-    def list_associations(self) -> list[dict[str, Any]]:
-        """All associations made through the API."""
-        with self._lock:
-            return [asdict(a) for a in self.associations]
-
-
 class SandboxState:
-    """Everything both servers share; ``to_dict``/``load`` persist it as JSON-able data."""
+    """All tenants plus the fault queue; ``to_dict``/``load`` persist it as JSON-able data."""
 
     def __init__(self, sessions: tuple[str, ...] = (DEFAULT_SESSION_ID,),
                  tokens: tuple[str, ...] = (DEFAULT_HUBSPOT_TOKEN,)) -> None:
@@ -297,31 +63,91 @@ class SandboxState:
         self.reset()
 
     def reset(self) -> None:
-        """Drop all data, counters and faults; keep only the default session and token."""
+        """Drop all data, counters, faults and added tenants; keep the default session and token."""
         with self.lock:
             self.sequence: Counter[str] = Counter()
-            self.salesforce = SalesforceState(self.lock, self.sequence)
-            self.hubspot = HubSpotState(self.lock, self.sequence)
-            self.calls: Counter[str] = Counter()
             self.faults: list[Fault] = []
-            for session in self._default_sessions:
-                self.salesforce.add_session(session)
-            for token in self._default_tokens:
-                self.hubspot.add_token(token)
+            default = Tenant(DEFAULT_TENANT, self.lock, self.sequence, self._default_sessions,
+                             self._default_tokens)
+            self.tenants: dict[str, Tenant] = {DEFAULT_TENANT: default}
 
-    def count(self, crm: str, route: str) -> None:
-        """Record one received request for ``route``."""
-        with self.lock:
-            self.calls[f"{crm} {route}"] += 1
+    @property
+    def default(self) -> Tenant:
+        """The tenant that was there before any ``add_tenant``."""
+        return self.tenants[DEFAULT_TENANT]
 
-    def call_counts(self) -> dict[str, int]:
-        """Requests received per ``"<crm> <METHOD> <route>"``."""
+    @property
+    def salesforce(self) -> SalesforceState:
+        """The default tenant's Salesforce org."""
+        return self.default.salesforce
+
+    @property
+    def hubspot(self) -> HubSpotState:
+        """The default tenant's HubSpot portal."""
+        return self.default.hubspot
+
+    def add_tenant(self, name: str, *, session_id: str | None = None,
+                   hubspot_token: str | None = None) -> Tenant:
+        """A new isolated tenant; credentials default to ones derived from ``name``."""
+        if not _TENANT_NAME.match(name):
+            raise ValueError("a tenant name is 1-64 letters, digits, '-' or '_'")
+        session = session_id or f"00Dsandbox-{name}!SESSION"
+        token = hubspot_token or f"pat-sandbox-{name}-token"
         with self.lock:
-            return dict(self.calls)
+            if name in self.tenants:
+                raise ValueError(f"tenant {name!r} already exists")
+            for other in self.tenants.values():
+                if any(other.owns("salesforce", session, revoked=r) or other.owns("hubspot", token, revoked=r)
+                       for r in (False, True)):
+                    raise ValueError(f"tenant {other.name!r} already uses these credentials")
+            tenant = Tenant(name, self.lock, self.sequence, (session,), (token,))
+            self.tenants[name] = tenant
+            return tenant
+
+    def tenant(self, name: str | None = None) -> Tenant:
+        """The tenant called ``name`` (None: the default one)."""
+        with self.lock:
+            found = self.tenants.get(name or DEFAULT_TENANT)
+        if found is None:
+            raise ValueError(f"no tenant {name!r}")
+        return found
+
+    def tenant_for(self, crm: str, credential: str | None) -> Tenant:
+        """The tenant whose session id (Salesforce) or token (HubSpot) ``credential`` is, else the
+        one that expired or revoked it (so its 401s and scoped faults stay its own), else default."""
+        with self.lock:
+            for revoked in (False, True):
+                for tenant in self.tenants.values():
+                    if tenant.owns(crm, credential, revoked=revoked):
+                        return tenant
+            return self.default
+
+    def count(self, crm: str, route: str, tenant: Tenant | None = None) -> None:
+        """Record one received request for ``route`` (on the default tenant unless told)."""
+        with self.lock:
+            (tenant or self.default).calls[f"{crm} {route}"] += 1
+
+    def call_counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Requests received per ``"<crm> <METHOD> <route>"``: one tenant's, or all tenants' summed."""
+        with self.lock:
+            if tenant is not None:
+                return dict(self.tenant(tenant).calls)
+            total: Counter[str] = Counter()
+            for each in self.tenants.values():
+                total.update(each.calls)
+            return dict(total)
+
+    def clear_calls(self) -> None:
+        """Zero every tenant's counters."""
+        with self.lock:
+            for tenant in self.tenants.values():
+                tenant.calls.clear()
 
     def inject(self, fault: Fault) -> None:
         """Queue a fault; faults apply in the order they were added."""
         with self.lock:
+            if fault.tenant is not None:
+                self.tenant(fault.tenant)
             self.faults.append(fault)
 
     def clear_faults(self) -> None:
@@ -329,79 +155,34 @@ class SandboxState:
         with self.lock:
             self.faults.clear()
 
-    def take_fault(self, crm: str, path: str) -> Fault | None:
-        """Consume one use of the first pending fault matching ``crm`` and ``path``."""
+    def take_fault(self, crm: str, path: str, tenant: str = DEFAULT_TENANT) -> Fault | None:
+        """Consume one use of the first pending fault matching ``crm``, ``path`` and ``tenant``."""
         with self.lock:
             for fault in self.faults:
-                if fault.crm == crm and (not fault.path_contains or fault.path_contains in path):
+                if (fault.crm == crm and (not fault.path_contains or fault.path_contains in path)
+                        and fault.tenant in (None, tenant)):
                     fault.count -= 1
                     if fault.count == 0:
                         self.faults.remove(fault)
                     return Fault(**{**asdict(fault), "count": 1})
             return None
 
-    def seed(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Load the seed document (see the package docstring); returns the created ids."""
-        sf = data.get("salesforce") or {}
-        hs = data.get("hubspot") or {}
-        created: dict[str, dict[str, Any]] = {"salesforce": {}, "hubspot": {}}
-        with self.lock:
-            for session in sf.get("sessions", []):
-                self.salesforce.add_session(session)
-            users = created["salesforce"].setdefault("users", {})
-            for user in sf.get("users", []):
-                users[user["email"]] = self.salesforce.add_user(
-                    user["email"], id=user.get("id"), active=user.get("active", True),
-                    name=user.get("name", ""))
-            for kind, add in (("contacts", self.salesforce.add_contact), ("leads", self.salesforce.add_lead)):
-                ids = created["salesforce"].setdefault(kind, [])
-                for person in sf.get(kind, []):
-                    owner = person.get("owner_id") or users.get(person.get("owner_email", ""))
-                    extra = {"is_converted": person["is_converted"]} if "is_converted" in person else {}
-                    ids.append(add(person["email"], owner_id=owner, id=person.get("id"),
-                                   last_modified=person.get("last_modified"),
-                                   first_name=person.get("first_name", ""), **extra))
-            for field_name in sf.get("task_custom_fields", []):
-                self.salesforce.task_custom_fields.add(field_name)
-            for token in hs.get("tokens", []):
-                self.hubspot.add_token(token)
-            for name in hs.get("custom_properties", []):
-                self.hubspot.custom_properties.add(name)
-            contacts = created["hubspot"].setdefault("contacts", {})
-            for contact in hs.get("contacts", []):
-                props = {k: v for k, v in contact.items() if k not in {"email", "id"}}
-                contacts[contact["email"]] = self.hubspot.add_contact(
-                    contact["email"], id=contact.get("id"), **props)
-            owners = created["hubspot"].setdefault("owners", {})
-            for owner in hs.get("owners", []):
-                owners[owner["email"]] = self.hubspot.add_owner(
-                    owner["email"], id=owner.get("id"), first_name=owner.get("first_name", ""),
-                    last_name=owner.get("last_name", ""))
-        return created
+    def seed(self, data: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
+        """Seed one tenant: ``tenant``, else the document's ``"tenant"``, else the default one."""
+        return self.tenant(tenant or data.get("tenant")).seed(data)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able snapshot of all data (faults excluded: they are transient by nature)."""
+        """A JSON-able snapshot (faults excluded: they are transient by nature).
+
+        The default tenant's sections stay at the top level, as before tenants existed; the
+        others are under ``"tenants"``.
+        """
         with self.lock:
-            sf, hs = self.salesforce, self.hubspot
             return {
                 "sequence": dict(self.sequence),
-                "calls": dict(self.calls),
-                "salesforce": {
-                    "sessions": sorted(sf.sessions),
-                    "users": [asdict(u) for u in sf.users.values()],
-                    "people": [asdict(p) for p in sf.people.values()],
-                    "tasks": [asdict(t) for t in sf.tasks],
-                    "task_custom_fields": sorted(sf.task_custom_fields),
-                    "api_usage": sf.api_usage,
-                },
-                "hubspot": {
-                    "tokens": sorted(hs.tokens),
-                    "custom_properties": sorted(hs.custom_properties),
-                    "contacts": [asdict(c) for c in hs.contacts.values()],
-                    "owners": [asdict(o) for o in hs.owners.values()],
-                    "objects": [asdict(o) for o in hs.objects.values()],
-                    "associations": [asdict(a) for a in hs.associations],
-                },
+                **self.default.to_dict(),
+                "tenants": {name: t.to_dict() for name, t in self.tenants.items()
+                            if name != DEFAULT_TENANT},
             }
 
     def load(self, data: dict[str, Any]) -> None:
@@ -409,17 +190,8 @@ class SandboxState:
         with self.lock:
             self.reset()
             self.sequence.update(data.get("sequence", {}))
-            self.calls.update(data.get("calls", {}))
-            sf, hs = data.get("salesforce", {}), data.get("hubspot", {})
-            self.salesforce.sessions = set(sf.get("sessions", []))
-            self.salesforce.users = {to15(u["id"]): SfUser(**u) for u in sf.get("users", [])}
-            self.salesforce.people = {to15(p["id"]): SfPerson(**p) for p in sf.get("people", [])}
-            self.salesforce.tasks = [SfTask(**t) for t in sf.get("tasks", [])]
-            self.salesforce.task_custom_fields = set(sf.get("task_custom_fields", []))
-            self.salesforce.api_usage = int(sf.get("api_usage", 0))
-            self.hubspot.tokens = set(hs.get("tokens", []))
-            self.hubspot.custom_properties = set(hs.get("custom_properties", []))
-            self.hubspot.contacts = {c["id"]: HsContact(**c) for c in hs.get("contacts", [])}
-            self.hubspot.owners = {o["id"]: HsOwner(**o) for o in hs.get("owners", [])}
-            self.hubspot.objects = {o["id"]: HsObject(**o) for o in hs.get("objects", [])}
-            self.hubspot.associations = [HsAssociation(**a) for a in hs.get("associations", [])]
+            self.default.load(data)
+            for name, section in (data.get("tenants") or {}).items():
+                tenant = Tenant(name, self.lock, self.sequence, (), ())
+                tenant.load(section)
+                self.tenants[name] = tenant

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from confluent_kafka import Consumer, TopicPartition
 
 from processors.codec import Codec
+from processors.kafka.read import read_to_end
 from processors.config import TOPIC_ENV, Config, Topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,7 @@ class Deployment:
             CRM_SYNC_TOPIC_PARTITIONS=str(self.partitions),
             CRM_SYNC_STATE_DIR=str(self.secrets_dir.parent / "state"),
             CRM_SYNC_SINK_RETRY_SECONDS="20",
+            CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS="true",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
@@ -109,7 +110,7 @@ class WorkerProcess:
         env["CRM_SYNC_METRICS_PORT"] = str(self.port)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processors.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "processors.ops.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         return self
 
@@ -152,28 +153,10 @@ class WorkerProcess:
 
 
 def read_all(bootstrap: str, topic: str, codec: Codec | None = None, timeout: float = 10.0) -> list[Any]:
-    """Every record now on a topic, decoded when a codec is given."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts}
-        consumer.assign(parts)
-        out: list[Any] = []
-        remaining = {p for p, e in ends.items() if e > 0}
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            out.append(codec.decode(msg.value()).value if codec else msg)
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                remaining.discard(msg.partition())
-        return out
-    finally:
-        consumer.close()
+    """Every record now on a topic (the one read-to-end helper), decoded when a codec is given."""
+    out: list[Any] = []
+    read_to_end({"bootstrap.servers": bootstrap}, topic, lambda msg: out.append(codec.decode(msg.value()).value if codec else msg), timeout=timeout)
+    return out
 
 
 def write_default_secrets(secrets_dir: Path, *, sf_instance: str, session_id: str, hs_url: str, hs_token: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from processors.cli import build_parser
+from processors.ops.cli import build_parser
 from tests.integration.harness import ROOT
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ ALL_EVENTS = ["meeting_booked", "research_completed", "pre_meeting_survey_answer
 
 
 class Cli:
-    """Runs `python -m processors.cli` with its own settings and dead-letter topics."""
+    """Runs `python -m processors.ops.cli` with its own settings and dead-letter topics."""
 
     def __init__(self, bootstrap: str) -> None:
         suffix = uuid.uuid4().hex[:8]
@@ -36,7 +36,7 @@ class Cli:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "processors.cli", *args],
+            [sys.executable, "-m", "processors.ops.cli", *args],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
         )
 

@@ -18,9 +18,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connectors.sandbox.server import CrmSandbox
 from connectors.sandbox.state import Fault
-from processors.admin import SettingsAdmin
-from processors.model import Crm, EventType
-from processors.publisher import EventPublisher, Topics as PublisherTopics
+from processors.ops.admin import SettingsAdmin
+from processors.domain.model import Crm, EventType
+from processors.ops.publisher import EventPublisher
 from tests.integration.conftest import start_worker
 from tests.integration.harness import Deployment, WorkerProcess, read_all, wait_for
 
@@ -57,7 +57,7 @@ def publish(
     t = deployment.topics
     pub = EventPublisher(
         {"bootstrap.servers": deployment.bootstrap},
-        PublisherTopics(meetings=t.meetings, research=t.research, surveys=t.surveys),
+        t,
     )
     ids = [(company, f"m-{uuid.uuid4().hex[:12]}") for company in companies for _ in range(count)]
     start = int(time.time() * 1000) + 86_400_000

@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.sandbox.server import CrmSandbox
-from processors.admin import SettingsAdmin
+from processors.ops.admin import SettingsAdmin
 from processors.codec import Codec
-from processors.model import Crm, EventType
-from processors.publisher import EventPublisher, Topics as PublisherTopics
+from processors.domain.model import Crm, EventType
+from processors.ops.publisher import EventPublisher
 from tests.integration.conftest import start_worker
 from tests.integration.harness import Deployment, WorkerProcess, read_all, wait_for
 
@@ -41,7 +41,7 @@ def publisher(deployment: Deployment) -> EventPublisher:
     t = deployment.topics
     return EventPublisher(
         {"bootstrap.servers": deployment.bootstrap},
-        PublisherTopics(meetings=t.meetings, research=t.research, surveys=t.surveys),
+        t,
     )
 
 

@@ -21,11 +21,12 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.sandbox.server import CrmSandbox
-from processors.admin import SettingsAdmin
+from processors.ops.admin import SettingsAdmin
 from processors.codec import Codec
-from processors.model import CompanySettings, Crm, EventType, MeetingTypeSettings, company_to_record, meeting_type_to_record
-from processors.publisher import EventPublisher, Topics as PublisherTopics
-from processors.rules import company_key, meeting_type_key
+from processors.domain.model import CompanySettings, Crm, EventType, MeetingTypeSettings
+from processors.domain.records import company_to_record, meeting_type_to_record
+from processors.ops.publisher import EventPublisher
+from processors.domain.rules import company_key, meeting_type_key
 from tests.integration.conftest import start_worker
 from tests.integration.harness import ROOT, Deployment, WorkerProcess, read_all, wait_for
 
@@ -109,7 +110,7 @@ def publisher(deployment: Deployment) -> EventPublisher:
     t = deployment.topics
     return EventPublisher(
         {"bootstrap.servers": deployment.bootstrap},
-        PublisherTopics(meetings=t.meetings, research=t.research, surveys=t.surveys),
+        t,
     )
 
 
@@ -315,7 +316,7 @@ def test_apply_to_other_meeting_types_then_events_on_the_targets(
     turn_on(admin, "applyco", "dst1", Crm.SALESFORCE, EventType.PRE_MEETING_SURVEY_ANSWERED)
     for crm in ("salesforce", "hubspot"):
         done = subprocess.run(
-            [sys.executable, "-m", "processors.cli", "settings", "apply", "--company", "applyco", "--from", "src",
+            [sys.executable, "-m", "processors.ops.cli", "settings", "apply", "--company", "applyco", "--from", "src",
              "--to", "dst1,dst2", "--crm", crm, "--event", "meeting_booked"],
             cwd=ROOT, env=deployment.env(), capture_output=True, text=True, timeout=60,
         )

@@ -32,10 +32,10 @@ from confluent_kafka import Producer
 
 from connectors.sandbox.server import CrmSandbox
 from connectors.sandbox.state import Fault
-from processors.admin import SettingsAdmin
+from processors.ops.admin import SettingsAdmin
 from processors.codec import Codec
-from processors.history import local_day
-from processors.model import Crm, EventType
+from processors.domain.history import local_day
+from processors.domain.model import Crm, EventType
 from tests.integration.harness import (
     http_ok,
     ROOT,
@@ -376,21 +376,24 @@ def test_every_dashboard_panel_and_alert_expression_returns_data(run: Run) -> No
     assert ready["value"][1] == "1"
 
 
+NONE = {"created": 0, "failed": 0, "retried": 0, "resolved": 0}
+
+
 def _expected_history(run: Run) -> dict[str, Any]:
     day = local_day(run.started_ms, "Asia/Tokyo")
     return {
         "rows": [
-            {"day": day, "crm": "any", "event_type": "meeting_booked", "created": 0, "skipped": {"no_settings": 1}, "failed": 0},
-            {"day": day, "crm": "hubspot", "event_type": "meeting_booked", "created": 1, "skipped": {"contact_not_found": 1}, "failed": 1},
-            {"day": day, "crm": "salesforce", "event_type": "meeting_booked", "created": 2, "skipped": {"contact_not_found": 1}, "failed": 0},
+            {"day": day, "crm": "any", "event_type": "meeting_booked", **NONE, "skipped": {"no_settings": 1}},
+            {"day": day, "crm": "hubspot", "event_type": "meeting_booked", **NONE, "created": 1, "skipped": {"contact_not_found": 1}, "failed": 1},
+            {"day": day, "crm": "salesforce", "event_type": "meeting_booked", **NONE, "created": 2, "skipped": {"contact_not_found": 1}},
         ],
-        "totals": {"created": 3, "failed": 1, "skipped": {"no_settings": 1, "contact_not_found": 2}},
+        "totals": {**NONE, "created": 3, "failed": 1, "skipped": {"no_settings": 1, "contact_not_found": 2}},
     }
 
 
 def _cli(run: Run, *args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "processors.cli", "history", "--company", COMPANY, "--json", *args],
+        [sys.executable, "-m", "processors.ops.cli", "history", "--company", COMPANY, "--json", *args],
         cwd=ROOT, env=run.deployment.env(), capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
@@ -445,10 +448,7 @@ def test_liveness_and_readiness(run: Run) -> None:
     assert run.get("/health/live") == (200, {"status": "ok"})
     status, ready = run.get("/health/ready")
     assert status == 200
-    assert ready == {
-        "ready": True, "settings_ready": True, "stages_running": True, "partitions_assigned": True,
-        "tables_recovered": True, "rebalancing": False,
-    }
+    assert ready == {"ready": True, "settings_ready": True, "stages_running": True}
     assert run.metric("crm_sync_worker_ready") == 1
 
 

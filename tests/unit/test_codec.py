@@ -52,6 +52,7 @@ ACTION = {
     "owner_email": "host@example.com",
     "properties": {"Subject": "面談予約のお知らせ", "Description": "..."},
     "attempt": 2,
+    "first_due_at": T0 + 600_000,
 }
 
 # Every record schema with every field set (so equality after a round trip is exact).
@@ -134,6 +135,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "last_attempt_at": T0 + 1,
         "created_at": T0 + 2,
     },
+    "DeadLetterStatus": {"dead_letter_id": "dl-1", "status": "resolved", "at": T0 + 3, "by": "admin@acme", "note": "fixed the field"},
 }
 
 MEETING_SUBJECT = "scheduling.meetings.v1-value"

@@ -1,4 +1,4 @@
-"""Per-company credentials: files, the _default fallback, rotation, and secret-free repr."""
+"""Per-company credentials: files, the _default fallback behind its switch, rotation, no secrets shown."""
 
 from __future__ import annotations
 
@@ -42,8 +42,44 @@ def test_reads_company_files(secrets: Path) -> None:
     assert (hs.access_token, hs.base_url) == ("pat-SECRET", "https://api.hubapi.com")
 
 
-def test_default_directory_only_when_company_has_none(secrets: Path) -> None:
+SECRETS = ("SESSION-SECRET", "PW-SECRET", "TOK-SECRET", "pat-SECRET", "pat-DEFAULT")
+
+
+@pytest.mark.parametrize("crm", ["salesforce", "hubspot"])
+def test_no_company_directory_is_missing_without_the_switch(secrets: Path, crm: str) -> None:
     store = CredentialStore(secrets)
+    assert store.allow_default is False
+    with pytest.raises(CredentialsMissing) as info:
+        getattr(store, crm)("other")
+    error = info.value
+    assert isinstance(error, PermanentError) and error.code == "CREDENTIALS_MISSING"
+    assert error.crm == crm
+    assert error.message == (
+        f"no {crm} credentials for this company: create {secrets / 'other' / f'{crm}.json'}")
+    shown = " ".join([str(error), repr(error), json.dumps(error.as_dict())])
+    assert all(secret not in shown for secret in SECRETS)
+    assert not (secrets / "other").exists()
+
+
+def test_a_company_directory_without_the_file_names_the_file(secrets: Path) -> None:
+    (secrets / "acme" / "hubspot.json").unlink()
+    for allow in (False, True):
+        with pytest.raises(CredentialsMissing) as info:
+            CredentialStore(secrets, allow_default=allow).hubspot("acme")
+        assert info.value.message.endswith(f"create {secrets / 'acme' / 'hubspot.json'}")
+        assert "pat-DEFAULT" not in str(info.value)
+
+
+def test_the_default_is_never_read_without_the_switch(secrets: Path) -> None:
+    store = CredentialStore(secrets)
+    with pytest.raises(CredentialsMissing):
+        store.hubspot("other")
+    assert store.hubspot("acme").access_token == "pat-SECRET"
+    assert CredentialStore(secrets, allow_default=True).hubspot("other").access_token == "pat-DEFAULT"
+
+
+def test_default_directory_only_when_company_has_none(secrets: Path) -> None:
+    store = CredentialStore(secrets, allow_default=True)
     sf = store.salesforce("other")
     assert sf.auth_type == "password" and sf.can_login
     assert sf.salesforce_kwargs()["domain"] == "test"
@@ -55,12 +91,15 @@ def test_default_directory_only_when_company_has_none(secrets: Path) -> None:
 
 
 def test_missing_everything_and_unsafe_company_ids(tmp_path: Path) -> None:
-    store = CredentialStore(tmp_path)
-    with pytest.raises(CredentialsMissing):
-        store.salesforce("acme")
-    for bad in ("../acme", "a/b", "", "_default", ".hidden"):
-        with pytest.raises(CredentialsMissing):
-            store.hubspot(bad)
+    for allow in (False, True):
+        store = CredentialStore(tmp_path, allow_default=allow)
+        with pytest.raises(CredentialsMissing) as info:
+            store.salesforce("acme")
+        assert str(tmp_path / "acme" / "salesforce.json") in info.value.message
+        for bad in ("../acme", "a/b", "", "_default", ".hidden"):
+            with pytest.raises(CredentialsMissing) as info:
+                store.hubspot(bad)
+            assert info.value.message == "the company id cannot name a secrets directory"
 
 
 def test_invalid_files(tmp_path: Path) -> None:
@@ -94,11 +133,12 @@ def test_env_var_sets_the_directory(secrets: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_repr_never_shows_secrets(secrets: Path) -> None:
-    store = CredentialStore(secrets)
+    store = CredentialStore(secrets, allow_default=True)
     shown = " ".join(repr(x) for x in (store.salesforce("acme"), store.salesforce("x"),
                                       store.hubspot("acme"), store))
-    for secret in ("SESSION-SECRET", "PW-SECRET", "TOK-SECRET", "pat-SECRET"):
+    for secret in SECRETS:
         assert secret not in shown
+    assert repr(store) == f"CredentialStore(secrets_dir={str(secrets)!r}, allow_default=True)"
     assert repr(HubSpotCredentials("t0ken")) == "HubSpotCredentials(base_url='https://api.hubapi.com')"
     assert "s3cret" not in repr(SalesforceCredentials(instance_url="https://x", session_id="s3cret"))
     assert "s3cret" not in str([SalesforceCredentials(instance_url="https://x", session_id="s3cret")])

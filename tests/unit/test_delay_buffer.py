@@ -3,12 +3,12 @@ read-ahead stops at the lookahead or the buffer budget."""
 
 from __future__ import annotations
 
-from processors.delay import Held, PartitionBuffer, per_partition_cap
+from processors.domain.release import Held, PartitionBuffer, per_partition_cap
 
 
 def held(offset: int, due_at: int, company: str = "acme", crm: str = "salesforce") -> Held:
     headers = [("due_at", str(due_at).encode()), ("company_id", company.encode()), ("crm", crm.encode()), ("action_id", f"a{offset}".encode())]
-    return Held.of(offset, headers, b"v")
+    return Held.of(offset, headers, b"v", 0)
 
 
 def filled(*items: tuple[int, int]) -> PartitionBuffer:
@@ -22,7 +22,7 @@ def test_headers_are_read_without_decoding_the_value() -> None:
     h = held(7, 1234, company="c1", crm="hubspot")
     assert (h.due_at, h.offset, h.company_id, h.crm, h.action_id) == (1234, 7, "c1", "hubspot", "a7")
     assert h.header("missing") == ""
-    assert Held.of(1, [("due_at", b"garbage")], b"").due_at == 0
+    assert Held.of(1, [("due_at", b"garbage")], b"", 0).due_at == 0
 
 
 def test_nothing_read_means_nothing_to_commit() -> None:

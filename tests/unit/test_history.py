@@ -6,15 +6,20 @@ from datetime import datetime, timezone
 
 import pytest
 
-from processors.history import HistoryRecord, add, day_window, fold, format_report, history_partition, local_day, report
+from processors.domain.history import HistoryRecord, add, day_window, fold, format_report, local_day, report
+from processors.kafka.producer import partition_for
 
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
+_ids = iter(range(1_000_000))
+
+
 def rec(day: str, outcome: str, *, crm: str = "salesforce", event_type: str = "meeting_booked", reason: str | None = None) -> HistoryRecord:
-    return HistoryRecord("acme", day, "Asia/Tokyo", crm, event_type, outcome, reason, 0, "evt-1", "act-1")
+    """A record of its own action (records of one action and outcome count once)."""
+    return HistoryRecord("acme", day, "Asia/Tokyo", crm, event_type, outcome, reason, 0, "evt-1", f"act-{next(_ids)}")
 
 
 def test_the_day_is_the_companys_local_day_not_utcs() -> None:
@@ -38,11 +43,11 @@ def test_counts_created_failed_and_skipped_by_reason_per_crm_and_event_type() ->
     )
     body = report(state, today="2026-11-24", days=7)
     assert body["rows"] == [
-        {"day": "2026-11-24", "crm": "any", "event_type": "research_completed", "created": 0, "skipped": {"no_settings": 1}, "failed": 0},
-        {"day": "2026-11-24", "crm": "hubspot", "event_type": "meeting_booked", "created": 0, "skipped": {"contact_not_found": 1}, "failed": 0},
-        {"day": "2026-11-24", "crm": "salesforce", "event_type": "meeting_booked", "created": 2, "skipped": {"contact_not_found": 1}, "failed": 1},
+        {"day": "2026-11-24", "crm": "any", "event_type": "research_completed", "created": 0, "skipped": {"no_settings": 1}, "failed": 0, "retried": 0, "resolved": 0},
+        {"day": "2026-11-24", "crm": "hubspot", "event_type": "meeting_booked", "created": 0, "skipped": {"contact_not_found": 1}, "failed": 0, "retried": 0, "resolved": 0},
+        {"day": "2026-11-24", "crm": "salesforce", "event_type": "meeting_booked", "created": 2, "skipped": {"contact_not_found": 1}, "failed": 1, "retried": 0, "resolved": 0},
     ]
-    assert body["totals"] == {"created": 2, "failed": 1, "skipped": {"no_settings": 1, "contact_not_found": 2}}
+    assert body["totals"] == {"created": 2, "failed": 1, "retried": 0, "resolved": 0, "skipped": {"no_settings": 1, "contact_not_found": 2}}
     assert (body["from"], body["to"]) == ("2026-11-18", "2026-11-24")
 
 
@@ -84,9 +89,9 @@ def test_the_cli_table_names_every_count() -> None:
     assert "no activity" in format_report("acme", {"timezone": "UTC", **report({}, today="2026-11-24", days=1)})
 
 
-def test_history_partition_is_the_one_fausts_producer_picks() -> None:
-    """Faust produces through aiokafka's DefaultPartitioner; the CLI reads only that partition."""
+def test_a_companys_partition_is_the_one_the_java_and_faust_partitioners_pick() -> None:
+    """Writers put a company's records in this partition; the reader reads only that one."""
     from aiokafka.partitioner import DefaultPartitioner
 
     for company in ("acme", "beta", "会社"):
-        assert history_partition(company, 6) == DefaultPartitioner()(company.encode(), list(range(6)), list(range(6)))
+        assert partition_for(company.encode(), 6) == DefaultPartitioner()(company.encode(), list(range(6)), list(range(6)))

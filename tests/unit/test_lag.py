@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.lag import lag_by_topic
+from processors.kafka.lag import lag_by_topic
 
 
 def test_lag_is_high_watermark_minus_committed_summed_per_topic() -> None:

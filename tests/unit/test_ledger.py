@@ -9,11 +9,12 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from processors.batch_consumer import batch_offsets
+from processors.kafka.consumer import batch_offsets
 from processors.config import Config
-from processors.ledger import Generations, Ledger
-from processors.model import Crm
-from processors.topics import check_ledgers, topic_specs
+from processors.state.ledger import Ledger
+from processors.state.table import Generations
+from processors.domain.model import Crm
+from processors.kafka.topics import check_ledgers, topic_specs
 
 HOUR_MS = 3_600_000
 
@@ -26,7 +27,7 @@ def test_an_entry_is_kept_at_least_keep_ms_and_at_most_twice_that() -> None:
     gens.put("b", "obj-b", now_ms=HOUR_MS + 1)
     assert gens.get("a", now_ms=2 * HOUR_MS) is None  # second rotation: older than keep_ms/2 twice
     assert gens.get("b", now_ms=2 * HOUR_MS) == "obj-b"
-    assert len(gens) == 1
+    assert gens.size(now_ms=2 * HOUR_MS) == 1
 
 
 def test_the_current_generation_wins_over_the_previous_one() -> None:
@@ -54,14 +55,15 @@ def test_a_put_is_known_at_once_in_its_partition_only_and_is_written_to_the_same
         return done
 
     async def scenario() -> Ledger:
-        ledger = Ledger(topic="l", write=write, reader_options={}, keep_ms=HOUR_MS, clock=FakeClock())
-        await (await ledger.put(3, "act-1", "00T1"))
+        ledger = Ledger(topic="l", write=write, reader_config={}, keep_ms=HOUR_MS, clock=FakeClock())
+        await (await ledger.put(3, "acme", "act-1", "00T1"))
         return ledger
 
     ledger = asyncio.run(scenario())
-    assert ledger.get(3, "act-1") == "00T1"
-    assert ledger.get(2, "act-1") is None
-    assert written == [(3, b"act-1", b"00T1")]
+    assert ledger.get(3, "acme", "act-1") == "00T1"
+    assert ledger.get(3, "other", "act-1") is None  # tenant-scoped
+    assert ledger.get(2, "acme", "act-1") is None
+    assert written == [(3, b"acme/act-1", b"00T1")]
     assert len(ledger) == 1
 
 
@@ -70,15 +72,15 @@ def test_holding_fewer_partitions_forgets_the_others_without_reading() -> None:
         return asyncio.sleep(0)
 
     async def scenario() -> Ledger:
-        ledger = Ledger(topic="l", write=write, reader_options={}, keep_ms=HOUR_MS, clock=FakeClock())
-        await (await ledger.put(0, "a", "x"))
-        await (await ledger.put(1, "b", "y"))
+        ledger = Ledger(topic="l", write=write, reader_config={}, keep_ms=HOUR_MS, clock=FakeClock())
+        await (await ledger.put(0, "c", "a", "x"))
+        await (await ledger.put(1, "c", "b", "y"))
         await ledger.hold([1])  # partition 1 is held already: nothing to read back
         return ledger
 
     ledger = asyncio.run(scenario())
-    assert ledger.get(0, "a") is None
-    assert ledger.get(1, "b") == "y"
+    assert ledger.get(0, "c", "a") is None
+    assert ledger.get(1, "c", "b") == "y"
 
 
 def rec(topic: str, partition: int, offset: int) -> ConsumerRecord:

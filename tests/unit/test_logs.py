@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from processors.logs import JsonFormatter, redact
+from processors.worker.logs import JsonFormatter, redact
 
 
 def line(msg: str, *args: object, exc: BaseException | None = None, **extra: object) -> str:

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from processors import planner, render
-from processors.model import (
+from processors.domain import planner, render
+from processors.domain.model import (
     QA,
     CompanySettings,
     Crm,
@@ -23,7 +23,7 @@ from processors.model import (
     ResearchCompleted,
     SurveyAnswered,
 )
-from processors.planner import Skip, plan
+from processors.domain.planner import Skip, plan
 
 DELAY = 600_000
 T = int(datetime(2026, 11, 23, 16, 30, tzinfo=timezone.utc).timestamp() * 1000)  # 2026-11-24 01:30 in Tokyo
@@ -154,7 +154,7 @@ def test_ids_are_deterministic_and_distinct():
     assert [a.action_id for a in first.actions] == [a.action_id for a in again.actions]
     assert len({a.action_id for a in first.actions}) == 3
     for a in first.actions:
-        assert a.action_id == planner.action_id("evt-1", a.crm, a.origin)
+        assert a.action_id == planner.action_id(a.company_id, "evt-1", a.crm, a.origin)
         assert len(a.action_id) == 32 and int(a.action_id, 16) >= 0
     other = run(make_event(EventType.MEETING_BOOKED, event_id="evt-2"), c, m)
     assert not {a.action_id for a in first.actions} & {a.action_id for a in other.actions}
@@ -162,12 +162,19 @@ def test_ids_are_deterministic_and_distinct():
 
 def test_action_id_is_stable_value():
     # a regression guard: the ids are persisted in the delay store and used as CRM idempotency keys
-    ids = {planner.action_id("evt-1", crm, origin) for crm in Crm for origin in Origin}
+    ids = {planner.action_id("acme", "evt-1", crm, origin) for crm in Crm for origin in Origin}
     assert len(ids) == 4
-    assert planner.action_id("evt-1", Crm.SALESFORCE, Origin.COMPANY) == planner.action_id(
-        "evt-1", Crm.SALESFORCE, Origin.COMPANY
-    )
-    assert planner.action_id("a\x1fb", Crm.HUBSPOT, Origin.COMPANY) != planner.action_id("a", Crm.HUBSPOT, Origin.COMPANY)
+    assert planner.action_id("acme", "evt-1", Crm.SALESFORCE, Origin.COMPANY) == "642fab1a724cb5a2ffdd74776071d4de"
+    assert planner.action_id("acme", "a\x1fb", Crm.HUBSPOT, Origin.COMPANY) != planner.action_id("acme", "a", Crm.HUBSPOT, Origin.COMPANY)
+
+
+def test_two_companies_with_the_same_event_id_plan_different_actions():
+    """SPEC §11: event ids are unique within a company only (eight companies, one event id)."""
+    ids = {planner.action_id(f"co-{n}", "evt-1", Crm.SALESFORCE, Origin.MEETING_TYPE) for n in range(8)}
+    assert len(ids) == 8
+    c, m = company(todo=ALL_ON), meeting_type(ALL_ON, ALL_ON)
+    first = run(make_event(EventType.MEETING_BOOKED), c, m)
+    assert all(a.first_due_at == a.due_at for a in first.actions)
 
 
 # ---- due time (SPEC §4) ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from processors.codec import Codec, EncodeError
-from processors.publisher import EventPublisher, PublishError, Topics, producer_settings
+from processors.ops.publisher import EventPublisher, PublishError, Topics, producer_settings
 
 START = datetime(2026, 11, 24, 1, 30, tzinfo=timezone.utc)
 

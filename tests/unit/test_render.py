@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from processors import render
-from processors.model import (
+from processors.domain import render
+from processors.domain.model import (
     QA,
     EventType,
     MeetingBooked,
@@ -17,7 +17,7 @@ from processors.model import (
     ResearchCompleted,
     SurveyAnswered,
 )
-from processors.render import (
+from processors.domain.render import (
     DEFAULT_SUBJECTS,
     DESCRIPTION_LIMIT,
     NOTE_BODY_LIMIT,

@@ -1,4 +1,4 @@
-"""sinks.py resolution: WhoId / OwnerId for Salesforce Tasks (SPEC §5), HubSpot owner and contact (§6).
+"""deliverer_module.py resolution: WhoId / OwnerId for Salesforce Tasks (SPEC §5), HubSpot owner and contact (§6).
 
 The pure functions are tested directly; the per-event-type owner rule (host's User first, else the record
 owner, or the record owner only) is then checked end to end through `Deliverer.deliver` with in-memory fake
@@ -16,9 +16,9 @@ import pytest
 from connectors.errors import Result
 from connectors.retry import RetryPolicy
 from connectors.salesforce import Person as SfPerson
-from processors import sinks
+from processors.stages import deliverer as deliverer_module
 from processors.metrics import Metrics
-from processors.model import (
+from processors.domain.model import (
     QA,
     Action,
     CompanySettings,
@@ -33,8 +33,8 @@ from processors.model import (
     ResearchCompleted,
     SurveyAnswered,
 )
-from processors.planner import plan
-from processors.sinks import CREATED, SKIPPED, hubspot_properties, salesforce_task_fields
+from processors.domain.planner import plan
+from processors.domain.deliver import CREATED, SKIPPED, hubspot_properties, salesforce_task_fields
 
 T = int(datetime(2026, 11, 23, 16, 30, tzinfo=timezone.utc).timestamp() * 1000)
 HOST = Person("Host@Example.com", "Hana Host")
@@ -158,9 +158,9 @@ class FakeCredentials:
 def fakes(monkeypatch):
     sf = FakeSalesforce(people={}, users={})
     hs = FakeHubSpot(contacts={}, owners={})
-    monkeypatch.setattr(sinks, "SalesforceClient", lambda creds, ca, reload=None, throttle=None: sf)
-    monkeypatch.setattr(sinks, "HubSpotClient", lambda creds, ca, reload=None, throttle=None: hs)
-    deliverer = sinks.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
+    monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None: sf)
+    monkeypatch.setattr(deliverer_module, "HubSpotClient", lambda creds, ca, reload=None, throttle=None: hs)
+    deliverer = deliverer_module.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
     return deliverer, sf, hs
 
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from processors import rules
-from processors.model import (
+from processors.domain import rules
+from processors.domain.model import (
     CompanySettings,
     Crm,
     EventToggles,
@@ -17,8 +17,8 @@ from processors.model import (
     Person,
     SurveyAnswered,
 )
-from processors.planner import plan
-from processors.rules import DueDecision, SettingsError
+from processors.domain.planner import plan
+from processors.domain.rules import DueDecision, SettingsError
 
 NOW = 1_795_451_400_000
 LATER = NOW + 60_000

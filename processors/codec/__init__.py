@@ -1,0 +1,318 @@
+"""The one Avro codec: dicts ⇄ bytes, in single-object encoding or the Confluent wire format.
+
+Pure apart from the optional schema-registry client it is given; domain classes are not its business.
+
+Value representation (both directions): plain Avro values as dicts, lists, str, int, bool, bytes, with
+enum symbols as str and **timestamps as int milliseconds since the Unix epoch (UTC)**. ``encode`` also
+accepts timezone-aware ``datetime`` for timestamp fields; naive datetimes are refused because fastavro
+would silently read them as the machine's local time.
+
+Schema evolution: every ``.avsc`` under ``schemas/`` (current and ``schemas/history/``) contributes a
+fingerprint; a record is always resolved from its writer schema to the *current* schema of the same full
+name, so older and newer writers decode to today's shape (added fields get their defaults).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
+
+from processors.codec.conform import Invalid, conform, without_logical_types
+from processors.domain.errors import Undecodable
+from schemas import SCHEMA_DIR, SchemaCatalog, full_name, load_catalog, short_name
+
+SINGLE_OBJECT = "single-object"
+CONFLUENT = "confluent"
+
+_SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+_SINGLE_OBJECT_HEADER = 10
+_CONFLUENT_MAGIC = 0
+_CONFLUENT_HEADER = 5
+
+_T = TypeVar("_T")
+
+
+class CodecError(Exception):
+    """A record could not be encoded or decoded; ``code`` is stable, ``reason`` is for humans.
+
+    Reasons name fields and types, never field values, so they are safe for logs and dead letters.
+    """
+
+    def __init__(
+        self, reason: str, *, code: str, schema_name: str | None = None, encoding: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.schema_name = schema_name
+        self.encoding = encoding
+
+
+class EncodeError(CodecError):
+    """The record does not fit its schema (or the registry refused the schema): nothing was written."""
+
+
+class DecodeError(CodecError, Undecodable):
+    """The bytes are not a record we can read: permanent, dead-letter with ``reason`` and ``code``."""
+
+
+class RegistryUnavailableError(CodecError):
+    """The schema registry could not answer: transient, retry later instead of dead-lettering."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded record: short schema name (e.g. ``MeetingBooked``), value, and the wire encoding."""
+
+    schema_name: str
+    value: dict[str, Any]
+    encoding: str
+
+
+@dataclass(frozen=True)
+class _Writer:
+    full_name: str
+    schema: Any
+
+
+def schema_fingerprint(schema: Any) -> bytes:
+    """CRC-64-AVRO (Rabin) of the parsing canonical form, as the 8 little-endian header bytes."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+class Codec:
+    """Encodes and decodes every schema in ``schemas/``; give it a registry to use the Confluent format."""
+
+    def __init__(self, registry: SchemaRegistryClient | None = None, *, schema_dir: Path = SCHEMA_DIR) -> None:
+        catalog = load_catalog(schema_dir)
+        self._registry = registry
+        self._declared = {name: dict(f.schema) for name, f in catalog.current.items()}
+        self._expanded = {name: expand_schema(schema) for name, schema in self._declared.items()}
+        self._readers = {name: _parse_raw(schema) for name, schema in self._declared.items()}
+        self._fingerprints = _fingerprints(catalog)
+        self._current_fingerprints = {name: schema_fingerprint(schema) for name, schema in self._declared.items()}
+        self._writers_by_id: dict[int, _Writer] = {}
+        self._registered_ids: dict[tuple[str, str], int] = {}
+
+    @property
+    def registry(self) -> SchemaRegistryClient | None:
+        """The schema registry client, or None when only single-object encoding is available."""
+        return self._registry
+
+    @property
+    def schema_names(self) -> tuple[str, ...]:
+        """Short names of the record schemas this codec can encode."""
+        return tuple(short_name(name) for name, schema in self._declared.items() if schema["type"] == "record")
+
+    def fingerprint(self, schema_name: str) -> bytes:
+        """The 8-byte single-object fingerprint of a current schema."""
+        return self._current_fingerprints[self._record_name(schema_name)]
+
+    def encode(self, schema_name: str, record: Mapping[str, Any]) -> bytes:
+        """Validate, then write single-object encoding: ``C3 01`` + fingerprint + Avro body."""
+        name = self._record_name(schema_name)
+        return _SINGLE_OBJECT_MAGIC + self._current_fingerprints[name] + self._body(name, record)
+
+    def encode_confluent(self, schema_name: str, record: Mapping[str, Any], subject: str) -> bytes:
+        """Validate, register the schema under ``subject`` (cached), write ``00`` + schema id + body."""
+        name = self._record_name(schema_name)
+        body = self._body(name, record)
+        schema_id = self._register(name, subject)
+        return bytes([_CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big") + body
+
+    def decode(self, data: bytes | bytearray | memoryview | None) -> Decoded:
+        """Detect the encoding from the first bytes and read the record into the current schema."""
+        if not data:
+            raise DecodeError("empty record", code="empty")
+        raw = bytes(data)
+        if raw[:2] == _SINGLE_OBJECT_MAGIC:
+            return self._decode_single_object(raw)
+        if raw[0] == _CONFLUENT_MAGIC:
+            return self._decode_confluent(raw)
+        raise DecodeError(f"unknown magic byte 0x{raw[0]:02x}", code="unknown_magic")
+
+    def _record_name(self, schema_name: str) -> str:
+        name = full_name(schema_name)
+        if self._declared.get(name, {}).get("type") != "record":
+            raise EncodeError(f"no record schema named {schema_name!r}", code="unknown_schema")
+        return name
+
+    def _body(self, name: str, record: Mapping[str, Any]) -> bytes:
+        short = short_name(name)
+        try:
+            conformed = conform(self._expanded[name], record, "")
+        except Invalid as exc:
+            raise EncodeError(f"invalid {short}: {exc}", code="invalid_record", schema_name=short) from None
+        out = io.BytesIO()
+        try:
+            schemaless_writer(out, self._readers[name], conformed)
+        except Exception as exc:
+            raise EncodeError(
+                f"invalid {short}: cannot serialise ({type(exc).__name__})", code="invalid_record", schema_name=short
+            ) from exc
+        return out.getvalue()
+
+    def _register(self, name: str, subject: str) -> int:
+        short = short_name(name)
+        if self._registry is None:
+            raise EncodeError("confluent wire format but no schema registry configured", code="no_registry",
+                              schema_name=short, encoding=CONFLUENT)
+        cached = self._registered_ids.get((subject, name))
+        if cached is not None:
+            return cached
+        schema = Schema(json.dumps(self._declared[name]), "AVRO")
+        try:
+            schema_id = self._registry.register_schema(subject, schema)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code in (409, 422):
+                raise EncodeError(
+                    f"schema registry rejected {short} under subject {subject}: {exc.error_message}",
+                    code="registry_rejected", schema_name=short, encoding=CONFLUENT,
+                ) from exc
+            raise _unavailable(exc, f"registering {short} under {subject}") from exc
+        except Exception as exc:
+            raise _unavailable(exc, f"registering {short} under {subject}") from exc
+        self._registered_ids[(subject, name)] = schema_id
+        self._writers_by_id[schema_id] = _Writer(name, self._readers[name])
+        return schema_id
+
+    def _decode_single_object(self, raw: bytes) -> Decoded:
+        if len(raw) < _SINGLE_OBJECT_HEADER:
+            raise DecodeError(f"truncated single-object header ({len(raw)} bytes)", code="truncated",
+                              encoding=SINGLE_OBJECT)
+        key = raw[2:_SINGLE_OBJECT_HEADER]
+        writer = self._fingerprints.get(key)
+        if writer is None:
+            raise DecodeError(f"unknown schema fingerprint {key.hex()}", code="unknown_fingerprint",
+                              encoding=SINGLE_OBJECT)
+        return self._read(raw[_SINGLE_OBJECT_HEADER:], writer, SINGLE_OBJECT)
+
+    def _decode_confluent(self, raw: bytes) -> Decoded:
+        if self._registry is None:
+            raise DecodeError("confluent wire format but no schema registry configured", code="no_registry",
+                              encoding=CONFLUENT)
+        if len(raw) < _CONFLUENT_HEADER:
+            raise DecodeError(f"truncated confluent header ({len(raw)} bytes)", code="truncated", encoding=CONFLUENT)
+        schema_id = int.from_bytes(raw[1:_CONFLUENT_HEADER], "big")
+        return self._read(raw[_CONFLUENT_HEADER:], self._writer_for_id(schema_id), CONFLUENT)
+
+    def _writer_for_id(self, schema_id: int) -> _Writer:
+        cached = self._writers_by_id.get(schema_id)
+        if cached is not None:
+            return cached
+        registry = self._registry
+        assert registry is not None
+        what = f"schema id {schema_id}"
+        schema = _ask_registry(lambda: registry.get_schema(schema_id), what)
+        if (schema.schema_type or "AVRO") != "AVRO":
+            raise DecodeError(f"{what} is {schema.schema_type}, not AVRO", code="not_avro", encoding=CONFLUENT)
+        named: dict[str, Any] = {}
+        self._parse_references(schema, named, set())
+        parsed = _parse_registered(schema, named, what)
+        if not isinstance(parsed, dict) or parsed.get("type") != "record":
+            raise DecodeError(f"{what} is not an Avro record schema", code="not_record", encoding=CONFLUENT)
+        writer = _Writer(str(parsed["name"]), parsed)
+        self._writers_by_id[schema_id] = writer
+        return writer
+
+    def _parse_references(self, schema: Schema, named: dict[str, Any], seen: set[tuple[str, int]]) -> None:
+        """Writers may reference types registered under other subjects: parse those first."""
+        registry = self._registry
+        assert registry is not None
+        for reference in schema.references or []:
+            key = (str(reference.subject), int(reference.version or 0))
+            if key in seen:
+                continue
+            seen.add(key)
+            what = f"reference {reference.name} ({reference.subject} v{reference.version})"
+            registered = _ask_registry(
+                functools.partial(registry.get_version, reference.subject, reference.version), what
+            )
+            self._parse_references(registered.schema, named, seen)
+            _parse_registered(registered.schema, named, what)
+
+    def _read(self, body: bytes, writer: _Writer, encoding: str) -> Decoded:
+        short = short_name(writer.full_name)
+        reader = self._readers.get(writer.full_name)
+        if reader is None:
+            raise DecodeError(f"no reader schema for {writer.full_name}", code="no_reader_schema",
+                              schema_name=short, encoding=encoding)
+        stream = io.BytesIO(body)
+        try:
+            value = schemaless_reader(stream, writer.schema, reader)
+        except SchemaResolutionError as exc:
+            raise DecodeError(f"writer schema of {short} does not resolve to ours: {exc}", code="incompatible_schema",
+                              schema_name=short, encoding=encoding) from None
+        except Exception as exc:
+            raise DecodeError(f"corrupt {short} body ({_summary(exc)})", code="corrupt_body",
+                              schema_name=short, encoding=encoding) from None
+        trailing = len(body) - stream.tell()
+        if trailing:
+            raise DecodeError(f"corrupt {short} body ({trailing} bytes after the record)", code="trailing_bytes",
+                              schema_name=short, encoding=encoding)
+        return Decoded(schema_name=short, value=value, encoding=encoding)
+
+
+@functools.cache
+def default_codec() -> Codec:
+    """The shared registry-less codec over ``schemas/`` (schemas are read once per process)."""
+    return Codec()
+
+
+def _parse_raw(schema: Any, named: dict[str, Any] | None = None) -> Any:
+    return parse_schema(without_logical_types(schema), {} if named is None else named)
+
+
+def _fingerprints(catalog: SchemaCatalog) -> dict[bytes, _Writer]:
+    """Fingerprint → writer schema, for current and historical versions of every record type."""
+    sources = [*catalog.current.values(), *catalog.history]
+    return {
+        schema_fingerprint(dict(f.schema)): _Writer(f.full_name, _parse_raw(dict(f.schema)))
+        for f in sources
+        if f.schema.get("type") == "record"
+    }
+
+
+def _ask_registry(call: Callable[[], _T], what: str) -> _T:
+    """404 is permanent (the id does not exist); anything else may heal, so it is transient."""
+    try:
+        return call()
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:
+            raise DecodeError(f"{what} not found in the schema registry", code="unknown_schema_id",
+                              encoding=CONFLUENT) from exc
+        raise _unavailable(exc, what) from exc
+    except Exception as exc:
+        raise _unavailable(exc, what) from exc
+
+
+def _unavailable(exc: Exception, what: str) -> RegistryUnavailableError:
+    detail = (
+        f"HTTP {exc.http_status_code}: {exc.error_message}" if isinstance(exc, SchemaRegistryError)
+        else type(exc).__name__
+    )
+    return RegistryUnavailableError(f"schema registry unavailable for {what} ({detail})", code="registry_unavailable",
+                                    encoding=CONFLUENT)
+
+
+def _parse_registered(schema: Schema, named: dict[str, Any], what: str) -> Any:
+    try:
+        return _parse_raw(json.loads(schema.schema_str or ""), named)
+    except Exception as exc:
+        raise DecodeError(f"{what} is not a valid Avro schema ({type(exc).__name__}: {exc})", code="invalid_schema",
+                          encoding=CONFLUENT) from None
+
+
+def _summary(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,144 @@
+"""Checking a record against its Avro schema before it is written, with the field path in the
+error (`record.booker.email: expected string, got int`), and normalising it for fastavro
+(aware datetimes → epoch integers). Structure is walked here; leaf types use fastavro's checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fastavro.validation import validate
+
+from schemas import short_name
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_TIME_UNITS = {"timestamp-millis": timedelta(milliseconds=1), "timestamp-micros": timedelta(microseconds=1)}
+# The primitive checks of fastavro.validation, inlined: they run for every field of every record written.
+_PRIMITIVE_OK: dict[str, Callable[[Any], bool]] = {
+    "null": lambda d: d is None,
+    "boolean": lambda d: isinstance(d, bool),
+    "string": lambda d: isinstance(d, str),
+    "bytes": lambda d: isinstance(d, (bytes, bytearray)),
+    "int": lambda d: isinstance(d, int) and not isinstance(d, bool) and -(2**31) <= d < 2**31,
+    "long": lambda d: isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63,
+    "float": lambda d: isinstance(d, (int, float)) and not isinstance(d, bool),
+    "double": lambda d: isinstance(d, (int, float)) and not isinstance(d, bool),
+}
+
+
+class Invalid(Exception):
+    """Internal: a record does not conform; the message carries the field path."""
+
+
+def without_logical_types(schema: Any) -> Any:
+    """Drop ``logicalType`` so fastavro reads timestamps as plain ints; defaults are data, left alone."""
+    if isinstance(schema, list):
+        return [without_logical_types(item) for item in schema]
+    if isinstance(schema, dict):
+        return {
+            key: value if key == "default" else without_logical_types(value)
+            for key, value in schema.items()
+            if key != "logicalType"
+        }
+    return schema
+
+
+def _describe(schema: Any) -> str:
+    if isinstance(schema, list):
+        return " or ".join(_describe(branch) for branch in schema)
+    if isinstance(schema, str):
+        return schema
+    if "logicalType" in schema:
+        return f"{schema['logicalType']} (int or aware datetime)"
+    kind = schema["type"]
+    if kind == "array":
+        return f"array of {_describe(schema['items'])}"
+    if kind == "map":
+        return f"map of {_describe(schema['values'])}"
+    if kind == "enum":
+        return f"one of {', '.join(schema['symbols'])}"
+    if kind in ("record", "fixed"):
+        return f"{kind} {short_name(schema['name'])}"
+    return str(kind)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def conform(schema: Any, datum: Any, path: str) -> Any:
+    """Check a value against an expanded schema and normalise it (timestamps → int) for writing.
+
+    Structure (records, unknown and missing fields, unions, arrays, maps) is walked here to report the
+    field path; leaf types are checked by ``fastavro.validation``.
+    """
+    if isinstance(schema, list):
+        return _conform_union(schema, datum, path)
+    kind = schema if isinstance(schema, str) else schema["type"]
+    where = path or "record"
+    if kind in ("record", "error"):
+        return _conform_record(schema, datum, path)
+    if kind == "array":
+        if isinstance(datum, (str, bytes, bytearray, Mapping)) or not isinstance(datum, Sequence):
+            raise Invalid(f"{where}: expected {_describe(schema)}, got {type(datum).__name__}")
+        return [conform(schema["items"], item, f"{path}[{index}]") for index, item in enumerate(datum)]
+    if kind == "map":
+        if not isinstance(datum, Mapping) or not all(isinstance(key, str) for key in datum):
+            raise Invalid(f"{where}: expected {_describe(schema)} with string keys, got {type(datum).__name__}")
+        return {key: conform(schema["values"], value, f"{path}[{key!r}]") for key, value in datum.items()}
+    logical = schema.get("logicalType") if isinstance(schema, dict) else None
+    if logical in _TIME_UNITS and isinstance(datum, datetime):
+        if datum.utcoffset() is None:
+            raise Invalid(f"{where}: naive datetime; give an aware datetime or int milliseconds since the epoch")
+        datum = (datum - _EPOCH) // _TIME_UNITS[logical]
+    if datum is None and kind != "null":
+        raise Invalid(f"{where}: null not allowed, expected {_describe(schema)}")
+    primitive_ok = _PRIMITIVE_OK.get(kind)
+    if not (primitive_ok(datum) if primitive_ok is not None else validate(datum, without_logical_types(schema), raise_errors=False)):
+        got = "an unknown symbol" if kind == "enum" and isinstance(datum, str) else type(datum).__name__
+        raise Invalid(f"{where}: expected {_describe(schema)}, got {got}")
+    if kind == "string" and not datum.isascii():
+        try:
+            datum.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid(f"{where}: not encodable as UTF-8 (lone surrogate)") from None
+    return datum
+
+
+def _conform_record(schema: Mapping[str, Any], datum: Any, path: str) -> dict[str, Any]:
+    if not isinstance(datum, Mapping):
+        raise Invalid(f"{path or 'record'}: expected {_describe(schema)}, got {type(datum).__name__}")
+    fields = schema["fields"]
+    unknown = sorted(set(datum) - {field["name"] for field in fields}, key=str)
+    if unknown:
+        raise Invalid(f"{path or 'record'}: unknown field(s) {', '.join(map(str, unknown))}")
+    conformed: dict[str, Any] = {}
+    for field in fields:
+        name = field["name"]
+        if name in datum:
+            conformed[name] = conform(field["type"], datum[name], _join(path, name))
+        elif "default" in field:
+            conformed[name] = json.loads(json.dumps(field["default"]))
+        else:
+            raise Invalid(f"{_join(path, name)}: required field missing")
+    return conformed
+
+
+def _conform_union(branches: list[Any], datum: Any, path: str) -> Any:
+    if datum is None:
+        if "null" in branches:
+            return None
+        raise Invalid(f"{path or 'record'}: null not allowed, expected {_describe(branches)}")
+    candidates = [branch for branch in branches if branch != "null"]
+    failures: list[Invalid] = []
+    for branch in candidates:
+        try:
+            return conform(branch, datum, path)
+        except Invalid as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise Invalid(f"{path or 'record'}: expected {_describe(branches)}, got {type(datum).__name__}")

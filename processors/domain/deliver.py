@@ -1,0 +1,214 @@
+"""Delivery decisions, pure: the CRM fields of an action, the outcome of each action, and where an
+outcome goes next (`route`: the ledger, the retry topic with a new due time, or the dead-letter
+topic), plus the small state machines the deliverer keeps (owner cache, auth circuit).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from processors.domain.model import Action, ObjectType
+
+CREATED = "created"
+SKIPPED = "skipped"
+FAILED = "failed"
+DUPLICATE = "duplicate"
+DEFERRED = "deferred"
+
+HUBSPOT_OBJECTS = {ObjectType.MEETING: "meetings", ObjectType.NOTE: "notes"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    object_id: str | None = None
+    reason: str | None = None
+    error: Any = None  # a connectors.errors.CrmError: code, message, retry_after
+    retry_after: float | None = None
+    attempts: int = 1
+    first_attempt_at: int = 0
+    last_attempt_at: int = 0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The result of a resolution step: fields to create with, or the reason there are none."""
+
+    fields: dict[str, str] | None = None
+    skip_reason: str | None = None
+
+
+def salesforce_task_fields(action: Action, who: Any | None, owner_user_id: str | None) -> Resolved:
+    """SPEC §5: WhoId is the matched Contact/Lead; OwnerId the host's User, else the record owner."""
+    if who is None:
+        return Resolved(skip_reason="contact_not_found")
+    fields = dict(action.properties)
+    fields["WhoId"] = who.id
+    owner = owner_user_id or who.owner_id
+    if owner:
+        fields["OwnerId"] = owner
+    return Resolved(fields=fields)
+
+
+def hubspot_properties(action: Action, owner_id: str | None) -> dict[str, str]:
+    props = dict(action.properties)
+    if owner_id:
+        props["hubspot_owner_id"] = owner_id
+    return props
+
+
+@dataclass
+class TtlCache:
+    """Owner/user resolutions change rarely; a short memory saves a lookup per action."""
+
+    ttl: float
+    clock: Callable[[], float] = time.monotonic
+    _data: dict[tuple[str, str], tuple[float, str | None]] = field(default_factory=dict)
+
+    def get(self, key: tuple[str, str]) -> tuple[bool, str | None]:
+        hit = self._data.get(key)
+        if hit is None or hit[0] < self.clock():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: tuple[str, str], value: str | None) -> None:
+        self._data[key] = (self.clock() + self.ttl, value)
+
+
+@dataclass
+class AuthCircuit:
+    """Consecutive auth failures per (CRM, company); open after `threshold`, for a growing cool-down."""
+
+    cooldown: Callable[[int], float]  # n-th opening in a row (1, 2, …) → seconds: the one retry policy
+    threshold: int = 3
+    clock: Callable[[], float] = time.monotonic
+    _failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    _open_until: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def remaining(self, key: tuple[str, str]) -> float:
+        return max(0.0, self._open_until.get(key, 0.0) - self.clock())
+
+    def failed(self, key: tuple[str, str]) -> bool:
+        """Count a failure; True when this one opened the circuit."""
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        if count < self.threshold:
+            return False
+        self._open_until[key] = self.clock() + self.cooldown(count - self.threshold + 1)
+        return True
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
+        self._open_until.pop(key, None)
+
+    def open_count(self) -> int:
+        now = self.clock()
+        return sum(1 for until in self._open_until.values() if until > now)
+
+
+# ---- reconciliation after a crash (exactly once without an external-id field) --------------------
+
+SALESFORCE_MATCH = ("WhoId", "Subject", "ActivityDate", "Description")
+HUBSPOT_MATCH = {
+    ObjectType.MEETING: ("hs_meeting_title", "hs_meeting_body", "hs_meeting_start_time", "hs_meeting_end_time", "hs_timestamp"),
+    ObjectType.NOTE: ("hs_note_body", "hs_timestamp"),
+}
+TIME_FIELDS = frozenset({"hs_timestamp", "hs_meeting_start_time", "hs_meeting_end_time"})
+
+
+def _same(name: str, sent: Any, found: Any) -> bool:
+    """Equal as the CRM stores it: times compared as instants (a CRM may add milliseconds)."""
+    if name in TIME_FIELDS and sent and found:
+        from datetime import datetime
+
+        def instant(value: str) -> float:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+        try:
+            return instant(sent) == instant(found)
+        except ValueError:
+            return False
+    return (sent or "") == (found or "")
+
+
+def match_existing(
+    intended: Mapping[int, Mapping[str, Any]],
+    candidates: list[tuple[str, Mapping[str, Any]]],
+    fields: tuple[str, ...],
+    claimed: set[str],
+) -> dict[int, str]:
+    """Pair actions whose create may have happened before a crash with objects the CRM holds.
+
+    `intended`: slot → the fields the action creates with; `candidates`: (object id, its fields),
+    oldest first; `claimed`: object ids already recorded for other actions (never matched, and
+    updated with each match), so two actions with identical content never share one object.
+    """
+    found: dict[int, str] = {}
+    for slot, sent in intended.items():
+        for object_id, existing in candidates:
+            if object_id in claimed:
+                continue
+            if all(_same(name, sent.get(name), existing.get(name)) for name in fields):
+                found[slot] = object_id
+                claimed.add(object_id)
+                break
+    return found
+
+
+# ---- routing: outcome → ledger entry | defer(due) | dead letter | give up -------------------------
+
+LEDGER = "ledger"
+DEFER = "defer"
+DEAD_LETTER = "dead_letter"
+GIVE_UP = "give_up"
+
+HISTORY_OF = {CREATED: "created", DUPLICATE: "created", SKIPPED: "skipped", FAILED: "failed"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one action's outcome goes. `history` is the sync-history outcome it counts as, if any
+    (a DUPLICATE is an object created earlier, possibly before a crash: counting is idempotent per
+    action, so it is counted as created once)."""
+
+    kind: str
+    ledger_value: str | None = None
+    retry: Action | None = None
+    history: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryRules:
+    """When to try a transiently failing action again, and when to stop."""
+
+    give_up_ms: int  # measured from the action's first due time (`Action.give_up_clock`)
+    backoff: Callable[[int], float]  # attempt (1, 2, …) → seconds: the one retry policy
+    retry_after_cap: float  # a CRM's Retry-After longer than this is capped
+
+
+def route(action: Action, outcome: Outcome, now_ms: int, rules: RetryRules) -> Route:
+    if outcome.status in (CREATED, DUPLICATE):
+        return Route(LEDGER, ledger_value=outcome.object_id or "", history="created")
+    if outcome.status == SKIPPED:
+        return Route(LEDGER, ledger_value=f"skipped:{outcome.reason}", history="skipped", reason=outcome.reason)
+    if outcome.status == DEFERRED:
+        if now_ms - action.give_up_clock > rules.give_up_ms:
+            return Route(GIVE_UP, history="failed", reason=outcome.reason)
+        attempt = action.attempt + 1
+        wait = rules.backoff(attempt) if outcome.retry_after is None else min(outcome.retry_after, rules.retry_after_cap)
+        retried = replace(action, attempt=attempt, due_at=now_ms + int(wait * 1000), first_due_at=action.give_up_clock)
+        return Route(DEFER, retry=retried, reason=outcome.reason)
+    return Route(DEAD_LETTER, history="failed", reason=outcome.reason)
+
+
+def outcome_fields(outcome: Outcome) -> Mapping[str, Any]:
+    """Log context for an outcome; carries no personal data."""
+    return {
+        "outcome": outcome.status,
+        "reason": outcome.reason,
+        "attempts": outcome.attempts,
+        "error_code": outcome.error.code if outcome.error else None,
+    }

@@ -1,0 +1,200 @@
+"""Admin operations (library API behind `crm-sync settings …` and `crm-sync dlq …`).
+
+Every settings change publishes whole documents to the compacted settings topic through a
+transactional producer: a change touching several documents (apply to other meeting types) becomes
+visible all at once or not at all to the workers, which read `read_committed`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from typing import Iterable, Sequence
+
+from confluent_kafka import Producer
+
+from processors.domain import rules
+from processors.codec import Codec, DecodeError, EncodeError
+from processors.config import Config
+from processors.domain.model import (
+    CompanySettings,
+    Crm,
+    EventType,
+    FieldMapping,
+    MeetingTypeSettings,
+    ValidationError,
+)
+from processors.domain.records import (
+    company_to_record,
+    meeting_type_to_record,
+    valid_timezone,
+)
+from processors.state.settings import SettingsStore, parse_settings_record
+from processors.kafka import clients
+from processors.kafka.topics import create_missing
+
+Doc = CompanySettings | MeetingTypeSettings
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SettingsAdmin:
+    def __init__(self, config: Config, codec: Codec | None = None, actor: str | None = None) -> None:
+        self._config = config
+        self._codec = codec or Codec()
+        self._actor = actor
+        self._topic_checked = False
+
+    # -- reading --
+    def load(self) -> SettingsStore:
+        store = SettingsStore(clients.librdkafka(self._config), self._config.topics.settings, self._codec)
+        store.load_once()
+        return store
+
+    def show(self, company_id: str) -> tuple[CompanySettings, list[MeetingTypeSettings]]:
+        store = self.load()
+        company = store.company(company_id)
+        if company is None:
+            raise rules.SettingsError(f"unknown company: {company_id}")
+        return company, store.meeting_types(company_id)
+
+    # -- writing --
+    def encode(self, doc: Doc) -> tuple[bytes, bytes]:
+        """Key and value of a document, refused (SettingsError) if the workers' settings table would reject it.
+
+        Checking with the workers' own parser before anything is sent keeps a multi-document change
+        all-or-nothing: a document the table would drop can never leave the others applied alone.
+        """
+        if isinstance(doc, CompanySettings):
+            key = rules.company_key(doc.company_id)
+            schema, record = "CompanySettings", company_to_record(doc)
+        else:
+            key = rules.meeting_type_key(doc.company_id, doc.meeting_type_id)
+            schema, record = "MeetingTypeSettings", meeting_type_to_record(doc)
+        try:
+            value = self._codec.encode(schema, record)
+            parse_settings_record(self._codec, key.encode(), value)
+        except (EncodeError, DecodeError, ValidationError) as exc:
+            raise rules.SettingsError(f"invalid settings for {key}: {exc}") from None
+        return key.encode(), value
+
+    def ensure_topic(self) -> None:
+        """Create the settings topic compacted if it is missing: a topic auto-created by the first
+        admin write (before any worker ran) would be non-compacted and lose settings to retention."""
+        if not self._topic_checked:
+            create_missing(self._config, [self._config.topics.settings])
+            self._topic_checked = True
+
+    def publish(self, docs: Sequence[Doc]) -> None:
+        """All documents in one Kafka transaction, after every one of them passed `encode`."""
+        records = [self.encode(doc) for doc in docs]
+        self.ensure_topic()
+        producer = Producer(
+            {
+                **clients.librdkafka(self._config),
+                "transactional.id": f"crm-sync-admin-{uuid.uuid4().hex}",
+                "enable.idempotence": True,
+                "acks": "all",
+            }
+        )
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        try:
+            for key, value in records:
+                producer.produce(self._config.topics.settings, key=key, value=value)
+            producer.commit_transaction(30)
+        except Exception:
+            producer.abort_transaction(30)
+            raise
+
+    def _company(self, store: SettingsStore, company_id: str, create: bool = False) -> CompanySettings:
+        company = store.company(company_id)
+        if company is None:
+            if not create:
+                raise rules.SettingsError(f"unknown company: {company_id} (connect a CRM first)")
+            company = rules.new_company(company_id, now_ms(), self._actor)
+        return company
+
+    def set_connected(self, company_id: str, crm: Crm, on: bool) -> CompanySettings:
+        doc = rules.set_connected(self._company(self.load(), company_id, create=on), crm, on, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_paused(self, company_id: str, paused: bool) -> CompanySettings:
+        doc = rules.set_paused(self._company(self.load(), company_id), paused, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_company_todo(self, company_id: str, event_type: EventType, on: bool) -> CompanySettings:
+        doc = rules.set_company_todo(self._company(self.load(), company_id), event_type, on, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_timezone(self, company_id: str, tz: str) -> CompanySettings:
+        if not valid_timezone(tz):
+            raise rules.SettingsError(f"not an IANA time zone: {tz}")
+        company = self._company(self.load(), company_id)
+        doc = replace(company, timezone=tz, updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_toggle(
+        self, company_id: str, meeting_type_id: str, crm: Crm, event_type: EventType, on: bool
+    ) -> MeetingTypeSettings:
+        store = self.load()
+        self._company(store, company_id)
+        current = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+        doc = rules.set_meeting_type_toggle(current, crm, event_type, on, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_content(self, company_id: str, meeting_type_id: str, **fields: str | None) -> MeetingTypeSettings:
+        """Meeting-type texts: salesforce_subject/comment, hubspot_meeting_title/body, meeting_type_name."""
+        store = self.load()
+        self._company(store, company_id)
+        current = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+        changes = {k: v for k, v in fields.items() if v is not None}
+        doc = replace(current, **changes, updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_field_mappings(
+        self, company_id: str, meeting_type_id: str, mappings: Sequence[FieldMapping]
+    ) -> MeetingTypeSettings:
+        """Replace the meeting type's field mappings (SPEC §7): extra CRM fields from event fields."""
+        store = self.load()
+        self._company(store, company_id)
+        current = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+        doc = replace(current, field_mappings=tuple(mappings), updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def apply(
+        self,
+        company_id: str,
+        source_id: str,
+        target_ids: Iterable[str],
+        crm: Crm,
+        event_types: Iterable[EventType],
+    ) -> list[MeetingTypeSettings]:
+        store = self.load()
+        self._company(store, company_id)
+        source = store.meeting_type(company_id, source_id)
+        if source is None:
+            raise rules.SettingsError(f"unknown meeting type: {source_id}")
+        targets = [
+            store.meeting_type(company_id, t) or rules.new_meeting_type(company_id, t, now_ms(), self._actor)
+            for t in dict.fromkeys(target_ids)
+        ]
+        docs = rules.apply_to_other_meeting_types(source, targets, crm, event_types, now_ms(), self._actor)
+        self.publish(docs)
+        return docs

@@ -1,0 +1,315 @@
+"""`crm-sync` command line (SPEC §10). Exit 0 on success; non-zero with a one-line reason on error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any, NoReturn, Sequence
+
+from authlib.deprecate import AuthlibDeprecationWarning
+
+from processors.config import Config
+from processors.domain.model import Crm, EventType, ValidationError
+
+# confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
+# (it installs an "always" filter on import, hence the import above): noise for an admin that would
+# also break the one-line error contract.
+warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
+
+EVENTS = [e.value for e in EventType]
+CRMS = [c.value for c in Crm]
+
+
+class CliError(Exception):
+    """Shown to the user as one line, exit code 2."""
+
+
+def _one_line(text: str) -> str:
+    """Scripts read the reason from a single stderr line, so embedded newlines are folded."""
+    return " ".join(str(text).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one `crm-sync: error:` line as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"crm-sync: error: {self.prog}: {_one_line(message)}\n")
+
+
+def _events(text: str) -> list[EventType]:
+    try:
+        return [EventType(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown event type in {text!r}; expected any of {', '.join(EVENTS)}")
+
+
+def _event(text: str) -> EventType:
+    events = _events(text)
+    if len(events) != 1:
+        raise argparse.ArgumentTypeError("exactly one event type expected")
+    return events[0]
+
+
+def _since(text: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def _on_off(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--on", dest="on", action="store_true", help="turn on")
+    group.add_argument("--off", dest="on", action="store_false", help="turn off")
+
+
+def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` starts with the same sentence the parent's list shows."""
+    return sub.add_parser(name, help=text, description=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crm-sync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _command(sub, "worker", "run the processor (ingest, delay, sinks)")
+
+    settings = _command(sub, "settings", "show and change CRM settings")
+    ss = settings.add_subparsers(dest="settings_command", required=True)
+    p = _command(ss, "show", "print a company's settings and its meeting types'")
+    p.add_argument("--company", required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (("connect", "connect a CRM for the company"), ("disconnect", "disconnect a CRM (settings kept)")):
+        p = _command(ss, name, text)
+        p.add_argument("--company", required=True)
+        p.add_argument("--crm", required=True, choices=CRMS)
+    p = _command(ss, "company-todo", "company-level Salesforce ToDo toggle for an event type")
+    p.add_argument("--company", required=True)
+    p.add_argument("--event", required=True, type=_event, help="|".join(EVENTS))
+    _on_off(p)
+    p = _command(ss, "set", "meeting-type toggle for one CRM and event type")
+    p.add_argument("--company", required=True)
+    p.add_argument("--meeting-type", required=True)
+    p.add_argument("--crm", required=True, choices=CRMS)
+    p.add_argument("--event", required=True, type=_event, help="|".join(EVENTS))
+    _on_off(p)
+    p = _command(ss, "content", "meeting-type texts: Salesforce subject/comment, HubSpot title/body ({placeholders} allowed)")
+    p.add_argument("--company", required=True)
+    p.add_argument("--meeting-type", required=True)
+    p.add_argument("--name", dest="meeting_type_name")
+    p.add_argument("--salesforce-subject")
+    p.add_argument("--salesforce-comment")
+    p.add_argument("--hubspot-title", dest="hubspot_meeting_title")
+    p.add_argument("--hubspot-body", dest="hubspot_meeting_body")
+    p = _command(ss, "timezone", "the company's time zone (IANA name)")
+    p.add_argument("--company", required=True)
+    p.add_argument("--tz", required=True)
+    p = _command(ss, "apply", "apply one meeting type's settings to others (atomic)")
+    p.add_argument("--company", required=True)
+    p.add_argument("--from", dest="source", required=True, help="source meeting type")
+    p.add_argument("--to", dest="targets", required=True, help="comma-separated target meeting types")
+    p.add_argument("--crm", required=True, choices=CRMS)
+    p.add_argument("--event", required=True, type=_events, help="comma-separated event types")
+    for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
+        p = _command(ss, name, text)
+        p.add_argument("--company", required=True)
+
+    dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
+    ds = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (
+        ("list", "list failures (resolved ones only with --all)"),
+        ("retry", "retry one failure, a filter of them, or all of a company's"),
+        ("resolve", "mark one failure, a filter of them, or all of a company's as resolved"),
+    ):
+        p = _command(ds, name, text)
+        if name != "list":
+            p.add_argument("id", nargs="?", help="a dead_letter_id (omit to select by filter)")
+        p.add_argument("--company")
+        p.add_argument("--crm", choices=CRMS)
+        p.add_argument("--error-class")
+        p.add_argument("--since", type=_since, help="ISO-8601 time")
+        if name == "list":
+            p.add_argument("--all", action="store_true", help="include resolved failures")
+            p.add_argument("--json", action="store_true")
+        if name == "resolve":
+            p.add_argument("--note", help="why it is resolved (kept with the failure)")
+    p = _command(ds, "show", "show one failure, with its retries and resolution")
+    p.add_argument("id")
+
+    p = _command(sub, "history", "sync history: created / skipped by reason / failed per day, CRM and event type")
+    p.add_argument("--company", required=True)
+    p.add_argument("--days", type=int, default=7, help="1..7 local days of the company, today included (default 7)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--url", help="ask this worker (e.g. http://worker:9464) instead of reading the history topic from Kafka"
+    )
+    return parser
+
+
+def _print_settings(company: Any, meeting_types: list[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"company": asdict(company), "meeting_types": [asdict(m) for m in meeting_types]}, default=str, ensure_ascii=False))
+        return
+    print(f"company {company.company_id}  timezone={company.timezone}  paused={company.paused}")
+    print(f"  salesforce connected={company.salesforce_connected}  hubspot connected={company.hubspot_connected}")
+    todo = [e.value for e in EventType if company.salesforce_company_todo.get(e)]
+    print(f"  company-level Salesforce ToDo: {', '.join(todo) if todo else 'off'}")
+    for mt in meeting_types:
+        print(f"meeting type {mt.meeting_type_id}" + (f" ({mt.meeting_type_name})" if mt.meeting_type_name else ""))
+        for crm in Crm:
+            on = [e.value for e in EventType if mt.toggles(crm).get(e)]
+            print(f"  {crm.value}: {', '.join(on) if on else 'off'}")
+
+
+def _run_settings(args: argparse.Namespace, config: Config) -> None:
+    from processors.ops.admin import SettingsAdmin
+
+    admin = SettingsAdmin(config, actor="cli")
+    cmd = args.settings_command
+    if cmd == "show":
+        company, mts = admin.show(args.company)
+        _print_settings(company, mts, args.json)
+    elif cmd in ("connect", "disconnect"):
+        admin.set_connected(args.company, Crm(args.crm), cmd == "connect")
+        print(f"{args.company}: {args.crm} {cmd}ed")
+    elif cmd == "company-todo":
+        admin.set_company_todo(args.company, args.event, args.on)
+        print(f"{args.company}: company-level Salesforce ToDo for {args.event.value} {'on' if args.on else 'off'}")
+    elif cmd == "set":
+        admin.set_toggle(args.company, args.meeting_type, Crm(args.crm), args.event, args.on)
+        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {'on' if args.on else 'off'}")
+    elif cmd == "content":
+        fields = {k: getattr(args, k) for k in ("meeting_type_name", "salesforce_subject", "salesforce_comment", "hubspot_meeting_title", "hubspot_meeting_body")}
+        if all(v is None for v in fields.values()):
+            raise CliError("nothing to change: give at least one of --name/--salesforce-subject/--salesforce-comment/--hubspot-title/--hubspot-body")
+        admin.set_content(args.company, args.meeting_type, **fields)
+        print(f"{args.company}/{args.meeting_type}: texts updated")
+    elif cmd == "timezone":
+        admin.set_timezone(args.company, args.tz)
+        print(f"{args.company}: timezone {args.tz}")
+    elif cmd == "apply":
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        docs = admin.apply(args.company, args.source, targets, Crm(args.crm), args.event)
+        print(f"{args.company}: applied {args.crm} {','.join(e.value for e in args.event)} from {args.source} to {', '.join(d.meeting_type_id for d in docs)}")
+    elif cmd in ("pause", "resume"):
+        admin.set_paused(args.company, cmd == "pause")
+        print(f"{args.company}: {cmd}d")
+
+
+def _run_dlq(args: argparse.Namespace, config: Config) -> None:
+    from processors.codec import Codec
+    from processors.ops.dlq import FailureAdmin, filter_failures, read_dead_letters
+
+    codec = Codec()
+    failures = read_dead_letters(config, codec)
+    if args.dlq_command == "show":
+        match = [f for f in failures if f.dead_letter_id == args.id]
+        if not match:
+            raise CliError(f"no failure with id {args.id}")
+        record = dict(match[-1].record)
+        record["original_value"] = record["original_value"].hex() if record.get("original_value") else None
+        record["original_key"] = record["original_key"].decode(errors="replace") if record.get("original_key") else None
+        record["statuses"] = match[-1].statuses
+        print(json.dumps(record, ensure_ascii=False, indent=2, default=str))
+        return
+    selected = filter_failures(
+        failures, company_id=args.company, crm=args.crm, error_class=args.error_class, since_ms=args.since,
+        include_resolved=getattr(args, "all", False),
+    )
+    if args.dlq_command == "list":
+        for f in selected:
+            r = f.record
+            when = datetime.fromtimestamp(r["created_at"] / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+            state = "resolved" if f.resolved else (f"retried×{f.retries}" if f.retries else "open")
+            if args.json:
+                fields = ("dead_letter_id", "created_at", "stage", "error_class", "error_code", "message", "company_id", "crm", "attempts")
+                print(json.dumps({**{k: r[k] for k in fields}, "state": state}, ensure_ascii=False))
+            else:
+                print(f"{f.dead_letter_id}  {when}  {r['stage']:<8} {r.get('crm') or '-':<10} {r.get('company_id') or '-':<12} {r['error_class']}  {r.get('error_code') or ''}  {r['message']}  [{state}]")
+        return
+    if args.id:
+        selected = [f for f in failures if f.dead_letter_id == args.id][-1:]
+        if not selected:
+            raise CliError(f"no failure with id {args.id}")
+    elif not (args.company or args.crm or args.error_class or args.since):
+        raise CliError("give a failure id or a filter (--company, --crm, --error-class, --since)")
+    admin = FailureAdmin(config, codec, actor="cli", timezone_of=_timezones(config, codec))
+    if args.dlq_command == "resolve":
+        print(f"{admin.resolve(selected, args.note)} failure(s) marked resolved")
+        return
+    sent = admin.retry(selected, lambda f, why: print(f"{f.dead_letter_id}: not retried: {why}", file=sys.stderr))
+    print(f"{sent} failure(s) sent for retry")
+
+
+def _timezones(config: Config, codec: Any) -> Any:
+    """Companies' time zones for the history records of retries and resolutions."""
+    from processors.ops.admin import SettingsAdmin
+
+    store = SettingsAdmin(config, codec).load()
+
+    def timezone_of(company_id: str) -> str:
+        company = store.company(company_id)
+        return company.timezone if company is not None else "Asia/Tokyo"
+
+    return timezone_of
+
+
+def history_from_worker(url: str, company_id: str, days: int, timeout: float = 10.0) -> dict[str, Any]:
+    query = urllib.parse.urlencode({"company": company_id, "days": days})
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/history?{query}", timeout=timeout) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise ValueError(f"worker answered {exc.code}: {exc.read().decode(errors='replace')}") from None
+
+
+def _run_history(args: argparse.Namespace, config: Config) -> None:
+    from processors.domain.history import KEEP_DAYS, format_report
+    from processors.state.history import history_from_topic
+
+    if not 1 <= args.days <= KEEP_DAYS:
+        raise CliError(f"--days must be between 1 and {KEEP_DAYS}")
+    if args.url:
+        body = history_from_worker(args.url, args.company, args.days)
+    else:
+        body = history_from_topic(config, args.company, args.days, int(datetime.now(timezone.utc).timestamp() * 1000))
+    print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_env()
+        if args.command == "worker":
+            from processors.worker.main import run_worker
+
+            run_worker(config)
+        elif args.command == "settings":
+            _run_settings(args, config)
+        elif args.command == "dlq":
+            _run_dlq(args, config)
+        elif args.command == "history":
+            _run_history(args, config)
+    except (CliError, ValueError, ValidationError) as exc:
+        print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"crm-sync: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Failure history (SPEC §7, §11): list, show, retry and resolve dead letters — the library API
+behind `crm-sync dlq …`.
+
+The dead-letter topic holds the dead letters and, beside them, what admins did about each
+(`DeadLetterStatus`: retried, resolved), so the topic alone is the whole failure history.
+- A failure that carries an action goes back through the **retry topic** with a fresh give-up
+  clock: the releaser re-checks the company's connection and pause, so a retry obeys them like any
+  delivery (held while paused, dropped as `integration_disabled` when disconnected), and the
+  sinks' ledger keeps it idempotent (retrying something that did succeed creates nothing).
+- A failure from before planning (decode, validate, plan) is retried by re-ingesting the original
+  record on its original topic, once its cause is fixed.
+- Retries and resolutions are counted in sync history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from confluent_kafka import Message, Producer
+
+from processors.codec import Codec, DecodeError
+from processors.config import Config
+from processors.domain.history import HistoryRecord, local_day
+from processors.domain.records import action_from_record, action_headers, action_to_record
+from processors.kafka import clients
+from processors.kafka.producer import partition_for
+from processors.kafka.read import read_to_end
+
+RE_INGEST_STAGES = frozenset({"decode", "validate", "plan"})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Failure:
+    dead_letter_id: str
+    record: dict[str, Any]
+    offset: int
+    partition: int
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def resolved(self) -> bool:
+        return any(s["status"] == "resolved" for s in self.statuses)
+
+    @property
+    def retries(self) -> int:
+        return sum(1 for s in self.statuses if s["status"] == "retried")
+
+
+def read_dead_letters(config: Config, codec: Codec, timeout: float = 30.0) -> list[Failure]:
+    """The whole failure history, oldest first; one entry per dead-letter id (its latest record),
+    with what admins did about it."""
+    latest: dict[str, Failure] = {}
+    statuses: dict[str, list[dict[str, Any]]] = {}
+
+    def add(msg: Message) -> None:
+        try:
+            decoded = codec.decode(msg.value())
+        except DecodeError:
+            return
+        record = decoded.value
+        if decoded.schema_name == "DeadLetterStatus":
+            statuses.setdefault(record["dead_letter_id"], []).append(record)
+        elif decoded.schema_name == "DeadLetter":
+            latest[record["dead_letter_id"]] = Failure(record["dead_letter_id"], record, msg.offset(), msg.partition())
+
+    read_to_end(clients.librdkafka(config), config.topics.dead_letter, add, timeout=timeout, isolation="read_uncommitted")
+    for failure in latest.values():
+        failure.statuses = statuses.get(failure.dead_letter_id, [])
+    return sorted(latest.values(), key=lambda f: (f.record.get("created_at", 0), f.dead_letter_id))
+
+
+def filter_failures(
+    failures: Iterable[Failure],
+    *,
+    company_id: str | None = None,
+    crm: str | None = None,
+    error_class: str | None = None,
+    since_ms: int | None = None,
+    include_resolved: bool = False,
+) -> list[Failure]:
+    def keep(f: Failure) -> bool:
+        r = f.record
+        return (
+            (include_resolved or not f.resolved)
+            and (company_id is None or r.get("company_id") == company_id)
+            and (crm is None or (r.get("crm") or "").lower() == crm.lower())
+            and (error_class is None or r.get("error_class") == error_class)
+            and (since_ms is None or r.get("created_at", 0) >= since_ms)
+        )
+
+    return [f for f in failures if keep(f)]
+
+
+class FailureAdmin:
+    """Sends retries, statuses and their history records; one producer, flushed per call."""
+
+    def __init__(
+        self, config: Config, codec: Codec | None = None, actor: str | None = None, timezone_of: Callable[[str], str] | None = None
+    ) -> None:
+        self._config = config
+        self._timezone_of = timezone_of or (lambda company_id: "Asia/Tokyo")
+        self._codec = codec or Codec()
+        self._actor = actor
+        # murmur2, as the worker's own producer: a re-sent action lands where its earlier copies did.
+        self._producer = Producer({**clients.librdkafka(config), "enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"})
+        self._history_partitions: int | None = None
+
+    def retry(self, failures: Iterable[Failure], on_skip: Callable[[Failure, str], None]) -> int:
+        sent = 0
+        for failure in failures:
+            why = self._send_retry(failure)
+            if why is not None:
+                on_skip(failure, why)
+                continue
+            self._status(failure, "retried")
+            sent += 1
+        self._flush()
+        return sent
+
+    def resolve(self, failures: Iterable[Failure], note: str | None = None) -> int:
+        done = 0
+        for failure in failures:
+            if not failure.resolved:
+                self._status(failure, "resolved", note)
+                done += 1
+        self._flush()
+        return done
+
+    def _send_retry(self, failure: Failure) -> str | None:
+        """Sends the retry; returns why it cannot be retried, or None."""
+        record = failure.record
+        if record.get("action"):
+            now = now_ms()
+            action = action_from_record(record["action"])
+            # A fresh give-up clock, due now: the retry releaser checks pause and connection first.
+            retried = replace(action, attempt=action.attempt + 1, due_at=now, first_due_at=now)
+            headers = [*action_headers(retried), ("retry_of", failure.dead_letter_id.encode())]
+            value = self._codec.encode("Action", action_to_record(retried))
+            self._producer.produce(self._config.topics.retry, key=action.company_id.encode(), value=value, headers=headers)
+            return None
+        if record["stage"] in RE_INGEST_STAGES and record.get("original_value") is not None:
+            if record["source_topic"] not in self._config.topics.inputs:
+                return f"its source topic {record['source_topic']} is not an input topic"
+            self._producer.produce(record["source_topic"], key=record.get("original_key"), value=record["original_value"])
+            return None
+        return f"a {record['stage']} failure carries no action or input record to send again; resolve it instead"
+
+    def _status(self, failure: Failure, status: str, note: str | None = None) -> None:
+        at = now_ms()
+        doc = {"dead_letter_id": failure.dead_letter_id, "status": status, "at": at, "by": self._actor, "note": note}
+        key = (failure.record.get("company_id") or "").encode()
+        self._producer.produce(self._config.topics.dead_letter, key=key, value=self._codec.encode("DeadLetterStatus", doc))
+        company = failure.record.get("company_id")
+        if company:
+            action = failure.record.get("action") or {}
+            tz = self._timezone_of(company)
+            rec = HistoryRecord(
+                company, local_day(at, tz), tz, failure.record.get("crm") or "any", action.get("event_type") or "unknown",
+                status, failure.record.get("error_code"), at, action.get("event_id") or "", action.get("action_id"),
+                ref=failure.dead_letter_id,
+            )
+            self._producer.produce(
+                self._config.topics.history, key=rec.key.encode(), value=rec.to_json(),
+                partition=partition_for(company.encode(), self._partitions()),
+            )
+
+    def _partitions(self) -> int:
+        if self._history_partitions is None:
+            topic = self._producer.list_topics(self._config.topics.history, timeout=10).topics.get(self._config.topics.history)
+            if topic is None or topic.error is not None or not topic.partitions:
+                raise RuntimeError(f"history topic {self._config.topics.history} not found")
+            self._history_partitions = len(topic.partitions)
+        return self._history_partitions
+
+    def _flush(self) -> None:
+        if self._producer.flush(30) != 0:
+            raise RuntimeError("some records were not acknowledged by the broker")

@@ -1,0 +1,325 @@
+"""The CRM calls of the deliver stage: one company's due actions for one CRM → one `Outcome` each.
+
+A company's batch uses one batched lookup per kind (people, users, contacts, owners), an optional
+external-id check, a reconciliation of actions that may have been created before a crash (their
+ledger entry is an intent with no outcome), and one batched create — never an exception, so the
+stage goes on. The decisions (fields, matching, outcomes) are pure, in `processors.domain.deliver`.
+
+Containment (SPEC §11): each company's batch has a time budget; past it the company's actions are
+deferred (the call goes on in its thread; whatever it created is found by reconciliation later),
+and while a company's earlier call still runs its new actions are deferred at once, so a hung CRM
+holds neither the batch nor more than one worker thread. A transient failure is retried inline for
+a short while (the one retry policy); a retry re-runs the batch with reconciliation, since the
+failed attempt may have created some objects. Repeated authentication failures open a
+per-company circuit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
+
+from connectors.credentials import CredentialStore
+from connectors.errors import AuthError, CrmError, Result, TransientError
+from connectors.hubspot import HubSpotClient
+from connectors.retry import RetryPolicy, TokenBuckets, call_with_retry
+from connectors.salesforce import SalesforceClient
+from processors.domain.deliver import (
+    CREATED,
+    DEFERRED,
+    DUPLICATE,
+    FAILED,
+    HUBSPOT_MATCH,
+    HUBSPOT_OBJECTS,
+    SALESFORCE_MATCH,
+    SKIPPED,
+    AuthCircuit,
+    Outcome,
+    TtlCache,
+    hubspot_properties,
+    match_existing,
+    salesforce_task_fields,
+)
+from processors.domain.model import Action, Crm, ObjectType
+from processors.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
+RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
+
+
+def from_result(result: Result) -> Outcome:
+    """One record's answer inside a batch: created, deferred (transient) or failed (permanent)."""
+    if result.ok:
+        return Outcome(CREATED, object_id=result.id)
+    assert result.error is not None
+    if isinstance(result.error, TransientError):
+        return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
+    return Outcome(FAILED, reason=result.error.code, error=result.error)
+
+
+class Deliverer:
+    """One per worker: CRM clients per company, caches, rate budgets and the auth circuit."""
+
+    def __init__(
+        self,
+        credentials: CredentialStore,
+        ca_bundle: str | None,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        *,
+        rates: Mapping[Crm, float] | None = None,
+        action_id_fields: Mapping[Crm, str | None] | None = None,
+        concurrency: int = 16,
+        company_budget_seconds: float = 5.0,
+        cache_ttl: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._credentials = credentials
+        self._ca_bundle = ca_bundle
+        self._policy = policy
+        self._metrics = metrics
+        self._clock = clock
+        self._budget = company_budget_seconds
+        rates = rates or {}
+        self._buckets = {crm: TokenBuckets(rate=rates.get(crm, 10.0), burst=max(1.0, rates.get(crm, 10.0))) for crm in Crm}
+        self._id_fields = dict(action_id_fields or {})
+        self._cache = TtlCache(cache_ttl)
+        self.circuit = AuthCircuit(cooldown=AUTH_COOLDOWN.backoff)
+        self._clients: dict[tuple[Crm, str], tuple[Any, Any]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: Counter[tuple[str, str]] = Counter()
+        self._running_lock = threading.Lock()
+
+    def _client(self, crm: Crm, company_id: str) -> Any:
+        throttle = functools.partial(self._buckets[crm].get(company_id).acquire_blocking, 1.0)
+        if crm is Crm.SALESFORCE:
+            creds: Any = self._credentials.salesforce(company_id)
+            make: Callable[[], Any] = lambda: SalesforceClient(  # noqa: E731
+                creds, self._ca_bundle, reload=functools.partial(self._credentials.salesforce, company_id, fresh=True),
+                throttle=throttle,
+            )
+        else:
+            creds = self._credentials.hubspot(company_id)
+            make = lambda: HubSpotClient(  # noqa: E731
+                creds, self._ca_bundle, reload=functools.partial(self._credentials.hubspot, company_id, fresh=True),
+                throttle=throttle,
+            )
+        cached = self._clients.get((crm, company_id))
+        if cached is None or cached[0] != creds:
+            cached = (creds, make())
+            self._clients[(crm, company_id)] = cached
+        return cached[1]
+
+    def _id_field(self, crm: Crm, company_id: str) -> str | None:
+        """The company's own external-id field (its credentials file), else the worker-wide one."""
+        creds = self._credentials.salesforce(company_id) if crm is Crm.SALESFORCE else self._credentials.hubspot(company_id)
+        own = getattr(creds, "action_id_field", None) if crm is Crm.SALESFORCE else getattr(creds, "action_id_property", None)
+        return own or self._id_fields.get(crm)
+
+    def _timed(self, crm: Crm, operation: str, fn: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            return fn(*args)
+        except CrmError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._metrics.crm_latency.labels(crm.value, operation).observe(time.perf_counter() - started)
+            self._metrics.crm_requests.labels(crm.value, operation, status).inc()
+
+    # -- blocking batch bodies (executor threads) --
+
+    def _owner_ids(self, crm: Crm, company_id: str, emails: set[str], lookup: Callable[[list[str]], Mapping[str, str | None]]) -> dict[str, str | None]:
+        known: dict[str, str | None] = {}
+        missing = []
+        for email in emails:
+            hit, value = self._cache.get((f"{crm.value}/{company_id}", email))
+            if hit:
+                known[email] = value
+            else:
+                missing.append(email)
+        if missing:
+            found = lookup(missing)
+            for email in missing:
+                known[email] = found.get(email)
+                self._cache.put((f"{crm.value}/{company_id}", email), found.get(email))
+        return known
+
+    def _salesforce_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+        crm = Crm.SALESFORCE
+        client = self._client(crm, company_id)
+        people = self._timed(crm, "find_people", client.find_people, [a.contact_email for a in actions])
+        hosts = {a.owner_email.lower() for a in actions if a.owner_email and a.contact_email.lower() in people}
+        users = self._owner_ids(crm, company_id, hosts, lambda emails: self._timed(crm, "find_users", client.find_users, emails))
+        id_field = self._id_field(crm, company_id)
+        existing = (
+            self._timed(crm, "find_tasks", client.find_tasks, id_field, [a.action_id for a in actions]) if id_field else {}
+        )
+        outcomes: dict[int, Outcome] = {}
+        intended: dict[int, dict[str, str]] = {}
+        for i, action in enumerate(actions):
+            if action.action_id in existing:
+                outcomes[i] = Outcome(DUPLICATE, object_id=existing[action.action_id])
+                continue
+            owner = users.get(action.owner_email.lower()) if action.owner_email else None
+            resolved = salesforce_task_fields(action, people.get(action.contact_email.lower()), owner)
+            if resolved.fields is None:
+                outcomes[i] = Outcome(SKIPPED, reason=resolved.skip_reason)
+                continue
+            if id_field:
+                resolved.fields[id_field] = action.action_id
+            intended[i] = resolved.fields
+        doubtful = {i: f for i, f in intended.items() if not id_field and actions[i].action_id in reconcile}
+        if doubtful:
+            since = min(reconcile[actions[i].action_id] for i in doubtful) - RECONCILE_MARGIN_MS
+            tasks = self._timed(crm, "reconcile_tasks", client.find_tasks_for, sorted({f["WhoId"] for f in doubtful.values()}), since)
+            candidates = [(str(t["Id"]), t) for t in tasks]
+            for i, object_id in match_existing(doubtful, candidates, SALESFORCE_MATCH, claimed).items():
+                outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
+                del intended[i]
+        if intended:
+            slots = list(intended)
+            results = self._timed(crm, "create_tasks", client.create_tasks, [intended[i] for i in slots])
+            for i, result in zip(slots, results):
+                outcomes[i] = from_result(result)
+        return [outcomes[i] for i in range(len(actions))]
+
+    def _hubspot_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+        crm = Crm.HUBSPOT
+        client = self._client(crm, company_id)
+        contacts = self._timed(crm, "find_contacts", client.find_contacts, [a.contact_email for a in actions])
+        hosts = {a.owner_email.lower() for a in actions if a.owner_email and a.contact_email.lower() in contacts}
+        owners = self._owner_ids(
+            crm, company_id, hosts,
+            lambda emails: {e: self._timed(crm, "find_owner", client.find_owner, e) for e in emails},
+        )
+        prop = self._id_field(crm, company_id)
+        outcomes: dict[int, Outcome] = {}
+        for object_type, hs_type in HUBSPOT_OBJECTS.items():
+            group = [i for i, a in enumerate(actions) if a.object_type is object_type]
+            if not group:
+                continue
+            existing = (
+                self._timed(crm, f"find_{hs_type}", client.find_by_property, hs_type, prop, [actions[i].action_id for i in group])
+                if prop else {}
+            )
+            intended: dict[int, tuple[dict[str, str], str]] = {}
+            for i in group:
+                action = actions[i]
+                if action.action_id in existing:
+                    outcomes[i] = Outcome(DUPLICATE, object_id=existing[action.action_id])
+                    continue
+                contact_id = contacts.get(action.contact_email.lower())
+                if contact_id is None:
+                    outcomes[i] = Outcome(SKIPPED, reason="contact_not_found")
+                    continue
+                props = hubspot_properties(action, owners.get(action.owner_email.lower()) if action.owner_email else None)
+                if prop:
+                    props[prop] = action.action_id
+                intended[i] = (props, contact_id)
+            doubtful = {i: item for i, item in intended.items() if not prop and actions[i].action_id in reconcile}
+            if doubtful:
+                fields = HUBSPOT_MATCH[object_type]
+                by_contact = self._timed(
+                    crm, f"reconcile_{hs_type}", client.associated_objects, hs_type, sorted({c for _, c in doubtful.values()}), list(fields)
+                )
+                for contact_id in {c for _, c in doubtful.values()}:
+                    mine = {i: props for i, (props, c) in doubtful.items() if c == contact_id}
+                    candidates = [(str(o["id"]), o.get("properties") or {}) for o in by_contact.get(contact_id, [])]
+                    for i, object_id in match_existing(mine, candidates, fields, claimed).items():
+                        outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
+                        del intended[i]
+            if intended:
+                slots = list(intended)
+                create = client.create_meetings if object_type is ObjectType.MEETING else client.create_notes
+                results = self._timed(crm, f"create_{hs_type}", create, [intended[i] for i in slots])
+                for i, result in zip(slots, results):
+                    outcomes[i] = from_result(result)
+        return [outcomes[i] for i in range(len(actions))]
+
+    # -- the async entry point --
+
+    def busy(self, crm: Crm, company_id: str) -> bool:
+        """An earlier call for this company still runs in a thread (a hung CRM)."""
+        with self._running_lock:
+            return self._running[(crm.value, company_id)] > 0
+
+    async def deliver_batch(
+        self,
+        crm: Crm,
+        company_id: str,
+        actions: Sequence[Action],
+        reconcile: Mapping[str, int] | None = None,
+        claimed: set[str] | None = None,
+    ) -> list[Outcome]:
+        """One company's due actions for one CRM → one outcome each, in order.
+
+        `reconcile`: action id → when its earlier, unfinished attempt began (its ledger intent);
+        those are looked for in the CRM before anything is created. `claimed`: object ids already
+        recorded for other actions of the company.
+        """
+        first = int(self._clock() * 1000)
+        key = (crm.value, company_id)
+        n = len(actions)
+        cooling = self.circuit.remaining(key)
+        if cooling > 0:
+            return [Outcome(DEFERRED, reason="auth_circuit_open", retry_after=cooling, first_attempt_at=first)] * n
+        if self.busy(crm, company_id):
+            return [Outcome(DEFERRED, reason="crm_slow", first_attempt_at=first)] * n
+        attempts = 1
+        doubtful = dict(reconcile or {})
+        claims = set(claimed or ())
+
+        def on_retry(attempt: int, error: TransientError, delay: float) -> None:
+            nonlocal attempts, doubtful
+            attempts = attempt + 1
+            # The failed attempt may have created some of them: look before creating again.
+            doubtful = {**{a.action_id: first for a in actions}, **doubtful}
+            self._metrics.retries.labels(crm.value, error.code).inc()
+
+        body = self._salesforce_batch if crm is Crm.SALESFORCE else self._hubspot_batch
+
+        def counted() -> list[Outcome]:
+            with self._running_lock:
+                self._running[key] += 1
+            try:
+                return body(company_id, list(actions), doubtful, claims)
+            finally:
+                with self._running_lock:
+                    self._running[key] -= 1
+
+        async with self._slots:
+            try:
+                outcomes = await asyncio.wait_for(
+                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), self._budget
+                )
+                self.circuit.succeeded(key)
+            except asyncio.TimeoutError:
+                log.warning("CRM too slow: this company's actions are deferred", extra={"crm": crm.value, "company_id": company_id, "budget_s": self._budget})
+                outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
+            except TransientError as exc:
+                outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
+            except AuthError as exc:
+                self._credentials.invalidate(company_id, crm.value)
+                if self.circuit.failed(key):
+                    log.warning(
+                        "authentication keeps failing: delivery paused for this company",
+                        extra={"crm": crm.value, "company_id": company_id, "cooldown": round(self.circuit.remaining(key), 1)},
+                    )
+                self._metrics.paused_targets.set(self.circuit.open_count())
+                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+            except CrmError as exc:
+                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+        now = int(self._clock() * 1000)
+        return [replace(o, attempts=attempts, first_attempt_at=first, last_attempt_at=now) for o in outcomes]

@@ -1,0 +1,81 @@
+"""What a sink has already done per action, so a re-released or re-read action is not created twice.
+
+The ledger is a compacted topic per CRM, partitioned like that CRM's due topic: the entry for an
+action read from due partition p is written to ledger partition p. A sink holds the entries of
+the partitions it owns (a partitioned `Table`), read back from the topic when they are assigned to
+it, and writes each outcome there before the due offset is committed, so the next owner of a
+partition knows everything its previous owner did.
+
+Keys are tenant-scoped (`company/action_id`, SPEC §11). Actions planned before ids were
+tenant-scoped are also looked up under their bare id, so those in flight at an upgrade stay
+idempotent. Entries are kept `keep_ms` (default 7 days, longer than any re-release or deferral
+window): in memory by the table's generations, on the broker by the topic's `retention.ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Iterable
+
+from confluent_kafka import Message
+
+from processors.kafka.read import read_to_end
+from processors.state.table import Table
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[int, bytes, bytes], Awaitable[Awaitable[Any]]]
+
+
+def ledger_key(company_id: str, action_id: str) -> str:
+    return f"{company_id}/{action_id}"
+
+
+class Ledger:
+    def __init__(
+        self,
+        *,
+        topic: str,
+        write: Write,
+        reader_config: dict[str, Any],
+        keep_ms: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.topic = topic
+        self._write = write
+        self._reader_config = reader_config
+        self._table: Table[str] = Table(partitioned=True, keep_ms=keep_ms, clock=clock)
+
+    def get(self, partition: int, company_id: str, action_id: str) -> str | None:
+        found = self._table.get(ledger_key(company_id, action_id), partition)
+        return found if found is not None else self._table.get(action_id, partition)
+
+    async def put(self, partition: int, company_id: str, action_id: str, value: str) -> Awaitable[Any]:
+        """Known at once to this worker; durable when the returned ack resolves."""
+        key = ledger_key(company_id, action_id)
+        self._table.put(key, value, partition)
+        return await self._write(partition, key.encode(), value.encode())
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    async def hold(self, partitions: Iterable[int]) -> None:
+        """Keep exactly these partitions, reading back the ones not held yet."""
+        missing = self._table.hold(partitions)
+        if missing:
+            await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
+
+    def _read(self, partitions: list[int]) -> None:
+        def load(msg: Message) -> None:
+            key, value = msg.key(), msg.value()
+            if key is None or self._table.expired(msg.timestamp()[1]):
+                return
+            try:
+                self._table.put(key.decode(), value.decode() if value is not None else None, msg.partition())
+            except UnicodeDecodeError:
+                # Not one of ours (entries are ASCII ids): it cannot name an action, so it cannot hide one.
+                log.warning("ledger record ignored", extra={"topic": self.topic, "partition": msg.partition(), "offset": msg.offset()})
+
+        read_to_end(self._reader_config, self.topic, load, partitions=partitions, timeout=120.0)

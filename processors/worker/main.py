@@ -1,0 +1,36 @@
+"""`crm-sync worker`: create topics, start the settings table, run the Faust worker."""
+
+from __future__ import annotations
+
+import faust
+
+from processors.worker.app import build_app
+from processors.worker.runtime import make_runtime
+from processors.config import Config
+from processors.kafka.topics import ensure_topics
+
+
+def logging_config(level: str) -> dict:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "processors.worker.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "mode", "aiokafka", "kafka")},
+    }
+
+
+def run_worker(config: Config) -> None:
+    partitions = ensure_topics(config)
+    (config.state_dir / config.app_id).mkdir(parents=True, exist_ok=True)
+    runtime = make_runtime(config)
+    runtime.settings.start()
+    app = build_app(runtime, partitions[config.topics.history])
+    worker = faust.Worker(
+        app, loglevel=config.log_level, logging_config=logging_config(config.log_level), redirect_stdouts=False
+    )
+    try:
+        worker.execute_from_commandline()
+    finally:
+        runtime.settings.stop()

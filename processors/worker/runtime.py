@@ -1,0 +1,92 @@
+"""The worker's long-lived parts, made once: codec, settings table, metrics, deliverer, and the
+stage context the stages share. The Faust app (`processors.worker.app`) supplies the producer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from connectors.credentials import CredentialStore
+from connectors.retry import RetryPolicy
+from processors.codec import Codec
+from processors.config import Config
+from processors.domain.model import Crm
+from processors.kafka import clients
+from processors.kafka.producer import Send
+from processors.metrics import Metrics
+from processors.stages.common import StageContext
+from processors.stages.deliverer import Deliverer
+from processors.state.settings import SettingsStore
+
+log = logging.getLogger("crm_sync")
+
+RESTART_POLICY = RetryPolicy(base=1.0, cap=30.0, max_elapsed=None)
+
+
+class Stage(Protocol):
+    name: str
+    topics: tuple[str, ...]
+    group_id: str
+
+    @property
+    def running(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """The worker's long-lived parts; `stages` and `context` are attached by `build_app`."""
+
+    config: Config
+    codec: Codec
+    settings: SettingsStore
+    metrics: Metrics
+    deliverer: Deliverer
+    context: StageContext | None = None
+    stages: list = field(default_factory=list)
+
+
+def make_runtime(config: Config) -> Runtime:
+    registry = SchemaRegistryClient.new_client({"url": config.schema_registry_url}) if config.schema_registry_url else None
+    codec = Codec(registry)
+    metrics = Metrics.create()
+    settings = SettingsStore(
+        clients.librdkafka(config), config.topics.settings, codec, ready_timeout=config.settings_ready_timeout_seconds
+    )
+    deliverer = Deliverer(
+        CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials),
+        config.ca_bundle,
+        RetryPolicy(max_elapsed=config.sink_inline_retry_seconds, max_retry_after=config.retry_after_cap_seconds),
+        metrics,
+        rates={Crm.SALESFORCE: config.salesforce_rate_per_second, Crm.HUBSPOT: config.hubspot_rate_per_second},
+        action_id_fields={Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property},
+        concurrency=config.sink_concurrency,
+        company_budget_seconds=config.sink_company_budget_seconds,
+    )
+    return Runtime(config, codec, settings, metrics, deliverer)
+
+
+def attach(rt: Runtime, send: Send, history_partitions: int) -> StageContext:
+    rt.context = StageContext(rt.config, rt.codec, rt.settings, rt.metrics, send, history_partitions)
+    return rt.context
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """A stage that dies would hold its partitions' records forever: restart it (offsets are committed)."""
+    failures = 0
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failures += 1
+            wait = RESTART_POLICY.backoff(failures)
+            log.exception("stage failed; restarting", extra={"stage": name, "retry_in": round(wait, 2)})
+            await asyncio.sleep(wait)

@@ -1,0 +1,70 @@
+"""The worker's HTTP endpoints: Prometheus metrics, liveness, readiness and sync history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from processors.domain.history import KEEP_DAYS
+from processors.state.history import history_from_topic
+from processors.worker.runtime import Runtime
+
+
+def readiness(*, settings_ready: bool, stages_running: bool) -> dict[str, bool]:
+    """Ready = the settings table was read to its end (read_committed) and every stage's consumer
+    has joined its group. Holding partitions is not required: a worker that the group gave none
+    (more workers than partitions) is a ready standby."""
+    return {"ready": settings_ready and stages_running, "settings_ready": settings_ready, "stages_running": stages_running}
+
+
+def app_readiness(rt: Runtime) -> dict[str, bool]:
+    return readiness(
+        settings_ready=rt.settings.ready,
+        stages_running=bool(rt.stages) and all(stage.running for stage in rt.stages),
+    )
+
+
+def parse_days(text: str | None) -> int:
+    days = int(text) if text not in (None, "") else KEEP_DAYS
+    if not 1 <= days <= KEEP_DAYS:
+        raise ValueError(f"days must be between 1 and {KEEP_DAYS}")
+    return days
+
+
+def register_views(app: faust.App, rt: Runtime) -> None:
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        rt.metrics.ready.set(1 if app_readiness(rt)["ready"] else 0)
+        # as a header: aiohttp refuses a content_type argument that carries a charset
+        return web.bytes(rt.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/health/live")
+    async def live_view(web: Any, request: Any) -> Any:
+        """Answering at all is the proof: the event loop runs."""
+        return web.json({"status": "ok"})
+
+    @app.page("/health/ready")
+    async def ready_view(web: Any, request: Any) -> Any:
+        state = app_readiness(rt)
+        return web.json(state, status=200 if state["ready"] else 503)
+
+    @app.page("/history")
+    async def history_view(web: Any, request: Any) -> Any:
+        """`?company=C&days=N` (N 1..7, default 7): read from the history topic, like the CLI."""
+        company = request.query.get("company")
+        if not company:
+            return web.json({"error": "the company query parameter is required"}, status=400)
+        try:
+            days = parse_days(request.query.get("days"))
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        settings = rt.settings.company(company)
+        tz = settings.timezone if settings is not None else None
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, history_from_topic, rt.config, company, days, int(time.time() * 1000), tz
+        )
+        return web.json(body)

@@ -1,0 +1,397 @@
+"""`SettingsStore` over a fake `TopicReader`: readiness only after the topic was read to its end
+(an open admin transaction keeps it not ready), malformed records ignored and counted, tombstones,
+lookups and change listeners. No broker: the reader is injected through `reader_factory`."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import pytest
+
+from processors.codec import Codec
+from processors.domain.model import CompanySettings, EventToggles, MeetingTypeSettings
+from processors.domain.records import company_to_record, meeting_type_to_record
+from processors.domain.rules import company_key, meeting_type_key
+from processors.kafka.read import NotCaughtUp
+from processors.state.settings import SettingsStore
+
+CODEC = Codec()
+WAIT = 2.0  # upper bound for things that do happen (they take milliseconds)
+SHORT = 0.05  # how long to watch for things that must not happen
+
+
+@dataclass
+class Msg:
+    """The part of confluent_kafka.Message the store reads."""
+
+    _key: bytes | None
+    _value: bytes | None
+    _offset: int = 0
+    _partition: int = 0
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_800_000_000_000 + self._offset)
+
+    def error(self) -> None:
+        return None
+
+
+def company_msg(doc: CompanySettings) -> tuple[bytes, bytes]:
+    return company_key(doc.company_id).encode(), CODEC.encode("CompanySettings", company_to_record(doc))
+
+
+def meeting_type_msg(doc: MeetingTypeSettings) -> tuple[bytes, bytes]:
+    return (
+        meeting_type_key(doc.company_id, doc.meeting_type_id).encode(),
+        CODEC.encode("MeetingTypeSettings", meeting_type_to_record(doc)),
+    )
+
+
+class FakeTopic:
+    """The settings topic as read_committed sees it: records after an open transaction's first
+    record are not readable to the end until it is committed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self.records: list[Msg] = []
+        self.open_transaction = False
+        self.read_to_end_calls = 0
+        self.readers = 0
+        self.closed = 0
+
+    def append(self, key: bytes | None, value: bytes | None) -> None:
+        with self._arrived:
+            self.records.append(Msg(key, value, len(self.records)))
+            self._arrived.notify_all()
+
+    def commit_transaction(self) -> None:
+        with self._arrived:
+            self.open_transaction = False
+            self._arrived.notify_all()
+
+    def reader(self) -> "FakeReader":
+        self.readers += 1
+        return FakeReader(self)
+
+
+class FakeReader:
+    def __init__(self, topic: FakeTopic) -> None:
+        self.topic = topic
+        self.position = 0
+        self.assigned: list[int] = []
+
+    def partitions(self, timeout: float = 10.0) -> list[int]:
+        return [0]
+
+    def assign(self, partitions: list[int]) -> None:
+        self.assigned = list(partitions)
+        self.position = 0
+
+    def _feed(self, on_record: Callable[[Msg], None]) -> None:
+        while True:
+            with self.topic._lock:
+                if self.position >= len(self.topic.records):
+                    return
+                msg = self.topic.records[self.position]
+                self.position += 1
+            on_record(msg)
+
+    def read_to_end(self, on_record: Callable[[Msg], None], timeout: float = 30.0) -> int:
+        with self.topic._lock:
+            self.topic.read_to_end_calls += 1
+            held_back = self.topic.open_transaction
+        if held_back:
+            # The real reader gives up after its timeout; a tiny wait stands for it.
+            with self.topic._arrived:
+                self.topic._arrived.wait(0.005)
+            raise NotCaughtUp("settings not read to their end (transaction open)")
+        before = self.position
+        self._feed(on_record)
+        return self.position - before
+
+    def follow(self, on_record: Callable[[Msg], None], seconds: float) -> None:
+        with self.topic._arrived:
+            if self.position >= len(self.topic.records):
+                self.topic._arrived.wait(0.005)
+        if not self.topic.open_transaction:
+            self._feed(on_record)
+
+    def close(self) -> None:
+        self.topic.closed += 1
+
+    def __enter__(self) -> "FakeReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_store(topic: FakeTopic) -> SettingsStore:
+    return SettingsStore({}, "settings", CODEC, ready_timeout=0.01, reader_factory=topic.reader)
+
+
+@pytest.fixture
+def topic() -> FakeTopic:
+    return FakeTopic()
+
+
+@pytest.fixture
+def store(topic: FakeTopic):
+    s = make_store(topic)
+    yield s
+    s.stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = WAIT) -> bool:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.005)):
+        if check():
+            return True
+        done.wait(0.005)
+    return check()
+
+
+ACME = CompanySettings("acme", salesforce_connected=True, timezone="Asia/Tokyo")
+GLOBEX = CompanySettings("globex", hubspot_connected=True, paused=True, timezone="Europe/Berlin")
+MT1 = MeetingTypeSettings("acme", "mt-1", meeting_type_name="Intro", salesforce_todo=EventToggles(meeting_booked=True))
+MT2 = MeetingTypeSettings("acme", "mt-2", meeting_type_name="Demo")
+MT_GLOBEX = MeetingTypeSettings("globex", "mt-1", meeting_type_name="Other company, same id")
+
+
+# ---- readiness -----------------------------------------------------------------------------------
+
+
+def test_not_ready_before_start_and_ready_once_read_to_its_end(topic: FakeTopic, store: SettingsStore) -> None:
+    topic.append(*company_msg(ACME))
+    assert not store.ready
+    assert not store.wait_ready(0.0)
+    store.start()
+    assert store.wait_ready(WAIT)
+    assert store.ready
+    assert store.company("acme") == ACME
+
+
+def test_an_empty_topic_read_to_its_end_is_ready(topic: FakeTopic, store: SettingsStore) -> None:
+    store.start()
+    assert store.wait_ready(WAIT)
+    assert store.companies() == []
+    assert store.company("acme") is None
+
+
+def test_an_open_transaction_keeps_the_store_not_ready_until_it_is_committed(topic: FakeTopic, store: SettingsStore) -> None:
+    topic.append(*company_msg(ACME))
+    topic.open_transaction = True
+    store.start()
+    assert not store.wait_ready(SHORT)
+    assert eventually(lambda: topic.read_to_end_calls >= 3)  # keeps trying, whatever the deadline
+    assert not store.ready
+    topic.commit_transaction()
+    assert store.wait_ready(WAIT)
+    assert store.company("acme") == ACME
+    assert topic.readers == 1  # the same reader kept reading: NotCaughtUp is no reader failure
+
+
+def test_records_after_ready_are_followed(topic: FakeTopic, store: SettingsStore) -> None:
+    store.start()
+    assert store.wait_ready(WAIT)
+    topic.append(*company_msg(ACME))
+    assert eventually(lambda: store.company("acme") == ACME)
+
+
+def test_stop_ends_the_reader_thread_and_closes_the_reader(topic: FakeTopic) -> None:
+    s = make_store(topic)
+    s.start()
+    assert s.wait_ready(WAIT)
+    s.stop()  # joins the reader thread, which leaves the reader's `with`
+    assert topic.closed == 1
+
+
+def test_stop_while_not_caught_up_leaves_it_not_ready(topic: FakeTopic) -> None:
+    topic.open_transaction = True
+    s = make_store(topic)
+    s.start()
+    assert eventually(lambda: topic.read_to_end_calls >= 1)
+    s.stop()
+    assert topic.closed == 1
+    assert not s.ready
+
+
+def test_load_once_reads_to_the_end_and_raises_not_caught_up_when_held_back(topic: FakeTopic) -> None:
+    topic.append(*company_msg(ACME))
+    s = make_store(topic)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") == ACME
+    topic.open_transaction = True
+    with pytest.raises(NotCaughtUp):
+        make_store(topic).load_once(timeout=0.01)
+
+
+# ---- contents ----------------------------------------------------------------------------------
+
+
+def loaded(topic: FakeTopic) -> SettingsStore:
+    s = make_store(topic)
+    s.load_once(timeout=0.01)
+    return s
+
+
+def test_lookups_by_company_and_meeting_type(topic: FakeTopic) -> None:
+    for doc in (ACME, GLOBEX):
+        topic.append(*company_msg(doc))
+    for doc in (MT2, MT1, MT_GLOBEX):
+        topic.append(*meeting_type_msg(doc))
+    s = loaded(topic)
+    assert s.company("acme") == ACME
+    assert s.company("globex") == GLOBEX
+    assert s.company("nobody") is None
+    assert s.meeting_type("acme", "mt-1") == MT1
+    assert s.meeting_type("globex", "mt-1") == MT_GLOBEX
+    assert s.meeting_type("acme", "nope") is None
+    assert s.meeting_type("nobody", "mt-1") is None
+    assert s.meeting_types("acme") == [MT1, MT2]  # sorted by id, only that company's
+    assert s.meeting_types("globex") == [MT_GLOBEX]
+    assert s.meeting_types("nobody") == []
+    assert sorted(c.company_id for c in s.companies()) == ["acme", "globex"]
+    # A company lookup never returns a meeting type and vice versa.
+    assert s.company("mt-1") is None
+    assert s.rejected == 0
+
+
+def test_ids_that_need_quoting_round_trip(topic: FakeTopic) -> None:
+    odd = CompanySettings("a/b c%")
+    odd_mt = MeetingTypeSettings("a/b c%", "x/y")
+    topic.append(*company_msg(odd))
+    topic.append(*meeting_type_msg(odd_mt))
+    s = loaded(topic)
+    assert s.company("a/b c%") == odd
+    assert s.meeting_type("a/b c%", "x/y") == odd_mt
+
+
+def test_the_latest_record_per_key_wins(topic: FakeTopic) -> None:
+    topic.append(*company_msg(ACME))
+    topic.append(*company_msg(replace(ACME, paused=True, updated_at=5)))
+    s = loaded(topic)
+    company = s.company("acme")
+    assert company is not None and company.paused and company.updated_at == 5
+    assert len(s.companies()) == 1
+
+
+def test_a_tombstone_deletes(topic: FakeTopic) -> None:
+    topic.append(*company_msg(ACME))
+    topic.append(*meeting_type_msg(MT1))
+    topic.append(*meeting_type_msg(MT2))
+    topic.append(company_key("acme").encode(), None)
+    topic.append(meeting_type_key("acme", "mt-1").encode(), None)
+    s = loaded(topic)
+    assert s.company("acme") is None
+    assert s.meeting_type("acme", "mt-1") is None
+    assert s.meeting_types("acme") == [MT2]
+    assert s.rejected == 0
+
+
+def test_a_tombstone_for_an_unknown_key_is_harmless(topic: FakeTopic) -> None:
+    topic.append(company_key("ghost").encode(), None)
+    s = loaded(topic)
+    assert s.company("ghost") is None
+    assert s.rejected == 0
+
+
+def _malformed() -> list[tuple[str, bytes | None, bytes | None]]:
+    company_value = company_msg(ACME)[1]
+    mt_value = meeting_type_msg(MT1)[1]
+    bad_tz = CODEC.encode("CompanySettings", {**company_to_record(ACME), "timezone": "Mars/Olympus"})
+    return [
+        ("no key", None, company_value),
+        ("no key, tombstone", None, None),
+        ("not a settings key", b"acme", company_value),
+        ("not a settings key, tombstone", b"whatever/x/y/z", None),
+        ("key not utf-8", b"company/\xff\xfe", company_value),
+        ("value not a record", company_key("acme").encode(), b"\x07garbage"),
+        ("value truncated", company_key("acme").encode(), company_value[:-3]),
+        ("company key, meeting-type record", company_key("acme").encode(), mt_value),
+        ("meeting-type key, company record", meeting_type_key("acme", "mt-1").encode(), company_value),
+        ("company id differs from the key", company_key("globex").encode(), company_value),
+        ("meeting type id differs from the key", meeting_type_key("acme", "mt-9").encode(), mt_value),
+        ("invalid time zone", company_key("acme").encode(), bad_tz),
+    ]
+
+
+@pytest.mark.parametrize("name, key, value", _malformed(), ids=[m[0] for m in _malformed()])
+def test_a_malformed_record_is_counted_and_never_changes_the_table(topic: FakeTopic, name: str, key: bytes | None, value: bytes | None) -> None:
+    topic.append(*company_msg(ACME))
+    topic.append(*meeting_type_msg(MT1))
+    topic.append(key, value)
+    changes: list[str] = []
+    s = make_store(topic)
+    s.add_listener(changes.append)
+    s.load_once(timeout=0.01)
+    assert s.rejected == 1
+    assert s.company("acme") == ACME
+    assert s.company("globex") is None
+    assert s.meeting_type("acme", "mt-1") == MT1
+    assert s.meeting_types("acme") == [MT1]
+    assert changes == ["acme", "acme"]  # only the two good records
+
+
+def test_malformed_records_do_not_stop_the_reader_or_readiness(topic: FakeTopic, store: SettingsStore) -> None:
+    topic.append(None, b"x")
+    topic.append(*company_msg(ACME))
+    topic.append(b"company/acme", b"\x07garbage")
+    topic.append(*company_msg(GLOBEX))
+    store.start()
+    assert store.wait_ready(WAIT)
+    assert store.rejected == 2
+    assert store.company("acme") == ACME
+    assert store.company("globex") == GLOBEX
+    topic.append(b"nonsense", None)
+    topic.append(*meeting_type_msg(MT1))
+    assert eventually(lambda: store.meeting_type("acme", "mt-1") == MT1)
+    assert store.rejected == 3
+    assert topic.readers == 1
+
+
+# ---- listeners ---------------------------------------------------------------------------------
+
+
+def test_listeners_are_called_with_the_company_id_of_every_change(topic: FakeTopic, store: SettingsStore) -> None:
+    seen: list[str] = []
+    others: list[str] = []
+    store.add_listener(seen.append)
+    store.add_listener(others.append)
+    topic.append(*company_msg(ACME))
+    topic.append(*meeting_type_msg(MT_GLOBEX))
+    store.start()
+    assert store.wait_ready(WAIT)
+    assert seen == ["acme", "globex"]
+    topic.append(meeting_type_key("globex", "mt-1").encode(), None)  # a tombstone is a change too
+    topic.append(b"bad key", None)  # not a change
+    topic.append(*company_msg(GLOBEX))
+    assert eventually(lambda: len(seen) == 4)
+    assert seen == ["acme", "globex", "globex", "globex"]
+    assert others == seen
+    assert store.meeting_type("globex", "mt-1") is None
+
+
+def test_a_listener_sees_the_new_value_already_applied(topic: FakeTopic) -> None:
+    s = make_store(topic)
+    observed: list[CompanySettings | None] = []
+    s.add_listener(lambda company_id: observed.append(s.company(company_id)))
+    topic.append(*company_msg(ACME))
+    topic.append(company_key("acme").encode(), None)
+    s.load_once(timeout=0.01)
+    assert observed == [ACME, None]
