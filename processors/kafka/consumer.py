@@ -59,21 +59,41 @@ class StopSignal:
 async def start_new_partitions(
     consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition], since_s: float, name: str
 ) -> None:
-    """A partition this group never committed starts at `since_s` (by timestamp), not at the
-    beginning: a new deployment or a changed app id must not replay the topic's whole retention.
-    Partitions with a commit resume from it."""
+    """Where a partition without a commit starts, decided once and committed at once.
+
+    - A **new group** (no commit on any partition of its topics: a new deployment or a changed app
+      id) starts at `since_s` (by timestamp), not at the beginning: it must not replay the topics'
+      whole retention.
+    - An **existing group** starts such a partition at its beginning: its first records may have
+      arrived while every worker was down, and must not be skipped.
+
+    The start is committed at once, so the partition is never "new" again. Partitions with a
+    commit resume from it.
+    """
     fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
     if not fresh:
         return
-    found = await consumer.offsets_for_times({tp: int(since_s * 1000) for tp in fresh})
-    ends = await consumer.end_offsets(fresh)
-    for tp in fresh:
-        at = found.get(tp)
-        consumer.seek(tp, at.offset if at is not None else ends[tp])
-    log.info(
-        "new consumer group: starting from the lookback, not the beginning",
-        extra={"consumer": name, "partitions": len(fresh), "since_ms": int(since_s * 1000)},
-    )
+    mine = set(assigned)
+    others = [
+        TopicPartition(topic, p)
+        for topic in sorted({tp.topic for tp in assigned})
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+        if TopicPartition(topic, p) not in mine
+    ]
+    new_group = all([await consumer.committed(tp) is None for tp in others])
+    if new_group:
+        found = await consumer.offsets_for_times({tp: int(since_s * 1000) for tp in fresh})
+        ends = await consumer.end_offsets(fresh)
+        start = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in fresh}
+        log.info(
+            "new consumer group: starting from the lookback, not the beginning",
+            extra={"consumer": name, "partitions": len(fresh), "since_ms": int(since_s * 1000)},
+        )
+    else:
+        start = await consumer.beginning_offsets(fresh)
+    for tp, offset in start.items():
+        consumer.seek(tp, offset)
+    await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in start.items()})
 
 
 async def _nothing(partitions: Sequence[TopicPartition]) -> None:

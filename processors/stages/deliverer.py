@@ -53,6 +53,11 @@ from processors.metrics import Metrics
 log = logging.getLogger(__name__)
 
 AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
+# A company whose CRM ran out its budget is "slow": its actions are deferred without a call for a
+# growing cool-down, then one probe batch tries again with a short budget, so a hung CRM holds a
+# sink batch for its full budget once, and afterwards for at most SLOW_PROBE_BUDGET_S now and then.
+SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
+SLOW_PROBE_BUDGET_S = 0.5
 RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
 
 
@@ -98,6 +103,7 @@ class Deliverer:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
         self._slots = asyncio.Semaphore(concurrency)
         self._running: Counter[tuple[str, str]] = Counter()
+        self._slow: dict[tuple[str, str], tuple[int, float]] = {}  # (timeouts in a row, deferred until)
         self._running_lock = threading.Lock()
 
     def _client(self, crm: Crm, company_id: str) -> Any:
@@ -275,8 +281,10 @@ class Deliverer:
         cooling = self.circuit.remaining(key)
         if cooling > 0:
             return [Outcome(DEFERRED, reason="auth_circuit_open", retry_after=cooling, first_attempt_at=first)] * n
-        if self.busy(crm, company_id):
+        slow = self._slow.get(key)
+        if self.busy(crm, company_id) or (slow is not None and time.monotonic() < slow[1]):
             return [Outcome(DEFERRED, reason="crm_slow", first_attempt_at=first)] * n
+        budget = self._budget if slow is None else min(self._budget, SLOW_PROBE_BUDGET_S)
         attempts = 1
         doubtful = dict(reconcile or {})
         claims = set(claimed or ())
@@ -302,11 +310,18 @@ class Deliverer:
         async with self._slots:
             try:
                 outcomes = await asyncio.wait_for(
-                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), self._budget
+                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), budget
                 )
                 self.circuit.succeeded(key)
+                self._slow.pop(key, None)
             except asyncio.TimeoutError:
-                log.warning("CRM too slow: this company's actions are deferred", extra={"crm": crm.value, "company_id": company_id, "budget_s": self._budget})
+                timeouts = (slow[0] if slow is not None else 0) + 1
+                cooldown = SLOW_COOLDOWN.backoff(timeouts)
+                self._slow[key] = (timeouts, time.monotonic() + cooldown)
+                log.warning(
+                    "CRM too slow: this company's actions are deferred",
+                    extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(cooldown, 1)},
+                )
                 outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
             except TransientError as exc:
                 outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n

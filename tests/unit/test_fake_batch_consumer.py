@@ -52,6 +52,7 @@ class FakeConsumer:
         self.ends: dict[TopicPartition, int] = {}
         self.times_asked: dict[TopicPartition, int] | None = None
         self.assign_on_start: list[TopicPartition] = []
+        self.beginnings: dict[TopicPartition, int] = {}
 
     # test side
     def produce(self, tp: TopicPartition, count: int) -> None:
@@ -101,6 +102,12 @@ class FakeConsumer:
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return self.committed_offsets.get(tp)
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in (*self.logs, *self.ends, *self.committed_offsets, *self.assigned) if tp.topic == topic}
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.beginnings.get(tp, 0) for tp in partitions}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -410,15 +417,30 @@ def test_a_revoke_waits_for_the_batch_under_way_and_its_commit() -> None:
 # ---- a new group starts at its lookback -----------------------------------------------------------
 
 
-def test_start_new_partitions_seeks_only_partitions_without_a_commit() -> None:
+def test_a_new_group_starts_its_partitions_at_the_lookback_and_commits_that_start() -> None:
     async def scenario() -> None:
         fake = FakeConsumer()
-        fake.committed_offsets = {P1: 7}
         fake.times = {P0: OffsetAndTimestamp(42, 1_799_999_000_000)}  # P2: nothing that recent
         fake.ends = {P0: 100, P1: 300, P2: 55}
         await start_new_partitions(fake, [P0, P1, P2], since_s=1_799_996_400.0, name="test")  # type: ignore[arg-type]
-        assert fake.times_asked == {P0: 1_799_996_400_000, P2: 1_799_996_400_000}
-        assert sorted(fake.seeks) == [(P0, 42), (P2, 55)]  # P1 resumes from its commit
+        assert fake.times_asked == {P0: 1_799_996_400_000, P1: 1_799_996_400_000, P2: 1_799_996_400_000}
+        assert sorted(fake.seeks) == [(P0, 42), (P1, 300), (P2, 55)]
+        assert fake.commits[-1] == {P0: 42, P1: 300, P2: 55}  # never "new" again
+
+    run(scenario)
+
+
+def test_in_an_existing_group_a_partition_without_a_commit_starts_at_its_beginning() -> None:
+    """Its first records may have come while every worker was down: skipping them would lose them."""
+    async def scenario() -> None:
+        fake = FakeConsumer()
+        fake.committed_offsets = {P1: 7}
+        fake.beginnings = {P0: 3, P2: 0}
+        fake.ends = {P0: 100, P1: 300, P2: 55}
+        await start_new_partitions(fake, [P0, P2], since_s=1_799_996_400.0, name="test")  # type: ignore[arg-type]
+        assert fake.times_asked is None
+        assert sorted(fake.seeks) == [(P0, 3), (P2, 0)]
+        assert fake.commits[-1] == {P0: 3, P2: 0}
 
     run(scenario)
 
@@ -442,8 +464,7 @@ def test_a_new_group_starts_at_the_lookback_from_the_injected_clock() -> None:
             fake.produce(P0, 50)
             fake.produce(P1, 10)
             fake.produce(P2, 5)
-            fake.committed_offsets = {P1: 8}
-            fake.times = {P0: OffsetAndTimestamp(47, 1_799_996_500_000), P2: None}
+            fake.times = {P0: OffsetAndTimestamp(47, 1_799_996_500_000), P1: OffsetAndTimestamp(8, 1_799_996_400_000), P2: None}
             fake.ends = {P0: 50, P1: 10, P2: 5}
             fake.assign_on_start = [P0, P1, P2]
 
@@ -455,11 +476,11 @@ def test_a_new_group_starts_at_the_lookback_from_the_injected_clock() -> None:
         await task
         fake = h.fake
         assert fake is not None
-        assert fake.times_asked == {P0: 1_799_996_400_000, P2: 1_799_996_400_000}
+        assert fake.times_asked == {P0: 1_799_996_400_000, P1: 1_799_996_400_000, P2: 1_799_996_400_000}
         handled = sorted(pair for batch in h.handled for pair in offsets_of(batch))
-        # P0 from the lookback's offset, P1 from its commit, P2 from its end (nothing to read).
+        # From the lookback's offsets; P2 from its end (nothing that recent), committed at once.
         assert handled == [(0, 47), (0, 48), (0, 49), (1, 8), (1, 9)]
-        assert P2 not in fake.committed_offsets
+        assert fake.committed_offsets[P2] == 5
 
     run(scenario)
 

@@ -77,3 +77,21 @@ def test_ids_and_context_stay_readable_and_the_line_stays_json() -> None:
 
 def test_redact_keeps_text_without_secrets_unchanged() -> None:
     assert redact("released 3 actions for crm=hubspot at 12:00") == "released 3 actions for crm=hubspot at 12:00"
+
+
+def test_a_library_repeating_itself_is_let_through_once_per_window() -> None:
+    from processors.worker.logs import RepeatFilter
+
+    now = [0.0]
+    repeats = RepeatFilter(window=10.0, clock=lambda: now[0])
+
+    def passes(name: str, msg: str) -> logging.LogRecord | None:
+        record = logging.makeLogRecord({"name": name, "msg": msg})
+        return record if repeats.filter(record) else None
+
+    assert passes("aiokafka.conn", "Unable connect to %s")
+    assert all(passes("aiokafka.conn", "Unable connect to %s") is None for _ in range(500))
+    assert passes("crm_sync.deliver", "delivery") and passes("crm_sync.deliver", "delivery")  # ours: all of them
+    now[0] = 10.0
+    again = passes("aiokafka.conn", "Unable connect to %s")
+    assert again is not None and again.repeated == 500
