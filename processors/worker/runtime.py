@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
+from aiokafka import TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connectors.credentials import CredentialStore
@@ -16,6 +17,7 @@ from processors.codec import Codec
 from processors.config import Config
 from processors.domain.model import Crm
 from processors.kafka import clients
+from processors.kafka.consumer import StopSignal
 from processors.kafka.producer import Send
 from processors.metrics import Metrics
 from processors.stages.common import StageContext
@@ -28,12 +30,17 @@ RESTART_POLICY = RetryPolicy(base=1.0, cap=30.0, max_elapsed=None)
 
 
 class Stage(Protocol):
+    """What the app asks of every stage (`BatchConsumer`, `DelayReleaser`)."""
+
     name: str
     topics: tuple[str, ...]
     group_id: str
+    stopping: StopSignal
 
     @property
     def running(self) -> bool: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
 
     async def run(self) -> None: ...
 
@@ -48,7 +55,7 @@ class Runtime:
     metrics: Metrics
     deliverer: Deliverer
     context: StageContext | None = None
-    stages: list = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
 
 
 def make_runtime(config: Config) -> Runtime:
