@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.parse
@@ -17,6 +18,7 @@ from authlib.deprecate import AuthlibDeprecationWarning
 
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
+from processors.kafka import clients
 
 # confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
 # (it installs an "always" filter on import, hence the import above): noise for an admin that would
@@ -145,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--note", help="why it is resolved (kept with the failure)")
     p = _command(ds, "show", "show one failure, with its retries and resolution")
     p.add_argument("id")
+
+    acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
+    acls.add_argument("acls_command", choices=("print", "apply"), help="print a table, or create them on the broker")
+    for role in ("worker", "admin", "publisher", "sre"):
+        acls.add_argument(
+            f"--{role}-principal", action="append", default=[], metavar="P",
+            help=f"the {role}'s principal (User:name or name); repeat for several",
+            required=role in ("worker", "admin", "publisher"),
+        )
 
     p = _command(sub, "history", "sync history: created / skipped by reason / failed per day, CRM and event type")
     p.add_argument("--company", required=True)
@@ -286,10 +297,26 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
 
 
+def _run_acls(args: argparse.Namespace, config: Config) -> None:
+    from processors.ops import acls
+
+    principals = {role: getattr(args, f"{role}_principal") for role in acls.ROLES}
+    if args.acls_command == "print":
+        print(acls.table(config, principals))
+    else:
+        print(f"{acls.apply(config, principals)} ACL bindings applied")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The one-line reason is the CLI's whole error output; librdkafka's own lines would add to it.
+    clients.LIBRDKAFKA_LOG.propagate = False
+    clients.LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+    config: Config | None = None
     try:
         config = Config.from_env()
+        if args.command != "acls" or args.acls_command == "apply":
+            clients.check_credentials(config)
         if args.command == "worker":
             from processors.worker.main import run_worker
 
@@ -300,12 +327,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_dlq(args, config)
         elif args.command == "history":
             _run_history(args, config)
+        elif args.command == "acls":
+            _run_acls(args, config)
+    except clients.BrokerRefused as exc:
+        print(f"crm-sync: error: {exc}", file=sys.stderr)
+        return 3
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        refused = clients.refusal(config, exc) if config is not None else None
+        if refused is not None:
+            print(f"crm-sync: error: {_one_line(str(refused))}", file=sys.stderr)
+            return 3
         print(f"crm-sync: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
