@@ -275,10 +275,13 @@ def _timezones(config: Config, codec: Any) -> Any:
     return timezone_of
 
 
-def history_from_worker(url: str, company_id: str, days: int, timeout: float = 10.0) -> dict[str, Any]:
+def history_from_worker(url: str, company_id: str, days: int, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
     query = urllib.parse.urlencode({"company": company_id, "days": days})
+    request = urllib.request.Request(f"{url.rstrip('/')}/history?{query}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/history?{query}", timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         raise ValueError(f"worker answered {exc.code}: {exc.read().decode(errors='replace')}") from None
@@ -291,7 +294,7 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     if not 1 <= args.days <= KEEP_DAYS:
         raise CliError(f"--days must be between 1 and {KEEP_DAYS}")
     if args.url:
-        body = history_from_worker(args.url, args.company, args.days)
+        body = history_from_worker(args.url, args.company, args.days, config.http_token)
     else:
         body = history_from_topic(config, args.company, args.days, int(datetime.now(timezone.utc).timestamp() * 1000))
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
@@ -307,6 +310,11 @@ def _run_acls(args: argparse.Namespace, config: Config) -> None:
         print(f"{acls.apply(config, principals)} ACL bindings applied")
 
 
+def _uses_broker(args: argparse.Namespace) -> bool:
+    """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
+    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The one-line reason is the CLI's whole error output; librdkafka's own lines would add to it.
@@ -315,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config: Config | None = None
     try:
         config = Config.from_env()
-        if args.command != "acls" or args.acls_command == "apply":
+        if _uses_broker(args):
             clients.check_credentials(config)
         if args.command == "worker":
             from processors.worker.main import run_worker
