@@ -106,6 +106,7 @@ class Topics:
     retry: str = _env("CRM_SYNC_TOPIC_RETRY", "crm-sync.actions.retry.v1")
     ledger_salesforce: str = _env("CRM_SYNC_TOPIC_LEDGER_SALESFORCE", "crm-sync.ledger.salesforce.v1")
     ledger_hubspot: str = _env("CRM_SYNC_TOPIC_LEDGER_HUBSPOT", "crm-sync.ledger.hubspot.v1")
+    audit: str = _env("CRM_SYNC_TOPIC_AUDIT", "crm-sync.settings-audit.v1")
 
     @property
     def inputs(self) -> tuple[str, str, str]:

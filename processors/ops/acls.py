@@ -65,6 +65,7 @@ def grants(config: Config) -> list[Grant]:
     out.append(Grant("worker", "group", READER_GROUP_PREFIX, True, ("DESCRIBE",), "topic readers (no commits)"))
 
     topic("admin", [t.settings], ("READ", "WRITE", "CREATE"), "crm-sync settings")
+    topic("admin", [t.audit], ("READ", "WRITE", "CREATE"), "the settings audit (crm-sync settings log)")
     out.append(Grant("admin", "transactional-id", ADMIN_TRANSACTIONAL_PREFIX, True, ("WRITE", "DESCRIBE"), "settings transactions"))
     out.append(Grant("admin", "group", READER_GROUP_PREFIX, True, ("DESCRIBE",), "topic readers (no commits)"))
     topic("admin", [t.dead_letter], ("READ", "WRITE"), "dlq list/show, and retry/resolve statuses")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
         p = _command(ss, name, text)
         p.add_argument("--company", required=True)
+    p = _command(ss, "log", "the company's settings changes: when, who, old → new")
+    p.add_argument("--company", required=True)
+    p.add_argument("--since", type=_since, help="ISO-8601 time")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for p in ss.choices.values():
+        p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
 
     dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
     ds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -182,12 +189,26 @@ def _print_settings(company: Any, meeting_types: list[Any], as_json: bool) -> No
             print(f"  {crm.value}: {', '.join(on) if on else 'off'}")
 
 
+def _actor(args: argparse.Namespace, config: Config) -> str:
+    """Who makes a change: the SASL principal (what the broker's ACLs checked), else --actor, else the OS user."""
+    if config.sasl_username:
+        return f"User:{config.sasl_username}"
+    return getattr(args, "actor", None) or getpass.getuser()
+
+
 def _run_settings(args: argparse.Namespace, config: Config) -> None:
     from processors.ops.admin import SettingsAdmin
 
-    admin = SettingsAdmin(config, actor="cli")
+    admin = SettingsAdmin(config, actor=_actor(args, config))
     cmd = args.settings_command
-    if cmd == "show":
+    if cmd == "log":
+        for record in admin.audit_log(args.company, args.since):
+            if args.json:
+                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "changes": record.changes}, ensure_ascii=False))
+            else:
+                when = datetime.fromtimestamp(record.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+                print(f"{when}  {record.actor}  {record.key}  {record.summary}")
+    elif cmd == "show":
         company, mts = admin.show(args.company)
         _print_settings(company, mts, args.json)
     elif cmd in ("connect", "disconnect"):
@@ -254,7 +275,7 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
             raise CliError(f"no failure with id {args.id}")
     elif not (args.company or args.crm or args.error_class or args.since):
         raise CliError("give a failure id or a filter (--company, --crm, --error-class, --since)")
-    admin = FailureAdmin(config, codec, actor="cli", timezone_of=_timezones(config, codec))
+    admin = FailureAdmin(config, codec, actor=_actor(args, config), timezone_of=_timezones(config, codec))
     if args.dlq_command == "resolve":
         print(f"{admin.resolve(selected, args.note)} failure(s) marked resolved")
         return

@@ -88,6 +88,9 @@ def test_settings_work_as_admin_and_are_refused_to_worker_and_publisher(secured:
         assert len(refused.stderr.splitlines()) == 1, refused.stderr
         [line] = refused.stderr.splitlines()
         assert line.startswith(f"crm-sync: error: the broker refused User:{user}: "), line
+    log = cli(secured, secure_kafka, "admin", "settings", "log", "--company", "acme")
+    assert log.returncode == 0, log.stderr
+    assert log.stdout.splitlines()[-1].endswith("  User:admin  company/acme  hubspot_connected: null → true")
 
 
 def test_a_publisher_cannot_write_the_settings_topic(secured: Deployment, secure_kafka: SecureBroker) -> None:
