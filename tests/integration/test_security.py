@@ -3,6 +3,7 @@ connects with its own SCRAM principal over TLS and the ACLs of `crm-sync acls ap
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -137,3 +138,50 @@ def test_a_wrong_password_is_one_clear_line_at_once(secured: Deployment, secure_
         assert line.startswith("crm-sync: error: the broker refused User:worker: authentication failed"), line
         assert time.monotonic() - started < 20
 
+
+
+def test_no_secret_of_any_kind_reaches_the_log_or_metrics(
+    secured: Deployment, secure_kafka: SecureBroker, sandbox: CrmSandbox, tmp_path: Path
+) -> None:
+    """The worker runs with a SASL password, an HTTP token and CRM credentials of every kind (a
+    session, a password + security token, client credentials, a HubSpot token); companies whose
+    logins cannot succeed here make the worker log their failures. No secret value may appear."""
+    secrets = {
+        "sasl": secure_kafka.passwords["worker"],
+        "http": "http-token-Zq81",
+        "session": json.loads((secured.secrets_dir / "_default" / "salesforce.json").read_text())["session_id"],
+        "hubspot": json.loads((secured.secrets_dir / "_default" / "hubspot.json").read_text())["access_token"],
+        "password": "pw-Xk29-secret",
+        "security_token": "st-Lm47-secret",
+        "consumer_secret": "cs-Rt63-secret",
+    }
+    for company, creds in {
+        "pw-co": {"username": "u@pw.example", "password": secrets["password"], "security_token": secrets["security_token"], "domain": "127.0.0.1:9"},
+        "cc-co": {"consumer_key": "ck-1", "consumer_secret": secrets["consumer_secret"], "domain": "127.0.0.1:9"},
+    }.items():
+        (secured.secrets_dir / company).mkdir()
+        (secured.secrets_dir / company / "salesforce.json").write_text(json.dumps(creds))
+    seed_people(sandbox, booker="leak.booker@buyer.example", host="leak.host@seller.example")
+    for company in ("acme", "pw-co", "cc-co"):
+        assert cli(secured, secure_kafka, "admin", "settings", "connect", "--company", company, "--crm", "salesforce").returncode == 0
+        assert cli(secured, secure_kafka, "admin", "settings", "set", "--company", company, "--meeting-type", "intro-30",
+                   "--crm", "salesforce", "--event", "meeting_booked", "--on").returncode == 0
+    secured.extra_env.update(CRM_SYNC_HTTP_BIND="0.0.0.0", CRM_SYNC_HTTP_TOKEN=secrets["http"], CRM_SYNC_LOG_LEVEL="DEBUG")
+
+    worker = WorkerProcess(secured, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(90)
+        publisher = EventPublisher(clients.librdkafka(as_user(secured, secure_kafka, "publisher")), secured.topics)
+        for company in ("acme", "pw-co", "cc-co"):
+            event = booking(booker="leak.booker@buyer.example", host="leak.host@seller.example", start=datetime(2026, 12, 3, 1, 0, tzinfo=timezone.utc))
+            publisher.publish_meeting_booked({**event, "company_id": company})
+        publisher.flush()
+        wait_for(sandbox.salesforce.list_tasks, 60, what="the Salesforce Task")
+        wait_for(lambda: "pw-co" in worker.log_text() and "cc-co" in worker.log_text(), 60, what="the failed logins in the log")
+        text = worker.log_text() + worker.metrics()
+    finally:
+        worker.stop()
+    text += worker.log_text()
+    for kind, value in secrets.items():
+        assert value not in text, f"the {kind} secret is in the log or /metrics"
+    assert "leak.booker@buyer.example" not in text
