@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--company", required=True)
     p.add_argument("--since", type=_since, help="ISO-8601 time")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    for p in ss.choices.values():
-        p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
+    for name, p in ss.choices.items():
+        if name not in ("show", "log"):  # the commands that change settings
+            p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
 
     dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
     ds = dlq.add_subparsers(dest="dlq_command", required=True)
