@@ -10,6 +10,7 @@ the environment against those declarations, so a bad value stops start-up with o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -105,6 +106,7 @@ class Topics:
     retry: str = _env("CRM_SYNC_TOPIC_RETRY", "crm-sync.actions.retry.v1")
     ledger_salesforce: str = _env("CRM_SYNC_TOPIC_LEDGER_SALESFORCE", "crm-sync.ledger.salesforce.v1")
     ledger_hubspot: str = _env("CRM_SYNC_TOPIC_LEDGER_HUBSPOT", "crm-sync.ledger.hubspot.v1")
+    audit: str = _env("CRM_SYNC_TOPIC_AUDIT", "crm-sync.settings-audit.v1")
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -137,6 +139,9 @@ class Config:
     replication_factor: _Count = _env("CRM_SYNC_REPLICATION_FACTOR", 1)
     secrets_dir: Path = _env("CRM_SYNC_SECRETS_DIR", Path("./secrets"))
     metrics_port: _Port = _env("CRM_SYNC_METRICS_PORT", 9464)
+    # The worker's HTTP server listens here; company data on it needs the token off loopback.
+    http_bind: str = _env("CRM_SYNC_HTTP_BIND", "127.0.0.1")
+    http_token: str | None = _env("CRM_SYNC_HTTP_TOKEN", None, repr=False)
     ca_bundle: str | None = _env("CRM_SYNC_CA_BUNDLE", None)
     app_id: str = _env("CRM_SYNC_APP_ID", "crm-sync")
     state_dir: Path = _env("CRM_SYNC_STATE_DIR", Path("./.run/state"))
@@ -164,6 +169,22 @@ class Config:
     retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
     # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.
     sink_company_budget_seconds: _Seconds = _env("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", 5.0)
+
+    @property
+    def http_loopback(self) -> bool:
+        """Only this machine can reach the HTTP server (then company data needs no token)."""
+        if self.http_bind == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.http_bind).is_loopback
+        except ValueError:
+            return False
+
+    def http_problems(self) -> list[str]:
+        """Why the worker must not serve HTTP this way: company data open to the network."""
+        if self.http_loopback or self.http_token:
+            return []
+        return [f"CRM_SYNC_HTTP_TOKEN: expected a token (CRM_SYNC_HTTP_BIND is {self.http_bind}, not loopback), got nothing"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:

@@ -11,6 +11,10 @@ kafka_bootstrap (session) -> str
     $CRM_SYNC_KAFKA=docker|local forces 2 or 3. When no broker can be had the
     fixture skips its tests, except under CI=true, where it fails them.
 
+secure_kafka (session) -> SecureBroker
+    A second broker, ``deploy/kafka/kafka.sh start --secure`` (SASL_SSL, SCRAM users, ACLs
+    enforced), for the tests of least privilege (tests/integration/test_security.py).
+
 topic_factory (function) -> callable(suffix="", *, partitions=1, config=None) -> str
     Creates a uniquely named topic (test name + uuid) with confluent-kafka's
     AdminClient, waits until it has a leader, returns its name; every topic it
@@ -21,13 +25,16 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -193,6 +200,55 @@ def kafka_bootstrap(request: pytest.FixtureRequest):
         yield bootstrap
     finally:
         stop()
+
+
+SECURE_USERS = ("worker", "admin", "publisher", "sre")
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """A broker started by `kafka.sh start --secure`: SASL_SSL, SCRAM-SHA-512, StandardAuthorizer.
+
+    `passwords` has the SCRAM users made at format time: `broker` (the only super user) and
+    SECURE_USERS; no ACL exists until a test applies them.
+    """
+
+    bootstrap: str
+    ca_file: str
+    passwords: dict[str, str]
+
+    def env(self, user: str, password: str | None = None) -> dict[str, str]:
+        """The SPEC §10 variables that make a client connect as `user`."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD": password if password is not None else self.passwords[user],
+            "KAFKA_SSL_CA_LOCATION": self.ca_file,
+        }
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[SecureBroker]:
+    """One secured local broker per session (needs only Java, so it runs in CI too)."""
+    if shutil.which("java") is None:
+        _unavailable("no `java` on PATH for `kafka.sh start --secure`")
+    workdir = Path(tempfile.mkdtemp(prefix="crm-sync-kafka-secure-"))
+    env = dict(os.environ, PYTHON=sys.executable)
+    passwords = {user: secrets.token_hex(12) for user in SECURE_USERS}
+    cmd = ["bash", str(KAFKA_SH), "start", "--secure", "--dir", str(workdir), "--owner-pid", str(os.getpid())]
+    for user, password in passwords.items():
+        cmd += ["--user", f"{user}:{password}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LOCAL_START_TIMEOUT_S)
+    if proc.returncode != 0:
+        _unavailable(f"`kafka.sh start --secure` failed (exit {proc.returncode}) in {workdir}\n{proc.stderr[-4000:]}")
+    passwords["broker"] = (workdir / "tls" / "broker.password").read_text().strip()
+    try:
+        yield SecureBroker(proc.stdout.strip().splitlines()[-1], str(workdir / "tls" / "ca.pem"), passwords)
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "stop", "--dir", str(workdir)], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _topic_base(request: pytest.FixtureRequest) -> str:

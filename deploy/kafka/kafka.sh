@@ -3,8 +3,11 @@
 #
 #   kafka.sh fetch                         jars -> $CRM_SYNC_CACHE/kafka-$KAFKA_VERSION/libs
 #   kafka.sh start --dir D [--port P] [--controller-port Q] [--num-partitions N]
-#                  [--timeout S] [--owner-pid PID]
+#                  [--timeout S] [--owner-pid PID] [--secure [--user NAME:PASSWORD]...]
 #                                          prints 127.0.0.1:P once the broker answers
+#     --secure: SASL_SSL (SCRAM-SHA-512) with a fresh CA in D/tls/ca.pem, StandardAuthorizer with
+#     User:broker (password in D/tls/broker.password) the only super user; each --user is a SCRAM
+#     user created when D is formatted; D/client.env has the broker principal's KAFKA_* settings.
 #   kafka.sh stop --dir D                  SIGTERM, up to 20 s, then SIGKILL; idempotent
 #   kafka.sh status --dir D                exit 0 running, 3 stopped
 #   kafka.sh version                       prints the pinned Kafka version
@@ -69,6 +72,7 @@ cmd_fetch() {
 # ---------------------------------------------------------------- helpers
 parse_args() {
     DIR="" PORT="" CONTROLLER_PORT="" NUM_PARTITIONS=1 TIMEOUT="${KAFKA_START_TIMEOUT:-60}" OWNER_PID=""
+    SECURE="" USERS=()
     while (($#)); do
         case "$1" in
             --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
@@ -77,6 +81,10 @@ parse_args() {
             --num-partitions) NUM_PARTITIONS="${2:?}"; shift 2 ;;
             --timeout) TIMEOUT="${2:?}"; shift 2 ;;
             --owner-pid) OWNER_PID="${2:?}"; shift 2 ;;
+            --secure) SECURE=1; shift ;;
+            --user)
+                [[ "${2:-}" =~ ^[A-Za-z0-9_.-]+:[A-Za-z0-9_-]+$ ]] || die "--user needs NAME:PASSWORD (password: [A-Za-z0-9_-])"
+                USERS+=("$2"); shift 2 ;;
             -h|--help) usage ;;
             *) die "unknown argument: $1" ;;
         esac
@@ -112,6 +120,53 @@ java_cmd() { # extra JVM args then main class and args
         -Dlog4j2.configurationFile="$DIR/log4j2.properties" \
         -Dkafka.logs.dir="$DIR" \
         -cp "$LIBS/*" "$@"
+}
+
+# ---------------------------------------------------------------- secure mode
+# The CA, the broker's key and its password are made once per dir, like its data.
+secure_setup() {
+    local tls="$DIR/tls"
+    mkdir -p "$tls"
+    if [[ ! -f "$tls/ca.pem" || ! -f "$tls/broker.pem" ]]; then
+        "$PYTHON" "$SCRIPT_DIR/tls.py" "$tls" || die "making the TLS certificate failed (trustme is needed in $PYTHON)"
+    fi
+    if [[ ! -f "$tls/broker.password" ]]; then
+        (umask 077; "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))' >"$tls/broker.password")
+    fi
+    BROKER_PASSWORD="$(<"$tls/broker.password")"
+    (umask 077; printf '%s\n' "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT" KAFKA_SECURITY_PROTOCOL=SASL_SSL \
+        KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KAFKA_SASL_USERNAME=broker "KAFKA_SASL_PASSWORD=$BROKER_PASSWORD" \
+        "KAFKA_SSL_CA_LOCATION=$tls/ca.pem" >"$DIR/client.env")
+}
+
+# Clients: SASL_SSL with SCRAM-SHA-512. The controller listener has its own mapping, SASL_PLAINTEXT
+# with PLAIN on loopback (KRaft controllers cannot authenticate with SCRAM). Both know the broker as
+# User:broker, the only super user; every other principal needs ACLs (`crm-sync acls apply`).
+secure_properties() {
+    local scram="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"broker\" password=\"$BROKER_PASSWORD\";"
+    local plain="org.apache.kafka.common.security.plain.PlainLoginModule required username=\"broker\" password=\"$BROKER_PASSWORD\" user_broker=\"$BROKER_PASSWORD\";"
+    cat <<EOF
+
+# Secure mode (kafka.sh start --secure).
+listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$PORT
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=$plain
+ssl.keystore.type=PEM
+ssl.keystore.location=$DIR/tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$DIR/tls/ca.pem
+ssl.endpoint.identification.algorithm=https
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:broker
+allow.everyone.if.no.acl.found=false
+EOF
 }
 
 # ---------------------------------------------------------------- start
@@ -156,7 +211,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')"
     tpl="${tpl//@CONTROLLER_PORT@/$CONTROLLER_PORT}"
     tpl="${tpl//@LOG_DIR@/$data}"
     tpl="${tpl//@NUM_PARTITIONS@/$NUM_PARTITIONS}"
-    printf '%s\n' "$tpl" >"$DIR/server.properties"
+    if [[ -n "$SECURE" ]]; then
+        secure_setup
+        # The plaintext listener lines give way to the secured ones (secure_properties).
+        tpl="$(printf '%s\n' "$tpl" | grep -Ev '^(listeners|advertised\.listeners|listener\.security\.protocol\.map|inter\.broker\.listener\.name)=')"
+        tpl="$tpl"$'\n'"$(secure_properties)"
+    fi
+    (umask 077; printf '%s\n' "$tpl" >"$DIR/server.properties")
 
     cat >"$DIR/log4j2.properties" <<EOF
 # Quiet broker logging (stdout is redirected to kafka.log by kafka.sh).
@@ -185,8 +246,14 @@ while True:
     s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     if not s.startswith("-"):
         print(s); break')"
+        local scram=() user
+        if [[ -n "$SECURE" ]]; then
+            for user in "broker:$BROKER_PASSWORD" "${USERS[@]}"; do
+                scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+            done
+        fi
         if ! java_cmd kafka.tools.StorageTool format -t "$cluster_id" \
-                -c "$DIR/server.properties" --ignore-formatted >>"$DIR/kafka.log" 2>&1; then
+                -c "$DIR/server.properties" --ignore-formatted "${scram[@]}" >>"$DIR/kafka.log" 2>&1; then
             log_tail
             die "formatting $data failed"
         fi
@@ -217,10 +284,11 @@ while True:
     fi
 
     local rc=0
-    "$PYTHON" - "$PORT" "$pid" "$TIMEOUT" <<'PY' || rc=$?
-import os, socket, struct, sys, time
+    "$PYTHON" - "$PORT" "$pid" "$TIMEOUT" "${SECURE:+$DIR/tls}" <<'PY' || rc=$?
+import os, socket, ssl, struct, sys, time
 
 port, pid, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+tls_dir = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
 deadline = time.monotonic() + timeout
 
 def alive():
@@ -236,7 +304,8 @@ def api_versions():
     """Raw ApiVersions v0 request: True once the broker serves requests."""
     client = b"kafka.sh"
     body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+        s = ssl.create_default_context(cafile=f"{tls_dir}/ca.pem").wrap_socket(raw, server_hostname="127.0.0.1") if tls_dir else raw
         s.settimeout(2)
         s.sendall(struct.pack(">i", len(body)) + body)
         head = b""
@@ -254,7 +323,12 @@ def metadata():
         from confluent_kafka.admin import AdminClient
     except ImportError:
         return True
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0})
+    conf = {"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0}
+    if tls_dir:
+        with open(f"{tls_dir}/broker.password") as f:
+            conf.update({"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "broker",
+                         "sasl.password": f.read().strip(), "ssl.ca.location": f"{tls_dir}/ca.pem"})
+    admin = AdminClient(conf)
     return bool(admin.list_topics(timeout=5).brokers)
 
 while time.monotonic() < deadline:

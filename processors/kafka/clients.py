@@ -7,8 +7,13 @@ once here, so every client of the worker, the CLI and the tools connects the sam
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from processors.config import Config
 
@@ -17,6 +22,7 @@ from processors.config import Config
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 3.0
 MAX_POLL_INTERVAL_MS = 300_000
+LIBRDKAFKA_LOG = logging.getLogger("crm_sync.librdkafka")
 
 
 def librdkafka(config: Config) -> dict[str, Any]:
@@ -24,8 +30,10 @@ def librdkafka(config: Config) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "security.protocol": config.security_protocol,
-        # librdkafka's info lines (e.g. BGQUEUE on close) would break the CLI's one-line stderr.
+        # librdkafka's info lines (e.g. BGQUEUE on close) would break the CLI's one-line stderr;
+        # what it still logs goes through Python logging (the worker's JSON lines; the CLI drops it).
         "log_level": 4,
+        "logger": LIBRDKAFKA_LOG,
     }
     if config.sasl_mechanism:
         conf["sasl.mechanism"] = config.sasl_mechanism
@@ -81,3 +89,52 @@ def group_consumer(config: Config, group_id: str) -> dict[str, Any]:
     if config.group_instance_id:
         options["group_instance_id"] = config.group_instance_id
     return options
+
+
+_REFUSALS = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "no access to the topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "no access to the consumer group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "no access to the transactional id",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "no access to the cluster",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed",
+    KafkaError._AUTHENTICATION: "authentication failed",
+}
+
+
+class BrokerRefused(Exception):
+    """The broker refused this principal; `str()` is the one line the CLI and the worker print."""
+
+
+def refusal(config: Config, exc: BaseException) -> BrokerRefused | None:
+    """A BrokerRefused naming the principal when `exc` is the broker refusing it, else None."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) else None
+    if error is None or error.code() not in _REFUSALS:
+        return None
+    who = f"User:{config.sasl_username}" if config.sasl_username else "this client"
+    return BrokerRefused(f"the broker refused {who}: {_REFUSALS[error.code()]} ({error.name()}: {error.str()})")
+
+
+def check_credentials(config: Config, timeout: float = 15.0) -> None:
+    """Fails fast (BrokerRefused) on wrong SASL credentials, instead of every client retrying them.
+
+    librdkafka reports a failed authentication only through its error callback, while its calls
+    keep waiting for a broker to answer; so this asks for metadata and serves that callback.
+    """
+    if not config.security_protocol.startswith("SASL"):
+        return
+    failures: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            failures.append(error)
+
+    admin = AdminClient({**librdkafka(config), "error_cb": on_error})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=0.5)
+            return
+        except KafkaException as exc:
+            admin.poll(0.1)  # serves the error callback
+            if failures or time.monotonic() > deadline:
+                raise refusal(config, KafkaException(failures[0])) if failures else exc from None

@@ -15,13 +15,18 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 OnRecord = Callable[[Message], None]
 
 
 class NotCaughtUp(TimeoutError):
     """The end was not reached in time (slow broker, or a transaction still open)."""
+
+# librdkafka consumers need a group id even outside any group; finding its coordinator needs
+# DESCRIBE on it, which `processors.ops.acls` grants on this prefix (no offsets are ever committed).
+READER_GROUP_PREFIX = "crm-sync-reader-"
+_REFUSED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED})
 
 
 class TopicReader:
@@ -32,7 +37,7 @@ class TopicReader:
         self._consumer = Consumer(
             {
                 **kafka_config,
-                "group.id": f"crm-sync-reader-{uuid.uuid4().hex}",
+                "group.id": f"{READER_GROUP_PREFIX}{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "isolation.level": isolation,
                 "auto.offset.reset": "earliest",
@@ -42,11 +47,13 @@ class TopicReader:
         # The end to reach is the high watermark: under read_committed the consumer's own watermark
         # query answers the last stable offset, which an open transaction holds back — reading to
         # it would pass for caught up while the transaction's records are still unseen.
-        self._probe = Consumer({**kafka_config, "group.id": f"crm-sync-reader-{uuid.uuid4().hex}", "isolation.level": "read_uncommitted"})
+        self._probe = Consumer({**kafka_config, "group.id": f"{READER_GROUP_PREFIX}{uuid.uuid4().hex}", "isolation.level": "read_uncommitted"})
 
     def partitions(self, timeout: float = 10.0) -> list[int]:
         """The topic's partitions; empty when the topic does not exist."""
         meta = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if meta is not None and meta.error is not None and meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaException(meta.error)  # not "missing": the broker refuses this principal
         if meta is None or meta.error is not None:
             return []
         return sorted(meta.partitions)
@@ -80,6 +87,8 @@ class TopicReader:
                         position[tp.partition] = max(position[tp.partition], tp.offset)
                 continue
             if msg.error():
+                if msg.error().code() in _REFUSED:
+                    raise KafkaException(msg.error())  # the broker refuses this principal: say so
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"reading {self.topic}: {msg.error()}")
                 continue

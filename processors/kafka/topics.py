@@ -15,6 +15,7 @@ from processors.kafka import clients
 log = logging.getLogger(__name__)
 
 SEVEN_DAYS_MS = str(7 * 24 * 3600 * 1000)
+AUDIT_RETENTION_MS = 2 * 365 * 24 * 3600 * 1000
 
 
 def topic_specs(config: Config) -> dict[str, dict[str, str]]:
@@ -24,6 +25,8 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
     The history topic holds one record per outcome under its idempotency key (compacted: a
     repeat after a crash replaces the first); it keeps 8 days so that 7 whole days in any company
     time zone can be re-read from it.
+
+    The settings audit is append-only (never compacted) and kept two years.
     """
     t = config.topics
     ledger = {"cleanup.policy": "compact,delete", "retention.ms": str(int(config.ledger_keep_hours * 3600 * 1000))}
@@ -40,6 +43,7 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.retry: {"retention.ms": SEVEN_DAYS_MS},
         t.ledger_salesforce: ledger,
         t.ledger_hubspot: ledger,
+        t.audit: {"cleanup.policy": "delete", "retention.ms": str(AUDIT_RETENTION_MS)},
     }
 
 
@@ -73,8 +77,11 @@ def create_missing(config: Config, names: list[str] | None = None, timeout: floa
 
 
 def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
-    """The worker's start: every topic exists and the ledgers match their due topics."""
-    partitions = create_missing(config, timeout=timeout)
+    """The worker's start: every topic it uses exists and the ledgers match their due topics.
+
+    The audit topic is the admins' (`SettingsAdmin` creates it): the worker neither reads nor writes it.
+    """
+    partitions = create_missing(config, [name for name in topic_specs(config) if name != config.topics.audit], timeout=timeout)
     check_ledgers(config, partitions)
     return partitions
 

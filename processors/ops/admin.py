@@ -12,9 +12,10 @@ import uuid
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from processors.domain import rules
+from processors.domain.audit import AuditRecord, changes
 from processors.codec import Codec, DecodeError, EncodeError
 from processors.config import Config
 from processors.domain.model import (
@@ -32,6 +33,7 @@ from processors.domain.records import (
 )
 from processors.state.settings import SettingsStore, parse_settings_record
 from processors.kafka import clients
+from processors.kafka.read import read_to_end
 from processors.kafka.topics import create_missing
 
 Doc = CompanySettings | MeetingTypeSettings
@@ -47,11 +49,13 @@ class SettingsAdmin:
         self._codec = codec or Codec()
         self._actor = actor
         self._topic_checked = False
+        self._store: SettingsStore | None = None  # what the change was made against (the audit's "old")
 
     # -- reading --
     def load(self) -> SettingsStore:
         store = SettingsStore(clients.librdkafka(self._config), self._config.topics.settings, self._codec)
         store.load_once()
+        self._store = store
         return store
 
     def show(self, company_id: str) -> tuple[CompanySettings, list[MeetingTypeSettings]]:
@@ -83,14 +87,37 @@ class SettingsAdmin:
 
     def ensure_topic(self) -> None:
         """Create the settings topic compacted if it is missing: a topic auto-created by the first
-        admin write (before any worker ran) would be non-compacted and lose settings to retention."""
+        admin write (before any worker ran) would be non-compacted and lose settings to retention.
+        The audit topic likewise, with its long retention."""
         if not self._topic_checked:
-            create_missing(self._config, [self._config.topics.settings])
+            create_missing(self._config, [self._config.topics.settings, self._config.topics.audit])
             self._topic_checked = True
 
+    def audit(self, doc: Doc) -> AuditRecord:
+        """Who changed what in `doc`, compared with the document loaded before the change."""
+        key = rules.company_key(doc.company_id) if isinstance(doc, CompanySettings) else rules.meeting_type_key(doc.company_id, doc.meeting_type_id)
+        before: Doc | None = None
+        if self._store is not None:
+            before = self._store.company(doc.company_id) if isinstance(doc, CompanySettings) else self._store.meeting_type(doc.company_id, doc.meeting_type_id)
+        return AuditRecord(doc.updated_at or now_ms(), self._actor or "unknown", doc.company_id, key, changes(before, doc))
+
+    def audit_log(self, company_id: str, since_ms: int | None = None) -> list[AuditRecord]:
+        """The company's settings changes, oldest first (committed ones only, like the workers see)."""
+        found: list[AuditRecord] = []
+
+        def add(msg: Message) -> None:
+            record = AuditRecord.from_json(msg.value())
+            if record.company_id == company_id and (since_ms is None or record.at >= since_ms):
+                found.append(record)
+
+        read_to_end(clients.librdkafka(self._config), self._config.topics.audit, add)
+        return sorted(found, key=lambda r: r.at)
+
     def publish(self, docs: Sequence[Doc]) -> None:
-        """All documents in one Kafka transaction, after every one of them passed `encode`."""
+        """All documents and their audit records in one Kafka transaction, after every document
+        passed `encode`: a change is audited exactly when it takes effect."""
         records = [self.encode(doc) for doc in docs]
+        audits = [self.audit(doc) for doc in docs]
         self.ensure_topic()
         producer = Producer(
             {
@@ -105,6 +132,8 @@ class SettingsAdmin:
         try:
             for key, value in records:
                 producer.produce(self._config.topics.settings, key=key, value=value)
+            for audit in audits:
+                producer.produce(self._config.topics.audit, key=audit.company_id.encode(), value=audit.to_json())
             producer.commit_transaction(30)
         except Exception:
             producer.abort_transaction(30)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import logging
 import sys
 import urllib.error
 import urllib.parse
@@ -17,6 +19,7 @@ from authlib.deprecate import AuthlibDeprecationWarning
 
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
+from processors.kafka import clients
 
 # confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
 # (it installs an "always" filter on import, hence the import above): noise for an admin that would
@@ -123,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
         p = _command(ss, name, text)
         p.add_argument("--company", required=True)
+    p = _command(ss, "log", "the company's settings changes: when, who, old → new")
+    p.add_argument("--company", required=True)
+    p.add_argument("--since", type=_since, help="ISO-8601 time")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, p in ss.choices.items():
+        if name not in ("show", "log"):  # the commands that change settings
+            p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
 
     dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
     ds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -145,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--note", help="why it is resolved (kept with the failure)")
     p = _command(ds, "show", "show one failure, with its retries and resolution")
     p.add_argument("id")
+
+    acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
+    acls.add_argument("acls_command", choices=("print", "apply"), help="print a table, or create them on the broker")
+    for role in ("worker", "admin", "publisher", "sre"):
+        acls.add_argument(
+            f"--{role}-principal", action="append", default=[], metavar="P",
+            help=f"the {role}'s principal (User:name or name); repeat for several",
+            required=role in ("worker", "admin", "publisher"),
+        )
 
     p = _command(sub, "history", "sync history: created / skipped by reason / failed per day, CRM and event type")
     p.add_argument("--company", required=True)
@@ -171,12 +190,26 @@ def _print_settings(company: Any, meeting_types: list[Any], as_json: bool) -> No
             print(f"  {crm.value}: {', '.join(on) if on else 'off'}")
 
 
+def _actor(args: argparse.Namespace, config: Config) -> str:
+    """Who makes a change: the SASL principal (what the broker's ACLs checked), else --actor, else the OS user."""
+    if config.sasl_username:
+        return f"User:{config.sasl_username}"
+    return getattr(args, "actor", None) or getpass.getuser()
+
+
 def _run_settings(args: argparse.Namespace, config: Config) -> None:
     from processors.ops.admin import SettingsAdmin
 
-    admin = SettingsAdmin(config, actor="cli")
+    admin = SettingsAdmin(config, actor=_actor(args, config))
     cmd = args.settings_command
-    if cmd == "show":
+    if cmd == "log":
+        for record in admin.audit_log(args.company, args.since):
+            if args.json:
+                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "changes": record.changes}, ensure_ascii=False))
+            else:
+                when = datetime.fromtimestamp(record.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+                print(f"{when}  {record.actor}  {record.key}  {record.summary}")
+    elif cmd == "show":
         company, mts = admin.show(args.company)
         _print_settings(company, mts, args.json)
     elif cmd in ("connect", "disconnect"):
@@ -243,7 +276,7 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
             raise CliError(f"no failure with id {args.id}")
     elif not (args.company or args.crm or args.error_class or args.since):
         raise CliError("give a failure id or a filter (--company, --crm, --error-class, --since)")
-    admin = FailureAdmin(config, codec, actor="cli", timezone_of=_timezones(config, codec))
+    admin = FailureAdmin(config, codec, actor=_actor(args, config), timezone_of=_timezones(config, codec))
     if args.dlq_command == "resolve":
         print(f"{admin.resolve(selected, args.note)} failure(s) marked resolved")
         return
@@ -264,10 +297,13 @@ def _timezones(config: Config, codec: Any) -> Any:
     return timezone_of
 
 
-def history_from_worker(url: str, company_id: str, days: int, timeout: float = 10.0) -> dict[str, Any]:
+def history_from_worker(url: str, company_id: str, days: int, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
     query = urllib.parse.urlencode({"company": company_id, "days": days})
+    request = urllib.request.Request(f"{url.rstrip('/')}/history?{query}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/history?{query}", timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         raise ValueError(f"worker answered {exc.code}: {exc.read().decode(errors='replace')}") from None
@@ -280,16 +316,37 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     if not 1 <= args.days <= KEEP_DAYS:
         raise CliError(f"--days must be between 1 and {KEEP_DAYS}")
     if args.url:
-        body = history_from_worker(args.url, args.company, args.days)
+        body = history_from_worker(args.url, args.company, args.days, config.http_token)
     else:
         body = history_from_topic(config, args.company, args.days, int(datetime.now(timezone.utc).timestamp() * 1000))
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
 
 
+def _run_acls(args: argparse.Namespace, config: Config) -> None:
+    from processors.ops import acls
+
+    principals = {role: getattr(args, f"{role}_principal") for role in acls.ROLES}
+    if args.acls_command == "print":
+        print(acls.table(config, principals))
+    else:
+        print(f"{acls.apply(config, principals)} ACL bindings applied")
+
+
+def _uses_broker(args: argparse.Namespace) -> bool:
+    """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
+    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The one-line reason is the CLI's whole error output; librdkafka's own lines would add to it.
+    clients.LIBRDKAFKA_LOG.propagate = False
+    clients.LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+    config: Config | None = None
     try:
         config = Config.from_env()
+        if _uses_broker(args):
+            clients.check_credentials(config)
         if args.command == "worker":
             from processors.worker.main import run_worker
 
@@ -300,12 +357,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_dlq(args, config)
         elif args.command == "history":
             _run_history(args, config)
+        elif args.command == "acls":
+            _run_acls(args, config)
+    except clients.BrokerRefused as exc:
+        print(f"crm-sync: error: {exc}", file=sys.stderr)
+        return 3
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        refused = clients.refusal(config, exc) if config is not None else None
+        if refused is not None:
+            print(f"crm-sync: error: {_one_line(str(refused))}", file=sys.stderr)
+            return 3
         print(f"crm-sync: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0

@@ -1,12 +1,14 @@
 """`./dev run`: the embedded default — a local broker, the CRM sandbox when no credentials are
 configured, and the worker. `--demo` also publishes sample settings and a booking and shows it
-arriving in both CRMs after a short delay."""
+arriving in both CRMs after a short delay. `--secure` runs the broker secured (SASL_SSL, SCRAM,
+ACLs from `processors.ops.acls`) with a principal per role: the worker, the demo's admin and publisher."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -38,6 +40,33 @@ def start_broker(env: dict[str, str]) -> bool:
         )
     env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:9092"
     return True
+
+
+def start_secure_broker(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The secured broker on 127.0.0.1:9093 with a SCRAM user per role and the ACLs applied;
+    returns each role's KAFKA_* variables (the passwords stay in .run/kafka-secure, mode 600)."""
+    from processors.config import Config
+    from processors.ops import acls
+
+    script = ROOT / "deploy" / "kafka" / "kafka.sh"
+    data = RUN / "kafka-secure"
+    users = data / "users.json"
+    if subprocess.run(["bash", str(script), "status", "--dir", str(data)], capture_output=True).returncode != 0:
+        say("starting the local secured Kafka broker on 127.0.0.1:9093 (SASL_SSL)")
+        subprocess.run(["rm", "-rf", str(data)], check=True)
+        data.mkdir(parents=True)
+        passwords = {role: secrets.token_hex(12) for role in ("worker", "admin", "publisher")}
+        users.touch(mode=0o600)
+        users.write_text(json.dumps(passwords))
+        args = [arg for role, password in passwords.items() for arg in ("--user", f"{role}:{password}")]
+        subprocess.run(
+            ["bash", str(script), "start", "--secure", "--dir", str(data), "--port", "9093", "--num-partitions", "6", *args],
+            check=True, stdout=subprocess.DEVNULL, env={**env, "PYTHON": sys.executable},
+        )
+    broker = dict(line.split("=", 1) for line in (data / "client.env").read_text().split())
+    roles = {role: {**broker, "KAFKA_SASL_USERNAME": role, "KAFKA_SASL_PASSWORD": password} for role, password in json.loads(users.read_text()).items()}
+    acls.apply(Config.from_env({**env, **broker}), {role: [role] for role in roles})
+    return roles
 
 
 def has_credentials(secrets_dir: Path) -> bool:
@@ -93,7 +122,8 @@ def wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float = 90.0
     raise SystemExit("dev run: the worker did not become ready")
 
 
-def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Popen[bytes]) -> None:
+def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Popen[bytes], roles: dict[str, dict[str, str]]) -> None:
+    """`roles`: the admin's and the publisher's own KAFKA_* variables on a secured broker (else empty)."""
     from processors.ops.admin import SettingsAdmin
     from processors.config import Config
     from processors.domain.model import Crm, EventType
@@ -101,7 +131,7 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
     from processors.ops.publisher import EventPublisher
 
     config = Config.from_env(env)
-    admin = SettingsAdmin(config, actor="demo")
+    admin = SettingsAdmin(Config.from_env({**env, **roles.get("admin", {})}), actor="demo")
     for crm in Crm:
         admin.set_connected("demo-co", crm, True)
         admin.set_toggle("demo-co", "intro-30", crm, EventType.MEETING_BOOKED, True)
@@ -111,7 +141,7 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
     start = now + 24 * 3600 * 1000
     # Unique per run: the broker keeps earlier runs' bookings, which a new demo app id reads again.
     url = f"https://meet.example.com/demo-{uuid.uuid4().hex[:8]}"
-    publisher = EventPublisher(clients.librdkafka(config), config.topics)
+    publisher = EventPublisher(clients.librdkafka(Config.from_env({**env, **roles.get("publisher", {})})), config.topics)
     publisher.publish_meeting_booked({
         "event_id": f"demo-{uuid.uuid4().hex[:12]}", "occurred_at": now, "company_id": "demo-co",
         "meeting_type_id": "intro-30", "meeting_id": "m-1", "meeting_type_name": "Intro call (30 min)",
@@ -140,18 +170,24 @@ def demo(env: dict[str, str], info: dict[str, Any] | None, worker: subprocess.Po
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev run", description=__doc__)
     parser.add_argument("--demo", action="store_true", help="publish a sample booking with a 10 s delay, show it arrive, exit")
+    parser.add_argument("--secure", action="store_true", help="a secured broker (SASL_SSL, ACLs), a principal per role")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     if args.demo:
         env.setdefault("CRM_SYNC_DELAY_SECONDS", "10")
         env.setdefault("CRM_SYNC_APP_ID", f"crm-sync-demo-{uuid.uuid4().hex[:6]}")
     env.setdefault("CRM_SYNC_STATE_DIR", str(RUN / "state"))
-    started_broker = start_broker(env)
+    roles: dict[str, dict[str, str]] = {}
+    if args.secure and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        roles = start_secure_broker(env)
+        env.update(roles["worker"])
+    started_broker = bool(roles) or start_broker(env)
+    broker_dir = RUN / ("kafka-secure" if roles else "kafka")
     sandbox = start_sandbox(env)
     worker = subprocess.Popen([sys.executable, "-m", "processors.ops.cli", "worker"], cwd=ROOT, env=env)
     try:
         if args.demo:
-            demo(env, sandbox[1] if sandbox else None, worker)
+            demo(env, sandbox[1] if sandbox else None, worker, roles)
         else:
             worker.wait()
     except KeyboardInterrupt:
@@ -163,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             sandbox[0].terminate()
             sandbox[0].wait(10)
         if started_broker:
-            subprocess.run(["bash", str(ROOT / "deploy" / "kafka" / "kafka.sh"), "stop", "--dir", str(RUN / "kafka")], check=False)
+            subprocess.run(["bash", str(ROOT / "deploy" / "kafka" / "kafka.sh"), "stop", "--dir", str(broker_dir)], check=False)
     return 0
 
 

@@ -65,7 +65,7 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         producer_linger=0.005,
         web_enabled=True,
         web_port=cfg.metrics_port,
-        web_bind="0.0.0.0",
+        web_bind=cfg.http_bind,
         web_in_thread=False,
         broker_session_timeout=clients.SESSION_TIMEOUT_S,
         broker_heartbeat_interval=clients.HEARTBEAT_INTERVAL_S,

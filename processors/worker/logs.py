@@ -1,7 +1,8 @@
 """Structured JSON logs. Event and action ids are welcome; e-mails and secrets never are.
 
 Callers pass context with `extra={...}`; as a last line of defence any e-mail address or bearer
-token that still slips into a message is masked before the line is written.
+credential (any key of CREDENTIAL_KEYS, a bearer token, a PEM private key) that still slips
+into a message is masked before the line is written.
 """
 
 from __future__ import annotations
@@ -15,14 +16,24 @@ from typing import Callable
 
 # "@" or its URL encoding (CRM query URLs carry e-mails as bo%40buyer.example).
 _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+")
+# Every credential key of SPEC §10 and of the CRM credential files (Salesforce session, password
+# and OAuth/JWT flows, HubSpot tokens), the Kafka SASL password and the HTTP token.
+CREDENTIAL_KEYS = (
+    "access_token", "refresh_token", "id_token", "session_id", "security_token", "password", "passwd",
+    "consumer_secret", "client_secret", "private_key", "api_key", "sasl_password", "sasl.password", "http_token",
+)
 # Separators include "\" because the line is matched after JSON encoding: a message holding
-# {"access_token": "..."} reads {\"access_token\": \"...\"} by then.
-_BEARER = re.compile(r"(?i)(bearer\s+|access_token[\\\"'=:\s]+|session_id[\\\"'=:\s]+|password[\\\"'=:\s]+)[^\s\\\"',}]+")
+# {"access_token": "..."} reads {\"access_token\": \"...\"} by then. A key may be spelled with
+# dashes or in upper case (KAFKA_SASL_PASSWORD, X-Refresh-Token).
+_KEYS = "|".join(re.escape(key).replace("_", "[_-]") for key in CREDENTIAL_KEYS)
+_BEARER = re.compile(rf"(?i)(bearer\s+|(?:{_KEYS})[\\\"'=:\s]+)[^\s\\\"',}}]+")
+# A PEM private key (a JWT signing key) whole, with its newlines raw or JSON-escaped.
+_PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
-    return _BEARER.sub(r"\1***", _EMAIL.sub("<email>", text))
+    return _BEARER.sub(r"\1***", _PEM_KEY.sub("<private key>", _EMAIL.sub("<email>", text)))
 
 
 class JsonFormatter(logging.Formatter):

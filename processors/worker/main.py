@@ -6,7 +6,7 @@ import faust
 
 from processors.worker.app import build_app
 from processors.worker.runtime import make_runtime
-from processors.config import Config
+from processors.config import Config, ConfigError
 from processors.kafka.topics import ensure_topics
 
 
@@ -25,6 +25,8 @@ def logging_config(level: str) -> dict:
 
 
 def run_worker(config: Config) -> None:
+    if problems := config.http_problems():
+        raise ConfigError(problems)
     partitions = ensure_topics(config)
     (config.state_dir / config.app_id).mkdir(parents=True, exist_ok=True)
     runtime = make_runtime(config)

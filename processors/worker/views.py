@@ -1,14 +1,19 @@
-"""The worker's HTTP endpoints: Prometheus metrics, liveness, readiness and sync history."""
+"""The worker's HTTP endpoints: Prometheus metrics, liveness, readiness and sync history.
+
+`/metrics` and `/health/*` are always open (probes and Prometheus); company data (`/history`) needs
+the bearer token whenever the server listens beyond loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from processors.config import Config
 from processors.domain.history import KEEP_DAYS
 from processors.state.history import history_from_topic
 from processors.worker.runtime import Runtime
@@ -35,6 +40,14 @@ def parse_days(text: str | None) -> int:
     return days
 
 
+def authorized(config: Config, header: str | None) -> bool:
+    """Company data: open on a loopback bind, else only with `Authorization: Bearer <CRM_SYNC_HTTP_TOKEN>`."""
+    if config.http_loopback:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    return bool(config.http_token) and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.http_token.encode())
+
+
 def register_views(app: faust.App, rt: Runtime) -> None:
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -55,6 +68,8 @@ def register_views(app: faust.App, rt: Runtime) -> None:
     @app.page("/history")
     async def history_view(web: Any, request: Any) -> Any:
         """`?company=C&days=N` (N 1..7, default 7): read from the history topic, like the CLI."""
+        if not authorized(rt.config, request.headers.get("Authorization")):
+            return web.json({"error": "a bearer token (CRM_SYNC_HTTP_TOKEN) is required"}, status=401, headers={"WWW-Authenticate": "Bearer"})
         company = request.query.get("company")
         if not company:
             return web.json({"error": "the company query parameter is required"}, status=400)

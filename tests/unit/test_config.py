@@ -53,6 +53,8 @@ DEFAULTS = [
     ("replication_factor", 1),
     ("secrets_dir", Path("./secrets")),
     ("metrics_port", 9464),
+    ("http_bind", "127.0.0.1"),
+    ("http_token", None),
     ("ca_bundle", None),
     ("app_id", "crm-sync"),
     ("state_dir", Path("./.run/state")),

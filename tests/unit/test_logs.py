@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from processors.worker.logs import JsonFormatter, redact
+from processors.worker.logs import CREDENTIAL_KEYS, JsonFormatter, redact
 
 
 def line(msg: str, *args: object, exc: BaseException | None = None, **extra: object) -> str:
@@ -95,3 +95,30 @@ def test_a_library_repeating_itself_is_let_through_once_per_window() -> None:
     now[0] = 10.0
     again = passes("aiokafka.conn", "Unable connect to %s")
     assert again is not None and again.repeated == 500
+
+
+SECRET = "S3cr3t-Value_123"
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nS3cr3t-Value_123\n-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("key", CREDENTIAL_KEYS)
+@pytest.mark.parametrize("form", ["{key}={secret}", "{key}: {secret}", '{{"{key}": "{secret}"}}', "{upper}={secret}", "{dashed}: {secret}"])
+def test_every_credential_key_is_masked_in_every_spelling(key: str, form: str) -> None:
+    text = form.format(key=key, upper=key.upper(), dashed=key.replace("_", "-"), secret=SECRET)
+    assert SECRET not in line("auth failed: %s", text)
+    assert SECRET not in line("auth failed", detail=text)
+
+
+def test_spec_credential_keys_are_all_listed() -> None:
+    for key in ("security_token", "consumer_secret", "client_secret", "refresh_token", "private_key", "session_id", "access_token", "password"):
+        assert key in CREDENTIAL_KEYS
+
+
+def test_a_pem_private_key_is_masked_whole() -> None:
+    for text in (line("loaded %s", PEM), line("jwt config", config={"private_key_pem": PEM})):
+        assert SECRET not in text and "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in text
+        assert "<private key>" in text
+
+
+def test_ordinary_words_next_to_key_names_stay() -> None:
+    assert json.loads(line("password_reset flow started for tenant %s", "acme"))["msg"] == "password_reset flow started for tenant acme"
