@@ -44,6 +44,7 @@ from processors.ops.admin import SettingsAdmin  # noqa: E402
 from processors.codec import Codec  # noqa: E402
 from processors.config import TOPIC_ENV, Config, Topics  # noqa: E402
 from processors.domain.model import Crm, EventType  # noqa: E402
+import hotspots  # noqa: E402
 
 COMPANY = "bench-co"
 MEETING_TYPE = "intro-30"
@@ -158,7 +159,7 @@ def worker_env(bootstrap: str, topics: Topics, app_id: str, state: Path, delay_s
     return env
 
 
-def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path) -> dict[str, Any]:
+def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path, profile: Path | None = None) -> dict[str, Any]:
     sfx = uuid.uuid4().hex[:8]
     topics = Topics(**{f.name: f"bench.{f.name}.{sfx}" for f in dataclasses.fields(Topics)})
     create_topics(bootstrap, [topics.meetings, topics.research, topics.surveys, topics.delay, topics.due_salesforce, topics.due_hubspot], partitions)
@@ -186,10 +187,13 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path) -> di
     try:
         _wait(lambda: _ready(port), 120, "worker readiness", log=work / "worker.log")
         ready_s = time.monotonic() - started
+        sampler = hotspots.attach(proc.pid, profile) if profile is not None else None
         _wait(lambda: end_offsets(bootstrap, topics.delay) >= 2 * events, 1800, "every action on the delay topic")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        if sampler is not None:
+            sampler.wait(60)
     stamps = sorted(ts for ts, _, _ in scan(bootstrap, topics.delay, 2 * events))
     worker_rate = events / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
 
@@ -370,6 +374,7 @@ def main() -> None:
     p.add_argument("--broker-dir", type=Path, help="that broker's data dir, to measure the delay topic's disk use")
     p.add_argument("--only", choices=["a", "b", "c"], help="run one part: (a) ingest, (b) lateness, (c) held")
     p.add_argument("--ingest-events", type=int, default=20_000)
+    p.add_argument("--profile", type=Path, help="(a): sample the worker with py-spy from readiness on; collapsed stacks to this file")
     p.add_argument("--lateness-actions", type=int, default=100_000)
     p.add_argument("--lateness-rate", type=float, default=2_000.0, help="actions due per second in (b)")
     p.add_argument("--held-actions", type=int, default=1_000_000)
@@ -393,12 +398,14 @@ def main() -> None:
         broker_dir = own_broker or args.broker_dir
         print(f"broker {bootstrap}; {os.cpu_count()} CPUs; partitions {args.partitions}", flush=True)
 
-        a = bench_ingest(bootstrap, args.ingest_events, args.partitions, work)
+        a = bench_ingest(bootstrap, args.ingest_events, args.partitions, work, args.profile)
         if args.only in (None, "a"):
             print(f"(a) ingest, {args.ingest_events:,} events (2 actions each) through the worker process:")
             print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   (worker start → ready {a['worker_ready_s']:.1f} s)")
             print(f"    bare    {a['bare_events_per_s']:10,.0f} events/s   confluent-kafka consume → decode → produce")
             print(f"    ratio   {a['worker_events_per_s'] / a['bare_events_per_s']:10.2f}", flush=True)
+            if args.profile is not None:
+                print(hotspots.report(args.profile), flush=True)
         if args.only == "a":
             return
 
