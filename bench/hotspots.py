@@ -32,10 +32,34 @@ def _short(frame: str) -> str:
     return f"{name} ({where})" if where else name
 
 
+# What a sample is charged to: the first frame from the leaf up that names a part of the ingest path
+# (event-loop, selector and socket frames are skipped, so a socket write counts for its client).
+PARTS = (
+    ("logging", ("logging/",)),
+    ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("Avro encode + conform", ("Codec.encode", "Codec._body", "conform.py")),
+    ("Avro decode", ("Codec.decode", "Codec._read", "Codec._decode")),
+    ("validation (event_from_record)", ("event_from_record", "_person", "_qas", "_common")),
+    ("action records + headers", ("action_to_record", "action_headers")),
+    ("plan + render", ("planner.py", "render.py")),
+    ("producer", ("aiokafka/producer", "faust/transport", "kafka/sender.py", "worker/app.py", "confluent_kafka")),
+    ("consumer (aiokafka fetch)", ("aiokafka/consumer",)),
+    ("stage glue (ingest.py, consumer.py)", ("stages/", "kafka/consumer.py")),
+)
+
+
+def part_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for part, markers in PARTS:
+            if any(marker in frame for marker in markers):
+                return part
+    return "other (event loop, Faust, threads)"
+
+
 def rank(raw: Path, top: int = 5) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
-    """(samples, the `top` frames by own time, the `top` project frames by time including callees), as shares."""
+    """(samples, the `top` frames by own time, the `top` parts of the ingest path), as shares of the samples."""
     own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
+    parts: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -45,23 +69,17 @@ def rank(raw: Path, top: int = 5) -> tuple[int, list[tuple[str, float]], list[tu
         samples += n
         frames = [_short(f) for f in stack.split(";")]
         own[frames[-1]] += n
-        for frame in set(frames):
-            if "processors/" in frame and "(processors/" in frame:
-                total[frame] += n
+        parts[part_of(frames)] += n
     share = max(samples, 1)
-    return (
-        samples,
-        [(f, n / share) for f, n in own.most_common(top)],
-        [(f, n / share) for f, n in total.most_common(top)],
-    )
+    return samples, [(f, n / share) for f, n in own.most_common(top)], [(p, n / share) for p, n in parts.most_common(top)]
 
 
 def report(raw: Path, top: int = 5) -> str:
-    samples, own, total = rank(raw, top)
-    lines = [f"    profile {raw} ({samples:,} samples of busy threads):", "      own time:"]
+    samples, own, parts = rank(raw, top)
+    lines = [f"    profile {raw} ({samples:,} samples of busy threads):", "      parts of the ingest path:"]
+    lines += [f"        {share:6.1%}  {part}" for part, share in parts]
+    lines.append("      frames by own time:")
     lines += [f"        {share:6.1%}  {frame}" for frame, share in own]
-    lines.append("      project frames including callees:")
-    lines += [f"        {share:6.1%}  {frame}" for frame, share in total]
     return "\n".join(lines)
 
 
