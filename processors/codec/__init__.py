@@ -28,7 +28,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
 
-from processors.codec.conform import Invalid, conform, without_logical_types
+from processors.codec.conform import Invalid, compile_conform, without_logical_types
 from processors.domain.errors import Undecodable
 from schemas import SCHEMA_DIR, SchemaCatalog, full_name, load_catalog, short_name
 
@@ -98,7 +98,7 @@ class Codec:
         catalog = load_catalog(schema_dir)
         self._registry = registry
         self._declared = {name: dict(f.schema) for name, f in catalog.current.items()}
-        self._expanded = {name: expand_schema(schema) for name, schema in self._declared.items()}
+        self._conformers = {name: compile_conform(expand_schema(schema)) for name, schema in self._declared.items()}
         self._readers = {name: _parse_raw(schema) for name, schema in self._declared.items()}
         self._fingerprints = _fingerprints(catalog)
         self._current_fingerprints = {name: schema_fingerprint(schema) for name, schema in self._declared.items()}
@@ -151,7 +151,7 @@ class Codec:
     def _body(self, name: str, record: Mapping[str, Any]) -> bytes:
         short = short_name(name)
         try:
-            conformed = conform(self._expanded[name], record, "")
+            conformed = self._conformers[name](record)
         except Invalid as exc:
             raise EncodeError(f"invalid {short}: {exc}", code="invalid_record", schema_name=short) from None
         out = io.BytesIO()

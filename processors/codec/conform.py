@@ -142,3 +142,120 @@ def _conform_union(branches: list[Any], datum: Any, path: str) -> Any:
     if len(failures) == 1:
         raise failures[0]
     raise Invalid(f"{path or 'record'}: expected {_describe(branches)}, got {type(datum).__name__}")
+
+
+class _Slow(Exception):
+    """Internal: the compiled check cannot vouch for a value; `conform` decides (and names the field)."""
+
+
+Check = Callable[[Any], Any]
+
+
+def compile_conform(schema: Any) -> Callable[[Any], Any]:
+    """`conform` for one schema, built once: returns what `conform(schema, datum, "")` returns.
+
+    The generic walk costs a path string, a set and a dispatch per field of every record written;
+    this checks the same rules with closures made once per schema. Anything it cannot accept as is
+    (a datetime, any mismatch) goes to `conform`, so results and error messages stay the same.
+    """
+    check = _compile(schema)
+
+    def conformed(datum: Any) -> Any:
+        try:
+            return check(datum)
+        except _Slow:
+            return conform(schema, datum, "")
+
+    return conformed
+
+
+def _compile(schema: Any) -> Check:
+    if isinstance(schema, list):
+        return _compile_union(schema)
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if kind in ("record", "error"):
+        return _compile_record(schema)
+    if kind == "array":
+        items = _compile(schema["items"])
+        return lambda datum: [items(item) for item in datum] if type(datum) in (list, tuple) else _slow()
+    if kind == "map":
+        values = _compile(schema["values"])
+
+        def check_map(datum: Any) -> Any:
+            if type(datum) is not dict or not all(type(key) is str for key in datum):
+                raise _Slow
+            return {key: values(value) for key, value in datum.items()}
+
+        return check_map
+    ok = _PRIMITIVE_OK.get(kind)
+    if ok is None:
+        plain = without_logical_types(schema)
+        ok = lambda datum: validate(datum, plain, raise_errors=False)  # noqa: E731
+    if kind == "string":
+        return _check_string
+    if kind == "null":
+        return lambda datum: None if datum is None else _slow()
+
+    def check_leaf(datum: Any) -> Any:
+        if datum is None or isinstance(datum, datetime) or not ok(datum):
+            raise _Slow
+        return datum
+
+    return check_leaf
+
+
+def _compile_record(schema: Mapping[str, Any]) -> Check:
+    names = frozenset(field["name"] for field in schema["fields"])
+    fields = [
+        (field["name"], _compile(field["type"]), json.dumps(field["default"]) if "default" in field else None)
+        for field in schema["fields"]
+    ]
+
+    def check_record(datum: Any) -> dict[str, Any]:
+        if type(datum) is not dict or not names.issuperset(datum):
+            raise _Slow
+        conformed: dict[str, Any] = {}
+        for name, check, default in fields:
+            if name in datum:
+                conformed[name] = check(datum[name])
+            elif default is not None:
+                conformed[name] = json.loads(default)
+            else:
+                raise _Slow
+        return conformed
+
+    return check_record
+
+
+def _compile_union(branches: list[Any]) -> Check:
+    nullable = "null" in branches
+    candidates = [_compile(branch) for branch in branches if branch != "null"]
+
+    def check_union(datum: Any) -> Any:
+        if datum is None:
+            if nullable:
+                return None
+            raise _Slow
+        for candidate in candidates:
+            try:
+                return candidate(datum)
+            except _Slow:
+                continue
+        raise _Slow
+
+    return check_union
+
+
+def _check_string(datum: Any) -> str:
+    if type(datum) is not str:
+        raise _Slow
+    if not datum.isascii():
+        try:
+            datum.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Slow from None
+    return datum
+
+
+def _slow() -> Any:
+    raise _Slow
