@@ -307,6 +307,7 @@ def test_two_workers_and_a_rebalance_lose_nothing_and_duplicate_nothing(
     companies = tuple(f"{COMPANY}-{i}" for i in range(8))
     seed(sandbox)
     configure(deployment, companies)
+    deployment.extra_env["CRM_SYNC_LOG_LEVEL"] = "DEBUG"  # for the "planned" lines
     start_worker(deployment, workers, tmp_path)
     second = start_worker(deployment, workers, tmp_path)
 

@@ -115,7 +115,9 @@ def publisher(deployment: Deployment) -> EventPublisher:
 
 
 def logged(worker: WorkerProcess, event_id: str) -> list[tuple[Any, ...]]:
-    """What the worker's JSON log says it did with one event: (msg, crm, outcome, reason), sorted."""
+    """What the worker's JSON log says it did with one event: (msg, crm, outcome, reason), sorted.
+
+    "planned" and "skipped" are DEBUG lines: the tests that read them run their worker at DEBUG."""
     found = []
     for line in worker.log_text().splitlines():
         try:
@@ -189,6 +191,7 @@ def test_each_event_type_creates_what_the_spec_tables_say(
     turn_on(admin, "offco", "intro", Crm.HUBSPOT, *ALL_EVENTS)
     admin.set_connected("offco", Crm.SALESFORCE, False)
     admin.set_connected("offco", Crm.HUBSPOT, False)
+    deployment.extra_env["CRM_SYNC_LOG_LEVEL"] = "DEBUG"  # for the "planned" and "skipped" lines
     worker = start_worker(deployment, workers, tmp_path)
 
     past = late_evening_utc_yesterday()
@@ -321,6 +324,7 @@ def test_apply_to_other_meeting_types_then_events_on_the_targets(
             cwd=ROOT, env=deployment.env(), capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 0, done.stderr
+    deployment.extra_env["CRM_SYNC_LOG_LEVEL"] = "DEBUG"  # for the "planned" and "skipped" lines
     worker = start_worker(deployment, workers, tmp_path)
 
     past = late_evening_utc_yesterday()
