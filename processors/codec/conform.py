@@ -188,7 +188,10 @@ def _compile(schema: Any) -> Check:
 
         return check_map
     ok = _PRIMITIVE_OK.get(kind)
-    if ok is None:
+    if kind == "enum":  # fastavro's enum check, without its call per value
+        symbols = frozenset(schema["symbols"])
+        ok = lambda datum: type(datum) is str and datum in symbols  # noqa: E731
+    elif ok is None:
         plain = without_logical_types(schema)
         ok = lambda datum: validate(datum, plain, raise_errors=False)  # noqa: E731
     if kind == "string":
