@@ -58,7 +58,8 @@ def _req(value: Any, name: str, limit: int = MAX_TEXT) -> str:
 def _email(value: Any, name: str) -> str:
     email = _req(value, name, limit=320).strip()
     local, at, domain = email.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email):
+    # `split()` splits at exactly the characters `isspace()` knows, in C rather than per character.
+    if not at or not local or "." not in domain or len(email.split()) != 1:
         raise ValidationError(f"field {name} is not an e-mail address")
     return email
 
