@@ -188,8 +188,8 @@ def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | Non
     """Task fields. `mt` is None for the company-level ToDo, which always uses the defaults."""
     subject = DEFAULT_SUBJECTS[event.event_type]
     description = event_text(event)
-    if isinstance(event, MeetingBooked) and mt is not None:
-        values = template_values(event)
+    if isinstance(event, MeetingBooked) and mt is not None and (mt.salesforce_subject or mt.salesforce_comment):
+        values = template_values(event)  # only for a template: its dates cost a time-zone conversion each
         if mt.salesforce_subject:
             subject = fill_template(mt.salesforce_subject, values)
         if mt.salesforce_comment:
@@ -205,13 +205,13 @@ def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | Non
 
 
 def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettings | None) -> dict[str, str]:
-    values = template_values(event)
     title = event.meeting_type_name
-    body_html = text_to_html(meeting_text(event))
-    if mt is not None and mt.hubspot_meeting_title:
-        title = fill_template(mt.hubspot_meeting_title, values)
-    if mt is not None and mt.hubspot_meeting_body:
-        body_html = text_to_html(fill_template(mt.hubspot_meeting_body, values))
+    title_template = mt.hubspot_meeting_title if mt is not None else None
+    body_template = mt.hubspot_meeting_body if mt is not None else None
+    values = template_values(event) if title_template or body_template else {}
+    if title_template:
+        title = fill_template(title_template, values)
+    body_html = text_to_html(fill_template(body_template, values) if body_template else meeting_text(event))
     props = {
         "hs_timestamp": iso_utc(event.start_at),
         "hs_meeting_title": truncate(title, SUBJECT_LIMIT),
