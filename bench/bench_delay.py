@@ -189,6 +189,8 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path, profi
         ready_s = time.monotonic() - started
         sampler = hotspots.attach(proc.pid, profile) if profile is not None else None
         _wait(lambda: end_offsets(bootstrap, topics.delay) >= 2 * events, 1800, "every action on the delay topic")
+        caught_up_s = time.monotonic() - started
+        peak_rss = rss_peak_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -217,6 +219,7 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path, profi
     bare_rate = events / (time.monotonic() - (first or time.monotonic()))
     consumer.close()
     return {"worker_ready_s": ready_s, "worker_events_per_s": worker_rate, "bare_events_per_s": bare_rate,
+            "caught_up_s": caught_up_s, "worker_peak_rss_mib": peak_rss,
             "sample": scan(bootstrap, topics.delay, 1)[0]}
 
 
