@@ -21,6 +21,16 @@ class Send(Protocol):
         ...
 
 
+async def all_acked(acks: Acks) -> None:
+    """Returns once the broker acknowledged every record, or raises the first failure.
+
+    One await per ack, in order: an ack already resolved costs no suspension, where
+    `asyncio.gather` adds a callback and a loop lookup per future (3% of ingest's CPU for
+    thousands of acks a batch)."""
+    for ack in acks:
+        await ack
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the Java clients, Faust's producer and `murmur2_random` pick for a key."""
     from aiokafka.partitioner import murmur2

@@ -23,7 +23,7 @@ from processors.domain.ingest import ingest
 from processors.domain.records import action_headers, action_to_record
 from processors.kafka import clients
 from processors.kafka.consumer import BatchConsumer
-from processors.kafka.producer import Acks
+from processors.kafka.producer import Acks, all_acked
 from processors.stages.common import StageContext, now_ms, source_of, until_registry_answers
 from processors.state.settings import parse_settings_record
 
@@ -85,7 +85,7 @@ def make_ingest(ctx: StageContext) -> list[BatchConsumer]:
                 log.exception("ingest failed", extra={"source_topic": source.topic, "source_offset": source.offset})
                 letter = dead_letter(stage="plan", error_class=errors.error_class(exc), message=str(exc), source=source, now_ms=now_ms())
                 acks.append(await ctx.dead_letter(letter))
-        await asyncio.gather(*acks)
+        await all_acked(acks)
 
     async def check_settings(source: Source) -> None:
         parse_settings_record(ctx.codec, source.key, source.value)
