@@ -212,11 +212,12 @@ def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettin
     if title_template:
         title = fill_template(title_template, values)
     body_html = text_to_html(fill_template(body_template, values) if body_template else meeting_text(event))
+    start = iso_utc(event.start_at)
     props = {
-        "hs_timestamp": iso_utc(event.start_at),
+        "hs_timestamp": start,
         "hs_meeting_title": truncate(title, SUBJECT_LIMIT),
         "hs_meeting_body": truncate_html(body_html, NOTE_BODY_LIMIT),
-        "hs_meeting_start_time": iso_utc(event.start_at),
+        "hs_meeting_start_time": start,
         "hs_meeting_end_time": iso_utc(event.end_at),
         "hs_meeting_outcome": "SCHEDULED",
     }
