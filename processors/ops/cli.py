@@ -286,15 +286,10 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
 
 def _timezones(config: Config, codec: Any) -> Any:
     """Companies' time zones for the history records of retries and resolutions."""
+    from processors.domain.history import company_timezone
     from processors.ops.admin import SettingsAdmin
 
-    store = SettingsAdmin(config, codec).load()
-
-    def timezone_of(company_id: str) -> str:
-        company = store.company(company_id)
-        return company.timezone if company is not None else "Asia/Tokyo"
-
-    return timezone_of
+    return company_timezone(SettingsAdmin(config, codec).load())
 
 
 def history_from_worker(url: str, company_id: str, days: int, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:

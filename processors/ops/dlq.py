@@ -22,7 +22,7 @@ from confluent_kafka import Message, Producer
 
 from processors.codec import Codec, DecodeError
 from processors.config import Config
-from processors.domain.history import HistoryRecord, local_day
+from processors.domain.history import DEFAULT_TIMEZONE, HistoryRecord, local_day
 from processors.domain.records import action_from_record, action_headers, action_to_record
 from processors.kafka import clients
 from processors.kafka.producer import partition_for
@@ -104,7 +104,7 @@ class FailureAdmin:
         self, config: Config, codec: Codec | None = None, actor: str | None = None, timezone_of: Callable[[str], str] | None = None
     ) -> None:
         self._config = config
-        self._timezone_of = timezone_of or (lambda company_id: "Asia/Tokyo")
+        self._timezone_of = timezone_of or (lambda company_id: DEFAULT_TIMEZONE)
         self._codec = codec or Codec()
         self._actor = actor
         # murmur2, as the worker's own producer: a re-sent action lands where its earlier copies did.

@@ -19,7 +19,7 @@ from connectors.retry import RetryPolicy
 from processors.codec import Codec, RegistryUnavailableError
 from processors.config import Config
 from processors.domain.deadletter import Source
-from processors.domain.history import HistoryRecord, local_day
+from processors.domain.history import HistoryRecord, company_timezone, local_day
 from processors.kafka.producer import Ack, Send, partition_for
 from processors.metrics import Metrics
 from processors.state.settings import SettingsStore
@@ -65,10 +65,6 @@ class StageContext:
         key = (letter["company_id"] or "").encode()
         return await self.send(self.config.topics.dead_letter, key, self.codec.encode("DeadLetter", letter))
 
-    def timezone_of(self, company_id: str) -> str:
-        company = self.settings.company(company_id)
-        return company.timezone if company is not None else "Asia/Tokyo"
-
     async def history(
         self,
         *,
@@ -86,7 +82,7 @@ class StageContext:
         `crm` is "any" when no CRM applies (no settings at all).
         """
         at = now_ms() if at_ms is None else at_ms
-        tz = self.timezone_of(company_id)
+        tz = company_timezone(self.settings)(company_id)
         rec = HistoryRecord(company_id, local_day(at, tz), tz, crm, event_type, outcome, reason, at, event_id, action_id)
         self.metrics.history_recorded.labels(outcome).inc()
         partition = partition_for(company_id.encode(), self.history_partitions)

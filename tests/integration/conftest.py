@@ -7,6 +7,9 @@ from typing import Iterator
 
 import pytest
 
+from connectors.credentials import HubSpotCredentials, SalesforceCredentials
+from connectors.hubspot import HubSpotClient
+from connectors.salesforce import SalesforceClient
 from connectors.sandbox.server import CrmSandbox
 from tests.integration.harness import Deployment, WorkerProcess, unique_topics, write_default_secrets
 
@@ -45,3 +48,28 @@ def start_worker(deployment: Deployment, workers: list[WorkerProcess], tmp_path:
     workers.append(worker)
     worker.wait_ready()
     return worker
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[CrmSandbox]:
+    """One sandbox per module for the client tests (`sb` resets it for each test)."""
+    with CrmSandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sb(running: CrmSandbox) -> CrmSandbox:
+    running.reset()
+    return running
+
+
+@pytest.fixture
+def sf(sb: CrmSandbox) -> SalesforceClient:
+    creds = SalesforceCredentials(instance_url=sb.salesforce_url, session_id=sb.session_id)
+    return SalesforceClient(creds, sb.ca_file, timeout=5)
+
+
+@pytest.fixture
+def hs(sb: CrmSandbox) -> HubSpotClient:
+    assert sb.hubspot_token is not None
+    return HubSpotClient(HubSpotCredentials(sb.hubspot_token, sb.hubspot_url), timeout=5)

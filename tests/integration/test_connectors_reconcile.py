@@ -7,13 +7,11 @@ the contacts (HubSpot), without relying on an external-id field.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 import requests
 
-from connectors.credentials import HubSpotCredentials, SalesforceCredentials
 from connectors.errors import PermanentError, TransientError
 from connectors.hubspot import HubSpotClient
 from connectors.salesforce import SalesforceClient, soql_datetime
@@ -21,30 +19,6 @@ from connectors.sandbox import CrmSandbox, Fault, hubspot_objects, soql
 
 SINCE = "2026-12-01T09:00:00Z"
 SINCE_MS = int(datetime(2026, 12, 1, 9, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[CrmSandbox]:
-    with CrmSandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def sb(running: CrmSandbox) -> CrmSandbox:
-    running.reset()
-    return running
-
-
-@pytest.fixture
-def sf(sb: CrmSandbox) -> SalesforceClient:
-    creds = SalesforceCredentials(instance_url=sb.salesforce_url, session_id=sb.session_id)
-    return SalesforceClient(creds, sb.ca_file, timeout=5)
-
-
-@pytest.fixture
-def hs(sb: CrmSandbox) -> HubSpotClient:
-    assert sb.hubspot_token is not None
-    return HubSpotClient(HubSpotCredentials(sb.hubspot_token, sb.hubspot_url), timeout=5)
 
 
 # --- Salesforce: find_tasks_for --------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,18 +16,6 @@ from connectors.errors import AuthError, PermanentError, TransientError
 from connectors.hubspot import HubSpotClient
 from connectors.salesforce import SalesforceClient
 from connectors.sandbox import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, CrmSandbox, Fault
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[CrmSandbox]:
-    with CrmSandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def sb(running: CrmSandbox) -> CrmSandbox:
-    running.reset()
-    return running
 
 
 def sf_client(sb: CrmSandbox, session_id: str | None, timeout: float = 5) -> SalesforceClient:

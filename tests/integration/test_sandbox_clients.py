@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,30 +20,6 @@ from connectors.sandbox import soql
 
 ROOT = Path(__file__).resolve().parents[2]
 TRICKY = ["o'neil@example.com", "back\\slash@example.com", "100%off@example.com", "UPPER@Example.COM"]
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[CrmSandbox]:
-    with CrmSandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def sb(running: CrmSandbox) -> CrmSandbox:
-    running.reset()
-    return running
-
-
-@pytest.fixture
-def sf(sb: CrmSandbox) -> SalesforceClient:
-    creds = SalesforceCredentials(instance_url=sb.salesforce_url, session_id=sb.session_id)
-    return SalesforceClient(creds, sb.ca_file, timeout=5)
-
-
-@pytest.fixture
-def hs(sb: CrmSandbox) -> HubSpotClient:
-    assert sb.hubspot_token is not None
-    return HubSpotClient(HubSpotCredentials(sb.hubspot_token, sb.hubspot_url), timeout=5)
 
 
 # --- Salesforce -----------------------------------------------------------------------------
