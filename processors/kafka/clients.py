@@ -1,5 +1,6 @@
-"""The one place Kafka client settings are built from `Config`: librdkafka (confluent-kafka: admin,
-CLI, readers), aiokafka (the explicit-commit stages) and the pieces Faust needs (its producer).
+"""The one place Kafka client settings are built from `Config`: librdkafka (confluent-kafka: the
+stages' producer, admin, CLI, readers), aiokafka (the explicit-commit stages' consumers) and the
+pieces Faust needs.
 
 Security (SPEC §10 `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_CA_LOCATION`) is derived
 once here, so every client of the worker, the CLI and the tools connects the same way.
@@ -44,6 +45,16 @@ def librdkafka(config: Config) -> dict[str, Any]:
     if config.ssl_ca_location:
         conf["ssl.ca.location"] = config.ssl_ca_location
     return conf
+
+
+def producer(config: Config) -> dict[str, Any]:
+    """The stages' librdkafka producer (`processors.kafka.sender`): every record acknowledged by all
+    in-sync replicas, no duplicates from its own retries, keys partitioned as the Java clients and
+    aiokafka do (murmur2), so the delay and ledger topics keep their companies' partitions."""
+    return dict(
+        librdkafka(config),
+        **{"acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5},
+    )
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -8,8 +8,9 @@ company, record) → CRM; anything that cannot go on goes to the dead-letter top
 
 Every stage on the way of an action is an explicit-commit aiokafka consumer (`BatchConsumer`,
 `DelayReleaser`), not a Faust agent: Faust's offset bookkeeping can commit past a record during a
-rebalance (faust-streaming #221, #606; see `processors.kafka.consumer`). Faust is the one home of
-everything else: the producer the stages send through, the HTTP endpoints and the timers.
+rebalance (faust-streaming #221, #606; see `processors.kafka.consumer`). The stages send through
+librdkafka (`processors.kafka.sender`): aiokafka's producer was a quarter of ingest's CPU (issue 16).
+Faust is the one home of everything else: lifecycle, the HTTP endpoints and the timers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import faust
 
 from processors.kafka import clients
-from processors.kafka.producer import Ack, Headers
+from processors.kafka.sender import RdSender
 from processors.stages.deliver import make_deliver
 from processors.stages.ingest import make_ingest
 from processors.stages.release import make_releasers
@@ -59,10 +60,6 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         topic_partitions=cfg.topic_partitions,
         topic_replication_factor=cfg.replication_factor,
         topic_disable_leader=True,
-        producer_acks=-1,
-        # Batches every stage's sends (a stage awaits them per batch, not per record); 5 ms is far
-        # below the releaser's lateness budget.
-        producer_linger=0.005,
         web_enabled=True,
         web_port=cfg.metrics_port,
         web_bind=cfg.http_bind,
@@ -72,12 +69,12 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
     )
 
     # No Faust agent or table consumes anything (the stages have their own consumers): the app
-    # runs as Faust's "producer only" kind — producer, web server, tasks and timers.
+    # runs as Faust's "producer only" kind — web server, tasks and timers.
     app.producer_only = True
 
-    async def send(topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None) -> Ack:
-        return await app.producer.send(topic, key, value, partition, None, list(headers) if headers is not None else None)
-
+    # Batches every stage's sends (a stage awaits them per batch, not per record); its 5 ms linger
+    # is far below the releaser's lateness budget.
+    send = RdSender(clients.producer(cfg))
     ctx = attach(rt, send, history_partitions)
     releasers = make_releasers(ctx)
     rt.stages = [*make_ingest(ctx), *make_deliver(ctx, rt.deliverer), *releasers]
@@ -86,18 +83,20 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
     async def run_stages() -> None:
         """Plans and releases need the settings: nothing starts before the table was read to its end."""
         loop = asyncio.get_running_loop()
+        send.start(loop)
         while not await loop.run_in_executor(None, rt.settings.wait_ready, SETTINGS_WAIT_LOG_SECONDS):
             log.warning("still waiting for the settings table: not ready, nothing is planned")
         await asyncio.gather(*(supervise(stage.name, stage.run) for stage in rt.stages))
 
     @app.on_before_shutdown.connect
     async def drain_stages(app: faust.App, **kwargs: object) -> None:
-        """Before Faust stops its producer: let every stage finish its batch, commit and leave its group."""
+        """Let every stage finish its batch, commit and leave its group, then flush the producer."""
         stops = asyncio.gather(*(stage.stopping.stop() for stage in rt.stages))
         try:
             await asyncio.wait_for(stops, SHUTDOWN_DRAIN_SECONDS)
         except asyncio.TimeoutError:
             log.warning("stages still busy at shutdown; their batches will be handled again", extra={"waited_s": SHUTDOWN_DRAIN_SECONDS})
+        await send.close()
 
     def on_settings_change(company_id: str) -> None:
         rt.metrics.paused_tenants.set(sum(1 for c in rt.settings.companies() if c.paused))

@@ -1,5 +1,5 @@
 """The worker's long-lived parts, made once: codec, settings table, metrics, deliverer, and the
-stage context the stages share. The Faust app (`processors.worker.app`) supplies the producer."""
+stage context the stages share. `processors.worker.app` supplies the producer (`processors.kafka.sender`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,95 @@
+"""The stages' producer: librdkafka (confluent-kafka) behind the async `Send` of
+`processors.kafka.producer`, because it is where ingest's time went.
+
+The profile of issue 16 put a quarter of the worker's CPU in aiokafka's producer (a Python record
+builder and a produce request per batch of 16 KiB); librdkafka builds and batches records in C,
+in its own threads. The contract does not change: `send` queues one record and returns a future
+that resolves when the broker acknowledged it (acks=all), or fails with the broker's error, so a
+stage still commits a batch only after everything the batch produced is acknowledged.
+
+Delivery reports are served by one poll thread and handed to the event loop a poll at a time
+(one wake-up per poll, not per record). A full local queue makes `send` wait (back-pressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from processors.kafka.producer import Ack, Headers
+
+POLL_SECONDS = 0.05
+FULL_QUEUE_WAIT_SECONDS = 0.005
+CLOSE_FLUSH_SECONDS = 30.0
+
+
+class RdSender:
+    """One per worker; `start` in the worker's event loop before the first send, `close` after the last."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._producer = Producer(conf)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reports: list[tuple[asyncio.Future[Any], KafkaError | None]] = []
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="rdkafka-delivery", daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    async def __call__(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None
+    ) -> Ack:
+        assert self._loop is not None, "RdSender.start() was not called"
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message, future: asyncio.Future[Any] = future) -> None:
+            self._reports.append((future, err))
+
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if headers is not None:
+            extra["headers"] = list(headers)  # librdkafka takes a list or a dict, not the releaser's tuples
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=delivered, **extra)
+                return future
+            except BufferError:
+                await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
+
+    def _poll(self) -> None:
+        """The delivery thread: callbacks run here, their futures are resolved in the loop."""
+        while not self._closing.is_set():
+            self._producer.poll(POLL_SECONDS)
+            self._hand_over()
+        self._producer.flush(CLOSE_FLUSH_SECONDS)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._reports:
+            return
+        reports, self._reports = self._reports, []
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_resolve, reports)
+        except RuntimeError:  # the loop is closed: nobody waits for these acks any more
+            pass
+
+    async def close(self) -> None:
+        """Flush what is queued (its acks still resolve), then stop the delivery thread."""
+        if not self._thread.is_alive():
+            return
+        self._closing.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+
+def _resolve(reports: list[tuple[asyncio.Future[Any], KafkaError | None]]) -> None:
+    for future, err in reports:
+        if future.done():
+            continue
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(KafkaException(err))
