@@ -46,3 +46,10 @@ def test_plaintext_has_no_sasl_or_tls() -> None:
     assert "sasl.mechanism" not in clients.librdkafka(config)
     assert "ssl_context" not in clients.aiokafka(config)
     assert clients.ssl_context(config) is None
+
+
+def test_the_stages_producer_waits_for_all_replicas_and_partitions_like_the_java_clients() -> None:
+    conf = clients.producer(Config.from_env(SASL_SSL))
+    assert conf["acks"] == "all" and conf["enable.idempotence"] is True
+    assert conf["partitioner"] == "murmur2_random"  # the delay and ledger topics keep their companies' partitions
+    assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.username"] == "worker"
