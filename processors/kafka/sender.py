@@ -9,13 +9,19 @@ stage still commits a batch only after everything the batch produced is acknowle
 
 Delivery reports are served by one poll thread and handed to the event loop a poll at a time
 (one wake-up per poll, not per record). A full local queue makes `send` wait (back-pressure).
+
+An idempotent producer can hit a *fatal* error (the broker lost the producer's sequence state,
+say): librdkafka then refuses every record. The sender fails every ack still pending, so no batch
+that produced them is committed, and replaces the producer with a fresh one (a new producer id);
+the stages' supervisor redoes those batches, and action ids make the repeats harmless downstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -24,16 +30,23 @@ from processors.kafka.producer import Ack, Headers
 POLL_SECONDS = 0.05
 FULL_QUEUE_WAIT_SECONDS = 0.005
 CLOSE_FLUSH_SECONDS = 30.0
+FATAL_FLUSH_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class RdSender:
     """One per worker; `start` in the worker's event loop before the first send, `close` after the last."""
 
-    def __init__(self, conf: dict[str, Any]) -> None:
-        self._producer = Producer(conf)
+    def __init__(self, conf: dict[str, Any], producer_factory: Callable[[dict[str, Any]], Producer] = Producer) -> None:
+        self._conf = dict(conf, error_cb=self._on_error)
+        self._factory = producer_factory
+        self._producer = producer_factory(self._conf)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[Any], KafkaError | None]] = []
         self._closing = threading.Event()
+        self._fatal: KafkaError | None = None
+        self.replacements = 0
         self._thread = threading.Thread(target=self._poll, name="rdkafka-delivery", daemon=True)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -59,13 +72,31 @@ class RdSender:
             except BufferError:
                 await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
 
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (on the delivery thread): a fatal error marks the producer for replacement."""
+        if err.fatal():
+            self._fatal = err
+        log.warning("kafka producer error", extra={"error": err.str(), "fatal": err.fatal()})
+
     def _poll(self) -> None:
         """The delivery thread: callbacks run here, their futures are resolved in the loop."""
         while not self._closing.is_set():
             self._producer.poll(POLL_SECONDS)
+            if self._fatal is not None:
+                self._replace()
             self._hand_over()
         self._producer.flush(CLOSE_FLUSH_SECONDS)
         self._hand_over()
+
+    def _replace(self) -> None:
+        """Swap in a fresh producer first (new sends go there), then fail what the dead one still holds."""
+        err, self._fatal = self._fatal, None
+        dead, self._producer = self._producer, self._factory(self._conf)
+        self.replacements += 1
+        log.error("kafka producer hit a fatal error: pending acks fail, a new producer takes over", extra={"error": err.str() if err else ""})
+        dead.purge()
+        while dead.flush(FATAL_FLUSH_SECONDS) > 0:  # serves the purged records' reports: their acks fail
+            pass
 
     def _hand_over(self) -> None:
         if not self._reports:

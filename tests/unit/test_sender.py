@@ -4,9 +4,10 @@ record (so the batch is not committed), and `close` resolves what was queued bef
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from processors.kafka.sender import RdSender
 
@@ -39,5 +40,65 @@ def test_close_resolves_every_queued_ack_before_it_returns() -> None:
         assert all(ack.done() for ack in acks)
         for ack in acks:
             assert isinstance(ack.exception(), KafkaException)
+
+    asyncio.run(scenario())
+
+
+class FakeProducer:
+    """librdkafka's producer as the sender sees it: records wait for a poll, and a poll may report a
+    fatal error through `error_cb` (an idempotent producer that lost its sequence state)."""
+
+    made: list["FakeProducer"] = []
+
+    def __init__(self, conf: dict[str, object]) -> None:
+        self.error_cb = conf["error_cb"]
+        self.queued: list[object] = []
+        self.fail_fatally = False
+        FakeProducer.made.append(self)
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, on_delivery: object, **extra: object) -> None:
+        self.queued.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        if self.fail_fatally:
+            self.fail_fatally = False
+            self.error_cb(KafkaError(KafkaError._FATAL, "out of order sequence", fatal=True))  # type: ignore[operator]
+            return 0
+        time.sleep(timeout / 10)
+        queued, self.queued = self.queued, []
+        for report in queued:
+            report(None, None)  # type: ignore[operator]
+        return len(queued)
+
+    def purge(self) -> None:
+        queued, self.queued = self.queued, []
+        self.purged = queued
+
+    def flush(self, timeout: float) -> int:
+        for report in getattr(self, "purged", []):
+            report(KafkaError(KafkaError._PURGE_QUEUE), None)  # type: ignore[operator]
+        self.purged = []
+        return 0
+
+
+def test_a_fatal_error_fails_the_pending_acks_and_a_new_producer_takes_the_next_records() -> None:
+    async def scenario() -> None:
+        FakeProducer.made.clear()
+        sender = RdSender({}, producer_factory=FakeProducer)  # type: ignore[arg-type]
+        first = FakeProducer.made[0]
+        first.poll = lambda timeout: (time.sleep(timeout / 10), 0)[1]  # type: ignore[method-assign]  # holds the records
+        sender.start(asyncio.get_running_loop())
+        try:
+            pending = [await sender("t", None, b"v") for _ in range(2)]
+            del first.poll  # back to the class's poll, which now reports a fatal error
+            first.fail_fatally = True
+            for ack in pending:
+                with pytest.raises(KafkaException):
+                    await asyncio.wait_for(ack, 5)
+            assert sender.replacements == 1 and len(FakeProducer.made) == 2
+            await asyncio.wait_for(await sender("t", None, b"after"), 5)
+            assert FakeProducer.made[1].queued == []
+        finally:
+            await sender.close()
 
     asyncio.run(scenario())
