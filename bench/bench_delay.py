@@ -44,6 +44,7 @@ from processors.ops.admin import SettingsAdmin  # noqa: E402
 from processors.codec import Codec  # noqa: E402
 from processors.config import TOPIC_ENV, Config, Topics  # noqa: E402
 from processors.domain.model import Crm, EventType  # noqa: E402
+import bench_sinks  # noqa: E402
 import hotspots  # noqa: E402
 
 COMPANY = "bench-co"
@@ -407,6 +408,10 @@ def main() -> None:
             print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   (worker start → ready {a['worker_ready_s']:.1f} s)")
             print(f"    bare    {a['bare_events_per_s']:10,.0f} events/s   confluent-kafka consume → decode → produce")
             print(f"    ratio   {a['worker_events_per_s'] / a['bare_events_per_s']:10.2f}", flush=True)
+            # The next stage downstream, so the table shows where the bottleneck moves: the sinks'
+            # objects/s into the CRM sandbox with the stage's 200-action batches.
+            for crm, row in bench_sinks.run(2_000, 5, 20, 200).items():
+                print(f"    sink    {row['objects_per_second']:10,.0f} objects/s   {crm}, 200-action batches (bench_sinks.py)", flush=True)
             if args.profile is not None:
                 print(hotspots.report(args.profile), flush=True)
         if args.only == "a":
