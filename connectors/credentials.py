@@ -257,6 +257,20 @@ class CredentialStore:
                 raise
             self._cache.pop(path, None)
 
+    def salesforce_password_companies(self) -> list[str]:
+        """Companies whose salesforce.json uses the username-password flow (being retired)."""
+        found = []
+        for path in sorted(self.secrets_dir.glob("*/salesforce.json")):
+            company = path.parent.name
+            try:
+                creds = self._get(company, "salesforce", SalesforceCredentials) if company != DEFAULT_DIRECTORY \
+                    else SalesforceCredentials.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (PermanentError, OSError, ValueError):
+                continue
+            if creds.auth_type == "password":
+                found.append(company)
+        return found
+
     def invalidate(self, company_id: str, crm: str) -> None:
         """Forget one cached file, e.g. after the CRM answered 401."""
         with self._lock:

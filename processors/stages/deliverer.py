@@ -263,6 +263,15 @@ class Deliverer:
                     outcomes[i] = from_result(result)
         return [outcomes[i] for i in range(len(actions))]
 
+    def warn_retiring_logins(self) -> None:
+        """At start-up: name the companies still on the username-password flow Salesforce retires."""
+        for company_id in self._credentials.salesforce_password_companies():
+            log.warning(
+                "this company's Salesforce login uses the username-password flow, which Salesforce is retiring: "
+                "switch to JWT bearer or client credentials (docs/connecting-a-crm.md)",
+                extra={"crm": "salesforce", "company_id": company_id},
+            )
+
     def _read_quota(self, crm: Crm, company_id: str) -> None:
         """The usage the company's last responses reported → the quota book and its two gauges."""
         cached = self._clients.get((crm, company_id))
