@@ -18,6 +18,7 @@ import pytest
 
 from connectors.credentials import CredentialStore
 from connectors.errors import PermanentError
+from connectors.hubspot import HubSpotClient
 from connectors.retry import RetryPolicy
 from connectors.salesforce import SalesforceClient
 from connectors.sandbox.server import CrmSandbox
@@ -215,3 +216,37 @@ def test_a_tenant_near_its_daily_quota_is_deferred_not_failed_and_the_ratio_is_e
     decision = route(action, second, T + 600_000, rules)
     assert decision.kind == DEFER and decision.retry is not None and decision.retry.due_at >= T + 600_000 + 500_000
     assert len(tenant.salesforce.list_tasks()) == 1
+
+
+def meeting_action(company: str, action_id: str, email: str) -> Action:
+    return Action(
+        action_id=action_id, event_id=f"e-{action_id}", event_type=EventType.MEETING_BOOKED, company_id=company,
+        meeting_type_id="mt-1", crm=Crm.HUBSPOT, object_type=ObjectType.MEETING, origin=Origin.MEETING_TYPE,
+        occurred_at=T, due_at=T + 600_000, planned_at=T, contact_email=email, owner_email="",
+        properties={"hs_timestamp": "2026-12-01T01:00:00Z", "hs_meeting_title": "Intro", "hs_meeting_body": "b"},
+    )
+
+
+def test_prepare_then_hubspot_delivery_writes_the_property_and_a_second_create_conflicts(
+    sb: CrmSandbox, tmp_path: Path
+) -> None:
+    sb.add_tenant("hsco")
+    tenant = hubspot_secrets(sb, tmp_path, "hsco")
+    contact = tenant.hubspot.add_contact("booker@buyer.example")
+    prepared = cli(sb, tmp_path, "prepare", "--company", "hsco", "--crm", "hubspot")
+    assert prepared.returncode == 0, prepared.stderr
+    d = deliverer(tmp_path, sb)
+    a = meeting_action("hsco", "hsco:m-1", "booker@buyer.example")
+
+    async def run() -> list[Any]:
+        first = await d.deliver_batch(Crm.HUBSPOT, "hsco", [a])
+        second = await d.deliver_batch(Crm.HUBSPOT, "hsco", [a])
+        return [first[0], second[0]]
+
+    first, second = asyncio.run(run())
+    assert first.status == CREATED and second.status == DUPLICATE and second.object_id == first.object_id
+    [meeting] = tenant.hubspot.list_meetings()
+    assert meeting["properties"]["crm_sync_action_id"] == "hsco:m-1"
+    client = HubSpotClient(CredentialStore(tmp_path / "secrets").hubspot("hsco"), tokens=d.tokens, token_key=("hubspot", "hsco"))
+    [result] = client.create_meetings([({**a.properties, "crm_sync_action_id": "hsco:m-1"}, contact)])
+    assert result.error is not None and result.error.code == "CONFLICT"
