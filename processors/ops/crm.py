@@ -168,8 +168,8 @@ def check_hubspot(client: HubSpotClient, creds: HubSpotCredentials, defer_ratio:
         login = _failed(HUBSPOT, "login", error)
         return [login, *(Check(HUBSPOT, n, False, "not run: the login failed")
                          for n in ("create meetings", "lookups", "external id", "api quota"))]
-    flow = "OAuth app (refresh token)" if creds.auth_type == "oauth" else "private app token"
-    out = [Check(HUBSPOT, "login", True, f"logged in with a {flow}"), scope_check(info.get("scopes") or [])]
+    flow = "an OAuth app (refresh token)" if creds.auth_type == "oauth" else "a private app token"
+    out = [Check(HUBSPOT, "login", True, f"logged in with {flow}"), scope_check(info.get("scopes") or [])]
 
     def lookups() -> Check:
         client.find_contacts([PROBE_EMAIL])
