@@ -221,3 +221,24 @@ def test_a_revoked_refresh_token_is_a_readable_auth_error(sb: CrmSandbox, tmp_pa
     assert caught.value.code == "BAD_REFRESH_TOKEN"
     assert "revoked" in caught.value.message
     assert HubSpotCredentials.from_dict(json.loads((tmp_path / "secrets/hsco/hubspot.json").read_text())).auth_type == "oauth"
+
+
+def test_the_control_api_sets_up_the_login_flows(sb: CrmSandbox, keys: dict[str, tuple[bytes, str]]) -> None:
+    control = f"{sb.hubspot_url}/__sandbox"
+    assert requests.post(f"{control}/tenants", json={"name": "ctl"}, timeout=5).status_code == 200
+    for route, body in (("salesforce/connected-apps", {"consumer_key": "CK-ctl", "consumer_secret": "s", "run_as": USER}),
+                        ("salesforce/session-lifetime", {"seconds": 60}),
+                        ("hubspot/oauth-apps", {"client_id": "c", "client_secret": "s", "refresh_token": "r"}),
+                        ("hubspot/token-lifetime", {"seconds": 5})):
+        answer = requests.post(f"{control}/{route}?tenant=ctl", json=body, timeout=5)
+        assert answer.status_code == 200, answer.text
+    tenant = sb.tenant("ctl")
+    assert tenant.salesforce.session_lifetime == 60 and tenant.hubspot.token_lifetime == 5
+    token = auth.salesforce_client_credentials(auth.plain_session(sb.ca_file), consumer_key="CK-ctl",
+                                               consumer_secret="s", my_domain_url=sb.salesforce_url)
+    assert token.instance_url == sb.salesforce_url and tenant.salesforce.valid_session(token.access_token)
+    assert requests.post(f"{control}/hubspot/revoke-refresh-token?tenant=ctl", json={"refresh_token": "r"},
+                         timeout=5).status_code == 200
+    with pytest.raises(AuthError):
+        auth.hubspot_refresh(requests.Session(), token_url=f"{sb.hubspot_url}/oauth/v1/token", client_id="c",
+                             client_secret="s", refresh_token="r")
