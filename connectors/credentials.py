@@ -171,7 +171,7 @@ class HubSpotCredentials:
         return self.token_url or f"{self.base_url}/oauth/v1/token"
 
     def __repr__(self) -> str:
-        return f"HubSpotCredentials(base_url={self.base_url!r}, auth={self.auth_type!r})"
+        return f"HubSpotCredentials(base_url={self.base_url!r})"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HubSpotCredentials:

@@ -127,7 +127,7 @@ class Deliverer:
             make = lambda: HubSpotClient(  # noqa: E731
                 creds, self._ca_bundle, reload=functools.partial(self._credentials.hubspot, company_id, fresh=True),
                 throttle=throttle, tokens=self.tokens, token_key=(crm.value, company_id),
-                persist=functools.partial(self._credentials.update, company_id, "hubspot"),
+                persist=lambda changes: self._credentials.update(company_id, "hubspot", changes),
             )
         cached = self._clients.get((crm, company_id))
         if cached is None or cached[0] != creds:
