@@ -147,16 +147,21 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         client.request = request
         return api
 
+    def _cache_key(self) -> Hashable:
+        """The company's key plus the app and portal: new credentials never reuse an old token."""
+        return (self._token_key, self._creds.client_id, self._creds.base_url)
+
     def access_token(self) -> str:
         """The token for the next request: the private-app token, or a fresh OAuth one."""
         creds = self._creds
         if creds.auth_type != "oauth":
             return creds.access_token
-        token = self._tokens.get(self._token_key)
+        key = self._cache_key()
+        token = self._tokens.get(key)
         if token is not None:
             return token.access_token
         with self._refresh_lock:
-            token = self._tokens.get(self._token_key)
+            token = self._tokens.get(key)
             if token is not None:
                 return token.access_token
             self.refreshes += 1
@@ -165,12 +170,25 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
                 client_id=creds.client_id or "", client_secret=creds.client_secret or "",
                 refresh_token=creds.refresh_token or "", timeout=self._timeout)
             if refresh != creds.refresh_token:
-                if self._persist is not None:
-                    self._persist({"refresh_token": refresh})
+                # Kept in memory first: the old refresh token is dead, whatever happens to the file.
                 self._creds = HubSpotCredentials(**{**creds.__dict__, "refresh_token": refresh})
-                logger.info("hubspot rotated the refresh token; the secrets file was rewritten")
-            self._tokens.put(self._token_key, token)
+                self._save_refresh_token(refresh)
+            self._tokens.put(key, token)
             return token.access_token
+
+    def _save_refresh_token(self, refresh: str) -> None:
+        """Write the rotated refresh token back (atomically, by ``persist``), or say loudly that a
+        restart would lose it."""
+        if self._persist is None:
+            logger.warning("hubspot rotated the refresh token and nothing persists it: update hubspot.json")
+            return
+        try:
+            self._persist({"refresh_token": refresh})
+        except (OSError, CrmError):
+            logger.error("hubspot rotated the refresh token but hubspot.json could not be rewritten; "
+                         "this worker keeps working, a restart would need a new authorization", exc_info=True)
+            return
+        logger.info("hubspot rotated the refresh token; hubspot.json was rewritten")
 
     def _connect(self, token: str) -> HubSpot:
         """``host`` drives the generated APIs and ``base_url`` ``api_request()``: set both."""
@@ -201,7 +219,7 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
     def _reauthenticate(self) -> bool:
         """OAuth: refresh the access token (once); a private-app token can only be re-read."""
         if self._creds.auth_type == "oauth":
-            self._tokens.drop(self._token_key)
+            self._tokens.drop(self._cache_key())
             if self._reload is not None:
                 self._creds = self._reload()
             self._api = None

@@ -7,7 +7,6 @@ rotation) and retries once; a second failure is an ``AuthError`` (permanent).
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -28,13 +27,11 @@ from connectors.errors import (
 
 __all__ = ["Person", "Result", "SalesforceClient", "soql_datetime"]
 
-logger = logging.getLogger(__name__)
 PASSWORD_FLOW_WARNING = (
     "this company's Salesforce login uses the OAuth username-password flow, which Salesforce is "
     "retiring (announced for 2027): switch it to the JWT bearer or client credentials flow "
     "(docs/connecting-a-crm.md)"
 )
-_warned_password: set[Hashable] = set()
 
 API_VERSION = "59.0"
 QUERY_CHUNK = 100
@@ -103,9 +100,14 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         if usage is not None:
             self._usage = (usage.used, usage.total)
 
+    def _cache_key(self) -> Hashable:
+        """The company's key plus who logs in where: new credentials never reuse an old org's token."""
+        creds = self._creds
+        return (self._token_key, creds.auth_type, creds.consumer_key, creds.username, creds.token_base_url)
+
     def _login(self) -> auth.Token:
         """A token from the cache, else from the org's token endpoint (JWT or client credentials)."""
-        token = self._tokens.get(self._token_key)
+        token = self._tokens.get(self._cache_key())
         if token is not None:
             return token
         creds = self._creds
@@ -120,7 +122,7 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
             token = auth.salesforce_client_credentials(
                 session, consumer_key=creds.consumer_key or "", consumer_secret=creds.consumer_secret or "",
                 my_domain_url=creds.token_base_url, timeout=self._timeout)
-        self._tokens.put(self._token_key, token)
+        self._tokens.put(self._cache_key(), token)
         return token
 
     def _connect(self) -> Salesforce:
@@ -129,9 +131,6 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
             instance = token.instance_url or self._creds.instance_url or self._creds.token_base_url
             return Salesforce(session=self._session(), version=self._api_version,
                               session_id=token.access_token, instance_url=instance)
-        if self._creds.auth_type == "password" and self._token_key not in _warned_password:
-            _warned_password.add(self._token_key)
-            logger.warning(PASSWORD_FLOW_WARNING)
         kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())
         instance_url = kwargs.get("instance_url", "")
         if "instance_url" in kwargs and "://" not in instance_url:
@@ -165,7 +164,7 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
     def _reauthenticate(self) -> bool:
         """Login credentials log in again; a bare session id can only be re-read (``reload``)."""
         if self._creds.oauth:
-            self._tokens.drop(self._token_key)
+            self._tokens.drop(self._cache_key())
             if self._reload is not None:
                 self._creds = self._reload()
             self._sf = None

@@ -32,7 +32,7 @@ from connectors.credentials import CredentialStore
 from connectors.errors import AuthError, CrmError, Result, TransientError
 from connectors.hubspot import HubSpotClient
 from connectors.retry import RetryPolicy, TokenBuckets, call_with_retry
-from connectors.salesforce import SalesforceClient
+from connectors.salesforce import PASSWORD_FLOW_WARNING, SalesforceClient
 from processors.domain.deliver import (
     CREATED,
     DEFERRED,
@@ -266,11 +266,7 @@ class Deliverer:
     def warn_retiring_logins(self) -> None:
         """At start-up: name the companies still on the username-password flow Salesforce retires."""
         for company_id in self._credentials.salesforce_password_companies():
-            log.warning(
-                "this company's Salesforce login uses the username-password flow, which Salesforce is retiring: "
-                "switch to JWT bearer or client credentials (docs/connecting-a-crm.md)",
-                extra={"crm": "salesforce", "company_id": company_id},
-            )
+            log.warning(PASSWORD_FLOW_WARNING, extra={"crm": "salesforce", "company_id": company_id})
 
     def _read_quota(self, crm: Crm, company_id: str) -> None:
         """The usage the company's last responses reported → the quota book and its two gauges."""

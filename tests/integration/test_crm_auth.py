@@ -184,7 +184,8 @@ def test_hubspot_oauth_refreshes_before_expiry_and_writes_a_rotated_refresh_toke
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["hubspot.json"]  # no temp file left behind
 
-    wait_for(lambda: cache.get("hsco") is None, 5, what="the access token to near its expiry")
+    wait_for(lambda: cache.get(("hsco", "client-1", sb.hubspot_url)) is None, 5,
+             what="the access token to near its expiry")
     assert set(client.find_contacts(["booker@buyer.example"])) == {"booker@buyer.example"}
     assert client.refreshes == 2
     second = json.loads(path.read_text())["refresh_token"]

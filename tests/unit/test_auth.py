@@ -229,3 +229,22 @@ def test_quota_book_defers_until_a_probe_and_reports_the_worst_tenant() -> None:
     assert book.wait(("salesforce", "a")) == 0  # one probe batch goes through and reads it again
     book.record(("salesforce", "a"), 400, 1000)
     assert book.wait(("salesforce", "a")) == 0 and book.worst("salesforce") == 0.85
+
+
+def test_companies_on_the_retiring_password_flow_are_named_at_start_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from connectors.retry import RetryPolicy
+    from processors.metrics import Metrics
+    from processors.stages.deliverer import Deliverer
+
+    for company, data in (("old-co", {"username": "u", "password": "p", "security_token": "t"}),
+                          ("new-co", {"consumer_key": "CK", "username": "u", "private_key_file": "/k.pem"}),
+                          ("broken-co", None)):
+        (tmp_path / company).mkdir()
+        (tmp_path / company / "salesforce.json").write_text(json.dumps(data) if data else "{not json")
+    store = CredentialStore(tmp_path)
+    assert store.salesforce_password_companies() == ["old-co"]
+    deliverer = Deliverer(store, None, RetryPolicy(), Metrics.create())
+    with caplog.at_level("WARNING"):
+        deliverer.warn_retiring_logins()
+    [record] = [r for r in caplog.records if "retiring" in r.getMessage()]
+    assert record.company_id == "old-co" and "p" not in record.getMessage().split()  # type: ignore[attr-defined]
