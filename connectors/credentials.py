@@ -4,8 +4,15 @@ Layout (``$CRM_SYNC_SECRETS_DIR``, default ``./secrets``)::
 
     <company_id>/salesforce.json   {"instance_url": ..., "session_id": ...}
                                    or {"username", "password", "security_token", "domain"?}
-                                   or {"consumer_key", "consumer_secret", "domain"}   (client credentials)
+                                   or {"consumer_key", "consumer_secret", "domain" | "my_domain_url"}
+                                      (client credentials)
+                                   or {"consumer_key", "username", "private_key_file",
+                                       "login_url"?: "https://login.salesforce.com"}   (JWT bearer)
+                                   plus "action_id_field"? (written by ``crm-sync crm prepare``)
     <company_id>/hubspot.json      {"access_token": ..., "base_url"?: "https://api.hubapi.com"}
+                                   or {"client_id", "client_secret", "refresh_token", "token_url"?}
+                                      (public OAuth app; a rotated refresh token is written back)
+                                   plus "action_id_property"?
 
 A company without its own directory has no credentials (``CredentialsMissing``, naming the file
 to create): ``_default/`` belongs to some other org, so using it silently would write one
@@ -22,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,15 +70,34 @@ class SalesforceCredentials:
     domain: str | None = None
     # The org's External ID field on Task holding our action id (idempotent creates), if it has one.
     action_id_field: str | None = None
+    # JWT bearer: the PEM private key whose certificate is uploaded to the Connected App.
+    private_key_file: str | None = None
+    login_url: str | None = None
+    # Client credentials: the org's My Domain URL (``domain`` is the older, host-prefix form).
+    my_domain_url: str | None = None
 
     @property
     def auth_type(self) -> str:
-        """``session``, ``password`` or ``client_credentials``."""
+        """``session``, ``password``, ``jwt`` or ``client_credentials``."""
         if self.username and self.password:
             return "password"
+        if self.consumer_key and self.username and self.private_key_file:
+            return "jwt"
         if self.consumer_key and self.consumer_secret:
             return "client_credentials"
         return "session"
+
+    @property
+    def oauth(self) -> bool:
+        """True for the flows this project runs itself against ``/services/oauth2/token``."""
+        return self.auth_type in ("jwt", "client_credentials")
+
+    @property
+    def token_base_url(self) -> str:
+        """Where the token endpoint lives: the login URL (JWT) or the My Domain URL."""
+        if self.auth_type == "jwt":
+            return (self.login_url or "https://login.salesforce.com").rstrip("/")
+        return (self.my_domain_url or f"https://{self.domain}.salesforce.com").rstrip("/")
 
     @property
     def can_login(self) -> bool:
@@ -110,19 +137,38 @@ class SalesforceCredentials:
                 "salesforce.json needs instance_url and session_id, username/password/"
                 "security_token, or consumer_key/consumer_secret/domain",
             )
-        if creds.auth_type == "client_credentials" and not creds.domain:
-            raise CredentialsInvalid("salesforce", "client credentials need a domain")
+        if creds.auth_type == "client_credentials" and not (creds.domain or creds.my_domain_url):
+            raise CredentialsInvalid("salesforce", "client credentials need my_domain_url (or domain)")
+        for name in ("login_url", "my_domain_url"):
+            value = getattr(creds, name)
+            if value and not value.startswith("https://"):
+                raise CredentialsInvalid("salesforce", f"{name} must be an https:// URL")
         return creds
 
 
 @dataclass(frozen=True, repr=False)
 class HubSpotCredentials:
-    """A private-app or OAuth access token and the API base URL."""
+    """A private-app token, or a public OAuth app's client id/secret and refresh token."""
 
-    access_token: str
+    access_token: str = ""
     base_url: str = DEFAULT_HUBSPOT_BASE_URL
     # The portal's unique meeting/note property holding our action id, if it has one.
     action_id_property: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    refresh_token: str | None = None
+    token_url: str | None = None
+
+    @property
+    def auth_type(self) -> str:
+        """``oauth`` (refresh token) or ``private_app`` (a static token)."""
+        if self.client_id and self.client_secret and self.refresh_token:
+            return "oauth"
+        return "private_app"
+
+    @property
+    def oauth_token_url(self) -> str:
+        return self.token_url or f"{self.base_url}/oauth/v1/token"
 
     def __repr__(self) -> str:
         return f"HubSpotCredentials(base_url={self.base_url!r})"
@@ -130,12 +176,17 @@ class HubSpotCredentials:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HubSpotCredentials:
         """Validate a parsed ``hubspot.json``."""
+        oauth = {k: str(data[k]) for k in ("client_id", "client_secret", "refresh_token", "token_url")
+                 if data.get(k)}
         token = data.get("access_token")
-        if not token or not isinstance(token, str):
-            raise CredentialsInvalid("hubspot", "hubspot.json needs an access_token")
+        complete = all(k in oauth for k in ("client_id", "client_secret", "refresh_token"))
+        if not complete and (not token or not isinstance(token, str)):
+            raise CredentialsInvalid(
+                "hubspot", "hubspot.json needs an access_token, or client_id/client_secret/refresh_token")
         base_url = str(data.get("base_url") or DEFAULT_HUBSPOT_BASE_URL).rstrip("/")
         prop = data.get("action_id_property")
-        return cls(access_token=token, base_url=base_url, action_id_property=str(prop) if prop else None)
+        return cls(access_token=str(token or ""), base_url=base_url,
+                   action_id_property=str(prop) if prop else None, **oauth)
 
 
 C = TypeVar("C", SalesforceCredentials, HubSpotCredentials)
@@ -173,6 +224,52 @@ class CredentialStore:
         if fresh:
             self.invalidate(company_id, "hubspot")
         return self._get(company_id, "hubspot", HubSpotCredentials)
+
+    def update(self, company_id: str, crm: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the company's ``<crm>.json`` atomically (a temp file in the same
+        directory, then a rename), keeping the file's mode (0600 for a new one): a crash leaves
+        the old file or the new one, never half of either. Used for a rotated refresh token and
+        the field ``crm prepare`` created."""
+        path = self._path(company_id, crm)
+        with self._lock:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                mode = path.stat().st_mode & 0o777
+            except FileNotFoundError:
+                raise self._missing(company_id, crm) from None
+            except (OSError, ValueError):
+                raise CredentialsInvalid(crm, f"{crm}.json is not readable JSON") from None
+            if not isinstance(data, dict):
+                raise CredentialsInvalid(crm, f"{crm}.json must hold a JSON object")
+            data.update(changes)
+            fd, tmp = tempfile.mkstemp(prefix=f".{crm}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out, indent=2)
+                    out.write("\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, mode or 0o600)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            self._cache.pop(path, None)
+
+    def salesforce_password_companies(self) -> list[str]:
+        """Companies whose salesforce.json uses the username-password flow (being retired)."""
+        found = []
+        for path in sorted(self.secrets_dir.glob("*/salesforce.json")):
+            company = path.parent.name
+            try:
+                creds = self._get(company, "salesforce", SalesforceCredentials) if company != DEFAULT_DIRECTORY \
+                    else SalesforceCredentials.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (PermanentError, OSError, ValueError):
+                continue
+            if creds.auth_type == "password":
+                found.append(company)
+        return found
 
     def invalidate(self, company_id: str, crm: str) -> None:
         """Forget one cached file, e.g. after the CRM answered 401."""

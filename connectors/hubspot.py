@@ -11,10 +11,12 @@ urllib3's own retries are switched off: ``connectors.retry`` is the one retry po
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from hubspot import HubSpot
+from hubspot.discovery.discovery_base import DiscoveryBase
 from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
 from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
 from hubspot.crm.objects.meetings.exceptions import ApiException as MeetingsApiException
@@ -22,6 +24,7 @@ from hubspot.crm.objects.notes.exceptions import ApiException as NotesApiExcepti
 from hubspot.crm.owners.exceptions import ApiException as OwnersApiException
 from urllib3.util.retry import Retry
 
+from connectors import auth
 from connectors.base import CrmClient, chunks, unique_lower
 from connectors.credentials import HubSpotCredentials
 from connectors.errors import (
@@ -81,24 +84,127 @@ def _raise_batch_errors(answer: Any, benign: str) -> None:
 
 
 class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
-    """One company's HubSpot connection; blocking, meant to run in an executor thread."""
+    """One company's HubSpot connection; blocking, meant to run in an executor thread.
+
+    With OAuth credentials the access token comes from ``tokens`` (shared per company by the
+    worker) and is refreshed shortly before it expires; a rotated refresh token goes to
+    ``persist`` (the credential store's atomic rewrite of ``hubspot.json``) before it is used.
+    """
 
     crm = HUBSPOT
     _api: HubSpot | None = None
+    _api_token: str | None = None
 
-    def _connect(self) -> HubSpot:
+    def __init__(
+        self,
+        creds: HubSpotCredentials,
+        ca_bundle: str | None = None,
+        *,
+        reload: Callable[[], HubSpotCredentials] | None = None,
+        timeout: float = 30.0,
+        throttle: Callable[[], None] | None = None,
+        tokens: auth.TokenCache | None = None,
+        token_key: Hashable = "",
+        persist: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__(creds, ca_bundle, reload=reload, timeout=timeout, throttle=throttle)
+        self._tokens = tokens if tokens is not None else auth.TokenCache()
+        self._token_key = token_key
+        self._persist = persist
+        self._refresh_lock = threading.Lock()
+        self.refreshes = 0  # token refreshes made by this client
+        self.rate_headers: dict[str, str] = {}  # the last response's X-HubSpot-RateLimit-* headers
+
+    def _remember(self, headers: Mapping[str, Any] | None) -> None:
+        """Keep the rate-limit headers (interval and daily quota) of the last response."""
+        if not headers:
+            return
+        found = {str(k).lower(): str(v) for k, v in headers.items()
+                 if str(k).lower().startswith("x-hubspot-ratelimit-")}
+        if found:
+            self.rate_headers = found
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """``(used, limit)`` of the daily quota from the last response's headers, if it had them."""
+        daily = self.rate_headers.get("x-hubspot-ratelimit-daily")
+        remaining = self.rate_headers.get("x-hubspot-ratelimit-daily-remaining")
+        if not (daily and remaining and daily.isdigit() and remaining.isdigit()):
+            return None
+        return max(0, int(daily) - int(remaining)), int(daily)
+
+    def _api_factory(self, package: Any, api_name: str, config: dict[str, Any]) -> Any:
+        """hubspot-api-client's own factory, with each response's headers remembered."""
+        api = DiscoveryBase._default_api_factory(package, api_name, config)
+        client = api.api_client
+        original = client.request
+
+        def request(*args: Any, **kwargs: Any) -> Any:
+            response = original(*args, **kwargs)
+            self._remember(response.getheaders())
+            return response
+
+        client.request = request
+        return api
+
+    def _cache_key(self) -> Hashable:
+        """The company's key plus the app and portal: new credentials never reuse an old token."""
+        return (self._token_key, self._creds.client_id, self._creds.base_url)
+
+    def access_token(self) -> str:
+        """The token for the next request: the private-app token, or a fresh OAuth one."""
+        creds = self._creds
+        if creds.auth_type != "oauth":
+            return creds.access_token
+        key = self._cache_key()
+        token = self._tokens.get(key)
+        if token is not None:
+            return token.access_token
+        with self._refresh_lock:
+            token = self._tokens.get(key)
+            if token is not None:
+                return token.access_token
+            self.refreshes += 1
+            token, refresh = auth.hubspot_refresh(
+                auth.plain_session(self._ca_bundle), token_url=creds.oauth_token_url,
+                client_id=creds.client_id or "", client_secret=creds.client_secret or "",
+                refresh_token=creds.refresh_token or "", timeout=self._timeout)
+            if refresh != creds.refresh_token:
+                # Kept in memory first: the old refresh token is dead, whatever happens to the file.
+                self._creds = HubSpotCredentials(**{**creds.__dict__, "refresh_token": refresh})
+                self._save_refresh_token(refresh)
+            self._tokens.put(key, token)
+            return token.access_token
+
+    def _save_refresh_token(self, refresh: str) -> None:
+        """Write the rotated refresh token back (atomically, by ``persist``), or say loudly that a
+        restart would lose it."""
+        if self._persist is None:
+            logger.warning("hubspot rotated the refresh token and nothing persists it: update hubspot.json")
+            return
+        try:
+            self._persist({"refresh_token": refresh})
+        except (OSError, CrmError):
+            logger.error("hubspot rotated the refresh token but hubspot.json could not be rewritten; "
+                         "this worker keeps working, a restart would need a new authorization", exc_info=True)
+            return
+        logger.info("hubspot rotated the refresh token; hubspot.json was rewritten")
+
+    def _connect(self, token: str) -> HubSpot:
         """``host`` drives the generated APIs and ``base_url`` ``api_request()``: set both."""
         return HubSpot(
-            access_token=self._creds.access_token,
+            access_token=token,
             host=self._creds.base_url,
             base_url=self._creds.base_url,
             ssl_ca_cert=self._ca_bundle,
             retry=Retry(total=0, redirect=0, raise_on_status=False),
+            api_factory=self._api_factory,
         )
 
     def _handle(self) -> HubSpot:
-        if self._api is None:
-            self._api = self._connect()
+        token = self.access_token()
+        if self._api is None or token != self._api_token:
+            self._api, self._api_token = self._connect(token), token
         return self._api
 
     def _classify(self, exc: Exception) -> CrmError | None:
@@ -107,14 +213,63 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
             return None
         if not exc.status:
             return classify_network(HUBSPOT, Exception(exc.reason))
+        self._remember(exc.headers)
         return classify_hubspot(exc.status, exc.body, exc.headers)
 
     def _reauthenticate(self) -> bool:
-        """A token cannot be refreshed here: re-read the credentials, if we may."""
+        """OAuth: refresh the access token (once); a private-app token can only be re-read."""
+        if self._creds.auth_type == "oauth":
+            self._tokens.drop(self._cache_key())
+            if self._reload is not None:
+                self._creds = self._reload()
+            self._api = None
+            return True
         if self._reload is None:
             return False
         self._creds, self._api = self._reload(), None
         return True
+
+    # -- preflight and preparation (``crm-sync crm check`` / ``prepare``) --
+
+    def token_info(self) -> dict[str, Any]:
+        """``GET /oauth/v1/access-tokens/<token>``: the token's scopes, hub id and expiry."""
+        token = self.access_token()
+        return self._call(lambda api: self._json(api.api_request(
+            {"method": "GET", "path": f"/oauth/v1/access-tokens/{token}"})))
+
+    def private_app_info(self) -> dict[str, Any]:
+        """``POST /oauth/v2/private-apps/get/access-token-info``: a private app token's scopes."""
+        token = self.access_token()
+        return self._call(lambda api: self._json(api.api_request(
+            {"method": "POST", "path": "/oauth/v2/private-apps/get/access-token-info",
+             "body": {"tokenKey": token}})))
+
+    def property_info(self, object_type: str, name: str) -> dict[str, Any] | None:
+        """``GET /crm/v3/properties/{objectType}/{name}``, or None when it does not exist."""
+        def read(api: HubSpot) -> dict[str, Any] | None:
+            answer = api.api_request({"method": "GET", "path": f"/crm/v3/properties/{object_type}/{name}"})
+            return None if answer.status_code == 404 else self._json(answer)
+
+        return self._call(read)
+
+    def create_unique_property(self, object_type: str, name: str, label: str) -> dict[str, Any]:
+        """A single-line text property with ``hasUniqueValue`` (meetings or notes)."""
+        body = {"name": name, "label": label, "type": "string", "fieldType": "text",
+                "groupName": f"{object_type[:-1]}information", "hasUniqueValue": True,
+                "description": "crm-sync's action id: makes creates idempotent"}
+        return self._call(lambda api: self._json(api.api_request(
+            {"method": "POST", "path": f"/crm/v3/properties/{object_type}", "body": body})))
+
+    def _json(self, answer: Any) -> dict[str, Any]:
+        """``api_request`` returns a ``requests.Response`` and raises nothing: classify here."""
+        self._remember(answer.headers)
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code >= 300:
+            raise classify_hubspot(answer.status_code, body, answer.headers)
+        return body if isinstance(body, dict) else {}
 
     def find_contacts(self, emails: Iterable[str]) -> dict[str, str]:
         """Contacts by (primary) email via batch read: ``{email_lower: contact_id}``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +18,7 @@ import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
+from connectors import auth
 from connectors.base import CrmClient, chunks, unique_lower
 from connectors.credentials import SalesforceCredentials
 from connectors.errors import (
@@ -25,6 +26,12 @@ from connectors.errors import (
 )
 
 __all__ = ["Person", "Result", "SalesforceClient", "soql_datetime"]
+
+PASSWORD_FLOW_WARNING = (
+    "this company's Salesforce login uses the OAuth username-password flow, which Salesforce is "
+    "retiring (announced for 2027): switch it to the JWT bearer or client credentials flow "
+    "(docs/connecting-a-crm.md)"
+)
 
 API_VERSION = "59.0"
 QUERY_CHUNK = 100
@@ -65,12 +72,17 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         timeout: float = 30.0,
         api_version: str = API_VERSION,
         throttle: Callable[[], None] | None = None,
+        tokens: auth.TokenCache | None = None,
+        token_key: Hashable = "",
     ) -> None:
         super().__init__(creds, ca_bundle, reload=reload, timeout=timeout, throttle=throttle)
         self._api_version = api_version
         self._last = threading.local()
         self._sf: Salesforce | None = None
         self._usage: tuple[int, int] | None = None
+        self._tokens = tokens if tokens is not None else auth.TokenCache()
+        self._token_key = token_key
+        self.logins = 0  # token requests made by this client (tests and `crm check` read it)
 
     def _session(self) -> requests.Session:
         """A session that ignores REQUESTS_CA_BUNDLE & co. so ``verify`` really applies."""
@@ -88,7 +100,37 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         if usage is not None:
             self._usage = (usage.used, usage.total)
 
+    def _cache_key(self) -> Hashable:
+        """The company's key plus who logs in where: new credentials never reuse an old org's token."""
+        creds = self._creds
+        return (self._token_key, creds.auth_type, creds.consumer_key, creds.username, creds.token_base_url)
+
+    def _login(self) -> auth.Token:
+        """A token from the cache, else from the org's token endpoint (JWT or client credentials)."""
+        token = self._tokens.get(self._cache_key())
+        if token is not None:
+            return token
+        creds = self._creds
+        session = auth.plain_session(self._ca_bundle)
+        self.logins += 1
+        if creds.auth_type == "jwt":
+            token = auth.salesforce_jwt(
+                session, consumer_key=creds.consumer_key or "", username=creds.username or "",
+                login_url=creds.token_base_url, private_key_file=creds.private_key_file or "",
+                timeout=self._timeout)
+        else:
+            token = auth.salesforce_client_credentials(
+                session, consumer_key=creds.consumer_key or "", consumer_secret=creds.consumer_secret or "",
+                my_domain_url=creds.token_base_url, timeout=self._timeout)
+        self._tokens.put(self._cache_key(), token)
+        return token
+
     def _connect(self) -> Salesforce:
+        if self._creds.oauth:
+            token = self._login()
+            instance = token.instance_url or self._creds.instance_url or self._creds.token_base_url
+            return Salesforce(session=self._session(), version=self._api_version,
+                              session_id=token.access_token, instance_url=instance)
         kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())
         instance_url = kwargs.get("instance_url", "")
         if "instance_url" in kwargs and "://" not in instance_url:
@@ -121,6 +163,12 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
 
     def _reauthenticate(self) -> bool:
         """Login credentials log in again; a bare session id can only be re-read (``reload``)."""
+        if self._creds.oauth:
+            self._tokens.drop(self._cache_key())
+            if self._reload is not None:
+                self._creds = self._reload()
+            self._sf = None
+            return True
         if self._creds.can_login:
             self._sf = None
             return True
@@ -230,3 +278,28 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         if item.get("success"):
             return Result(id=str(item["id"]))
         return Result(error=classify_salesforce_errors(None, item.get("errors") or []))
+
+    # -- preflight and preparation (``crm-sync crm check`` / ``prepare``) --
+
+    def describe_task(self) -> dict[str, Any]:
+        """``sobjects/Task/describe``: whether Tasks are createable and the fields they have."""
+        return dict(self._call(lambda sf: sf.Task.describe()))
+
+    def limits(self) -> dict[str, Any]:
+        """The org's ``/limits`` (``DailyApiRequests``: ``{"Max", "Remaining"}``)."""
+        return dict(self._call(lambda sf: sf.limits()))
+
+    def create_external_id_field(self, field: str, label: str) -> dict[str, Any]:
+        """A Task (Activity) custom text field marked External ID and Unique, via the Tooling API.
+
+        External ID fields on Task are defined on the Activity object (``Activity.<field>``).
+        """
+        if not _FIELD_NAME.match(field) or not field.endswith("__c"):
+            raise ValueError(f"not a custom field name (…__c): {field!r}")
+        body = {
+            "FullName": f"Activity.{field}",
+            "Metadata": {"label": label, "type": "Text", "length": 64, "externalId": True,
+                         "unique": True, "caseSensitive": True, "required": False},
+        }
+        return dict(self._call(lambda sf: sf.restful("tooling/sobjects/CustomField", method="POST",
+                                                    json=body, timeout=self._timeout)) or {})

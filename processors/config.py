@@ -76,6 +76,7 @@ _Hours = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of h
 _Rate = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of calls per second (> 0)")]
 _Count = Annotated[int, Field(ge=1), _form("a whole number (>= 1)")]
 _Port = Annotated[int, Field(ge=1, le=65535), _form("a port number (1..65535)")]
+_Ratio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _form("a share between 0 and 1 (e.g. 0.95)")]
 _Flag = Annotated[bool, BeforeValidator(_flag), _form("a boolean (true/false, 1/0, yes/no)")]
 _SecurityProtocol = Annotated[str, _PROTOCOL[0], _PROTOCOL[1]]
 _SaslMechanism = Annotated[str, _MECHANISM[0], _MECHANISM[1]]
@@ -169,6 +170,10 @@ class Config:
     retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
     # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.
     sink_company_budget_seconds: _Seconds = _env("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", 5.0)
+    # A company that used this share of its CRM's daily API quota has its actions deferred, not failed.
+    quota_defer_ratio: _Ratio = _env("CRM_SYNC_QUOTA_DEFER_RATIO", 0.95)
+    # While deferred for quota, one batch tries again after this long (reading the quota anew).
+    quota_defer_seconds: _Seconds = _env("CRM_SYNC_QUOTA_DEFER_SECONDS", 900.0)
 
     @property
     def http_loopback(self) -> bool:

@@ -53,6 +53,8 @@ class Metrics:
     settings_ready: Gauge
     history_recorded: Counter
     build_info: Gauge
+    api_usage_ratio: Gauge
+    tenants_near_quota: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "Metrics":
@@ -102,6 +104,13 @@ class Metrics:
             ),
             history_recorded=Counter("crm_sync_history_records_total", "Sync-history records written", ["outcome"], registry=r),
             build_info=Gauge("crm_sync_build_info", "Always 1; the running version as a label", ["version"], registry=r),
+            api_usage_ratio=Gauge(
+                "crm_sync_crm_api_usage_ratio", "The worst tenant's used/limit of its daily CRM API quota (from response headers)",
+                ["crm"], registry=r,
+            ),
+            tenants_near_quota=Gauge(
+                "crm_sync_crm_tenants_near_quota", "Tenants that used 80% or more of their daily CRM API quota", ["crm"], registry=r
+            ),
         )
         metrics.build_info.labels(_version()).set(1)
         metrics._zero_known_series()
@@ -111,6 +120,8 @@ class Metrics:
         """Export the known label sets at 0 from the start: a counter born at 1 loses that first
         increment to rate()/increase(), which hides rare events (the first failure of a CRM)."""
         for crm in Crm:
+            self.api_usage_ratio.labels(crm.value)
+            self.tenants_near_quota.labels(crm.value)
             self.released.labels(crm.value)
             self.reparked.labels(crm.value)
             self.lateness.labels(crm.value)

@@ -1,5 +1,12 @@
 """A local Salesforce + HubSpot sandbox for tests and demos (see ``server.CrmSandbox``).
 
+Login flows (``oauth``): Salesforce ``/services/oauth2/token`` (JWT bearer against a tenant's
+Connected App certificate, client credentials, refresh token) and HubSpot ``/oauth/v1/token``
+(refresh, rotation, revocation), with the CRMs' real error bodies and sessions/tokens that expire
+after ``tenant.salesforce.session_lifetime`` / ``tenant.hubspot.token_lifetime``. Set them up with
+``tenant.salesforce.add_connected_app(...)`` and ``tenant.hubspot.add_oauth_app(...)`` (or the
+control API).
+
 Tenants: the ``default`` tenant is one org + portal reached with ``DEFAULT_SESSION_ID`` and
 ``DEFAULT_HUBSPOT_TOKEN``; ``CrmSandbox.add_tenant(name)`` (``POST /__sandbox/tenants``) adds an
 isolated one with its own session id, token and data. Requests reach the tenant whose

@@ -16,6 +16,12 @@ the JSON body; without either, the default tenant)::
     GET    /__sandbox/hubspot/meetings|notes|associations  T
     POST   /__sandbox/hubspot/tokens          T {"token"}: accept a token
     POST   /__sandbox/hubspot/revoke-token    T {"token"}: later requests get 401
+    POST   /__sandbox/salesforce/connected-apps T {"consumer_key", "certificate"? (PEM), "consumer_secret"?,
+                                                "users"? [...], "run_as"?, "refresh_tokens"? {token: user}}
+    POST   /__sandbox/salesforce/session-lifetime T {"seconds": N | null}: issued sessions expire
+    POST   /__sandbox/hubspot/oauth-apps      T {"client_id", "client_secret", "refresh_token", "rotate"?}
+    POST   /__sandbox/hubspot/revoke-refresh-token T {"refresh_token"}
+    POST   /__sandbox/hubspot/token-lifetime  T {"seconds": N}: issued access tokens expire
     GET    /__sandbox/calls                     {"<crm> <METHOD> <route>": count}; all tenants
                                                 summed unless ?tenant=
     DELETE /__sandbox/calls                     zero the counters
@@ -100,6 +106,19 @@ _ROUTES: dict[tuple[str, str], Action] = {
         state.tenant(tenant).hubspot.list_associations(),
     ("POST", "/hubspot/tokens"): _credential("hubspot", "token", "add_token"),
     ("POST", "/hubspot/revoke-token"): _credential("hubspot", "token", "revoke_token"),
+    ("POST", "/salesforce/connected-apps"): _ok(lambda state, body, tenant: state.tenant(tenant).salesforce.add_connected_app(
+        str(body["consumer_key"]), certificate=str(body.get("certificate", "")),
+        consumer_secret=str(body.get("consumer_secret", "")), users=list(body.get("users", [])),
+        run_as=str(body.get("run_as", "")), refresh_tokens=dict(body.get("refresh_tokens", {})))),
+    ("POST", "/salesforce/session-lifetime"): _ok(lambda state, body, tenant: setattr(
+        state.tenant(tenant).salesforce, "session_lifetime",
+        None if body.get("seconds") is None else float(body["seconds"]))),
+    ("POST", "/hubspot/oauth-apps"): _ok(lambda state, body, tenant: state.tenant(tenant).hubspot.add_oauth_app(
+        str(body["client_id"]), str(body["client_secret"]), str(body["refresh_token"]),
+        rotate=bool(body.get("rotate", False)))),
+    ("POST", "/hubspot/revoke-refresh-token"): _credential("hubspot", "refresh_token", "revoke_refresh_token"),
+    ("POST", "/hubspot/token-lifetime"): _ok(lambda state, body, tenant: setattr(
+        state.tenant(tenant).hubspot, "token_lifetime", float(body["seconds"]))),
     ("GET", "/calls"): lambda state, body, info, tenant: state.call_counts(tenant),
     ("DELETE", "/calls"): _ok(lambda state, body, tenant: state.clear_calls()),
     ("GET", "/faults"): _list_faults,

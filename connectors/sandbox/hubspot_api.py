@@ -26,6 +26,7 @@ RATE_INTERVAL_MS = 10_000
 DEFAULT_CONTACT_PROPERTIES = ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate",
                               "lastname")
 _CONTACT_BY_ID = re.compile(r"^/crm/v3/objects/contacts/(?P<id>[^/]+)/?$")
+_PROPERTY = re.compile(r"^/crm/v3/properties/(?P<type>meetings|notes|contacts)(?:/(?P<name>[^/]+))?$")
 
 
 def route_name(req: Request) -> str:
@@ -62,7 +63,10 @@ def rate_headers(tenant: Tenant, token: str | None) -> dict[str, str]:
     window.append(now)
     while window and window[0] < now - RATE_INTERVAL_MS / 1000:
         window.popleft()
+    tenant.hubspot.daily_usage += 1
     return {
+        "X-HubSpot-RateLimit-Daily": str(tenant.hubspot.daily_limit),
+        "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, tenant.hubspot.daily_limit - tenant.hubspot.daily_usage)),
         "X-HubSpot-RateLimit-Max": str(RATE_MAX),
         "X-HubSpot-RateLimit-Remaining": str(max(0, RATE_MAX - len(window))),
         "X-HubSpot-RateLimit-Interval-Milliseconds": str(RATE_INTERVAL_MS),
@@ -78,7 +82,11 @@ def handle(tenant: Tenant, req: Request, fault: Fault | None = None) -> Response
 
 
 def _route(tenant: Tenant, req: Request) -> Response:
-    if req.bearer() not in tenant.hubspot.tokens:
+    token = req.bearer()
+    if not tenant.hubspot.valid_token(token):
+        if token in tenant.hubspot.token_expiry:
+            return error(401, "EXPIRED_AUTHENTICATION",
+                         "The OAuth token used to make this call expired. Refresh it and retry.")
         return error(401, "INVALID_AUTHENTICATION",
                      "Authentication credentials not found. This API supports OAuth 2.0 "
                      "authentication and you can find more details at "
@@ -96,6 +104,8 @@ def _route(tenant: Tenant, req: Request) -> Response:
         return _owners(tenant, req)
     if req.method == "GET" and (match := _CONTACT_BY_ID.match(path)):
         return _get_contact(tenant, req, match["id"])
+    if match := _PROPERTY.match(path):
+        return _properties(tenant, req, match["type"], match["name"], body or {})
     answer = hubspot_objects.route(tenant, req, path, body or {})
     if answer is not None:
         return answer
@@ -187,3 +197,40 @@ def _owners(tenant: Tenant, req: Request) -> Response:
     if offset + limit < len(owners):
         result["paging"] = {"next": {"after": str(offset + limit)}}
     return Response(200, result)
+
+
+def _property_body(tenant: Tenant, object_type: str, name: str) -> dict[str, Any]:
+    stamp = hs_time(now_utc())
+    definition = tenant.hubspot.property_defs.get((object_type, name), {})
+    return {"name": name, "label": definition.get("label", name), "type": "string", "fieldType": "text",
+            "groupName": definition.get("groupName", f"{object_type[:-1]}information"),
+            "hasUniqueValue": name in tenant.hubspot.unique_properties.get(object_type, set()),
+            "calculated": False, "externalOptions": False, "hidden": False, "formField": False,
+            "options": [], "createdAt": stamp, "updatedAt": stamp, "archived": False}
+
+
+def _properties(tenant: Tenant, req: Request, object_type: str, name: str | None,
+                body: dict[str, Any]) -> Response:
+    """CRM v3 properties: read one, or create one (``hasUniqueValue`` makes its values unique)."""
+    created = {n for (_, n) in tenant.hubspot.property_defs}
+    mine = {n for (t, n) in tenant.hubspot.property_defs if t == object_type}
+    # Seeded custom properties exist on every object type; created ones on their own type only.
+    known = (hubspot_objects.OBJECT_PROPERTIES.get(object_type, frozenset())
+             | mine | (tenant.hubspot.custom_properties - created))
+    if req.method == "GET" and name:
+        if name not in known:
+            return error(404, "OBJECT_NOT_FOUND", f"Unable to find property {name} on {object_type}")
+        return Response(200, _property_body(tenant, object_type, name))
+    if req.method == "POST" and not name:
+        new = str(body.get("name") or "")
+        if not re.match(r"^[a-z][a-z0-9_]*$", new) or not body.get("label") or not body.get("type"):
+            return error(400, "VALIDATION_ERROR", "Property name, label, type and fieldType are required")
+        if new in known:
+            return error(409, "OBJECT_ALREADY_EXISTS", f"A property named '{new}' already exists.")
+        tenant.hubspot.custom_properties.add(new)
+        tenant.hubspot.property_defs[(object_type, new)] = {"label": body["label"],
+                                                            "groupName": body.get("groupName")}
+        if body.get("hasUniqueValue"):
+            tenant.hubspot.unique_properties.setdefault(object_type, set()).add(new)
+        return Response(201, _property_body(tenant, object_type, new))
+    return error(405, "METHOD_NOT_ALLOWED", f"{req.method} is not supported here")

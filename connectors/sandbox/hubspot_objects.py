@@ -205,6 +205,14 @@ def _validate(tenant: Tenant, object_type: str, item: dict[str, Any]) -> Respons
     if "hs_timestamp" not in props:
         problems.append({"name": "hs_timestamp", "error": "REQUIRED_FIELD",
                          "message": "hs_timestamp is required"})
+    for name in sorted(tenant.hubspot.unique_properties.get(object_type, ())):
+        value = props.get(name)
+        clash = next((o for o in tenant.hubspot.objects.values() if value and o.object_type == object_type
+                      and o.properties.get(name) == str(value)), None)
+        if clash is not None:
+            return error(409, "CONFLICT",
+                         f"A {SINGULAR[object_type]} with the unique property {name} set to this value "
+                         f"already exists. Existing ID: {clash.id}")
     if problems:
         return error(400, "VALIDATION_ERROR", _property_errors(problems),
                      errors=[{"message": p["message"], "code": p["error"], "in": p["name"]}

@@ -7,7 +7,7 @@ import re
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 SALESFORCE_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[A-Z0-5]{3})?$")
-PREFIXES = {"User": "005", "Contact": "003", "Lead": "00Q", "Task": "00T"}
+PREFIXES = {"User": "005", "Contact": "003", "Lead": "00Q", "Task": "00T", "CustomField": "00N"}
 
 
 def checksum(id15: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -102,3 +102,26 @@ class HsAssociation:
     to_type: str
     to_id: str
     type_id: int
+
+
+@dataclass
+class SfConnectedApp:
+    """A Connected App / External Client App: its certificate (JWT), secret and run-as user
+    (client credentials), pre-authorized usernames and issued refresh tokens (token → username)."""
+
+    consumer_key: str
+    certificate: str = ""
+    consumer_secret: str = ""
+    users: list[str] = field(default_factory=list)
+    run_as: str = ""
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HsOAuthApp:
+    """A public HubSpot app installed in the portal; ``rotate`` issues a new refresh token per use."""
+
+    client_id: str
+    client_secret: str
+    refresh_tokens: set[str] = field(default_factory=set)
+    rotate: bool = False

@@ -69,12 +69,12 @@ def handle(tenant: Tenant, req: Request, fault: Fault | None = None) -> Response
     with tenant.lock:
         tenant.salesforce.api_usage += 1
         resp = fault_response(fault) if fault else _route(tenant, req)
-        resp.headers["Sforce-Limit-Info"] = f"api-usage={tenant.salesforce.api_usage}/{API_LIMIT}"
+        resp.headers["Sforce-Limit-Info"] = f"api-usage={tenant.salesforce.api_usage}/{tenant.salesforce.api_limit}"
         return resp
 
 
 def _route(tenant: Tenant, req: Request) -> Response:
-    if req.bearer() not in tenant.salesforce.sessions:
+    if not tenant.salesforce.valid_session(req.bearer()):
         return error(401, "INVALID_SESSION_ID", "Session expired or invalid")
     match = _PATH.match(req.path)
     if match is None:
@@ -86,7 +86,60 @@ def _route(tenant: Tenant, req: Request) -> Response:
         return _create_task(tenant, req)
     if req.method == "POST" and rest == "composite/sobjects":
         return _collection(tenant, req)
+    if req.method == "GET" and rest == "limits":
+        return _limits(tenant)
+    if req.method == "GET" and rest == "sobjects/Task/describe":
+        return _describe_task(tenant)
+    if req.method == "POST" and rest == "tooling/sobjects/CustomField":
+        return _create_custom_field(tenant, req)
     return error(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def _limits(tenant: Tenant) -> Response:
+    """``/limits``: the org's daily API allocation and what is left of it."""
+    sf = tenant.salesforce
+    return Response(200, {
+        "DailyApiRequests": {"Max": sf.api_limit, "Remaining": max(0, sf.api_limit - sf.api_usage)},
+        "DailyBulkApiBatches": {"Max": 15_000, "Remaining": 15_000},
+    })
+
+
+def _describe_task(tenant: Tenant) -> Response:
+    """``sobjects/Task/describe``: createable, and each field's external-id / unique flags."""
+    sf = tenant.salesforce
+    fields = [{"name": name, "type": "string", "createable": True, "externalId": False,
+               "unique": False, "custom": False} for name in sorted(TASK_FIELDS)]
+    fields += [{"name": name, "type": "string", "createable": True, "externalId": True,
+                "unique": name in sf.task_unique_fields, "custom": True}
+               for name in sorted(sf.task_custom_fields)]
+    return Response(200, {"name": "Task", "label": "Task", "createable": sf.task_createable,
+                          "queryable": True, "fields": fields})
+
+
+_CUSTOM_FIELD = re.compile(r"^(Activity|Task)\.(?P<name>[A-Za-z][A-Za-z0-9_]*__c)$")
+
+
+def _create_custom_field(tenant: Tenant, req: Request) -> Response:
+    """Tooling API ``CustomField`` create: an Activity/Task text field (External ID, Unique)."""
+    try:
+        body = req.json() or {}
+    except ValueError:
+        return error(400, "JSON_PARSER_ERROR", "Unexpected character at [line:1, column:1]")
+    match = _CUSTOM_FIELD.match(str(body.get("FullName", "")))
+    metadata = body.get("Metadata") or {}
+    if match is None:
+        return error(400, "INVALID_FIELD", "FullName must be Activity.<Name>__c")
+    if metadata.get("type") != "Text" or not metadata.get("length"):
+        return error(400, "FIELD_INTEGRITY_EXCEPTION", "Text fields need a length")
+    name = match["name"]
+    sf = tenant.salesforce
+    if name in sf.task_custom_fields:
+        return error(400, "DUPLICATE_DEVELOPER_NAME", f"There is already a field named {name} on Activity.")
+    sf.task_custom_fields.add(name)
+    if metadata.get("unique"):
+        sf.task_unique_fields.add(name)
+    return Response(201, {"id": sf.next_id("CustomField"), "success": True, "errors": [],
+                          "warnings": [], "infos": []})
 
 
 def _user_record(user: SfUser) -> dict[str, Any]:
@@ -154,6 +207,12 @@ def _task_errors(tenant: Tenant, fields: dict[str, Any]) -> list[dict[str, Any]]
         if isinstance(value, str) and len(value) > limit:
             add("STRING_TOO_LONG",
                 f"{name}: data value too large: {value[:20]}... (max length={limit})", [name])
+    for name in sorted(tenant.salesforce.task_unique_fields):
+        value = fields.get(name)
+        clash = next((t for t in tenant.salesforce.tasks if value and t.fields.get(name) == value), None)
+        if clash is not None:
+            add("DUPLICATE_VALUE",
+                f"duplicate value found: {name} duplicates value on record with id: {clash.id}", [name])
     activity = fields.get("ActivityDate")
     if activity is not None and not _valid_date(activity):
         add("JSON_PARSER_ERROR",

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import trustme
 
-from connectors.sandbox import control_api, hubspot_api, salesforce_api
+from connectors.sandbox import control_api, hubspot_api, oauth, salesforce_api
 from connectors.sandbox.http import Request, Response
 from connectors.sandbox.state import DEFAULT_HUBSPOT_TOKEN, DEFAULT_SESSION_ID, Fault, SandboxState
 from connectors.sandbox.tenant import HubSpotState, SalesforceState, Tenant
@@ -252,6 +252,14 @@ class CrmSandbox:
         def app(req: Request) -> Response | None:
             if crm == "hubspot" and req.path.startswith(control_api.PREFIX):
                 resp = control_api.handle(self.state, req, self.info())
+            elif oauth.is_token_route(crm, req.path):
+                with self.state.lock:
+                    if crm == "salesforce":
+                        owner, resp = oauth.salesforce_token(self.state, req, self.salesforce_url)
+                    else:
+                        owner, resp = oauth.hubspot_token(self.state, req)
+                    route = req.path if crm == "salesforce" else req.path.split("/access-tokens/")[0]
+                    self.state.count(crm, f"{req.method} {route}", owner)
             else:
                 tenant = self.state.tenant_for(crm, req.bearer())
                 self.state.count(crm, api.route_name(req), tenant)

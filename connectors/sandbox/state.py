@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from connectors.sandbox.records import HsOAuthApp, SfConnectedApp
 from connectors.sandbox.tenant import HubSpotState, SalesforceState, Tenant
 
 DEFAULT_SESSION_ID = "00Dsandbox!SESSION"
@@ -121,6 +122,24 @@ class SandboxState:
                     if tenant.owns(crm, credential, revoked=revoked):
                         return tenant
             return self.default
+
+    def salesforce_app(self, consumer_key: str) -> tuple[Tenant | None, SfConnectedApp | None]:
+        """The tenant and Connected App with this consumer key (a JWT's ``iss``, a ``client_id``)."""
+        with self.lock:
+            for tenant in self.tenants.values():
+                app = tenant.salesforce.apps.get(consumer_key)
+                if app is not None:
+                    return tenant, app
+            return None, None
+
+    def hubspot_app(self, client_id: str) -> tuple[Tenant | None, HsOAuthApp | None]:
+        """The tenant (portal) where the public app with this client id is installed."""
+        with self.lock:
+            for tenant in self.tenants.values():
+                app = tenant.hubspot.apps.get(client_id)
+                if app is not None:
+                    return tenant, app
+            return None, None
 
     def count(self, crm: str, route: str, tenant: Tenant | None = None) -> None:
         """Record one received request for ``route`` (on the default tenant unless told)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import asdict
 from datetime import datetime
@@ -15,9 +16,16 @@ from typing import Any
 
 from connectors.sandbox.ids import salesforce_id, to15
 from connectors.sandbox.records import (
-    HsAssociation, HsContact, HsObject, HsOwner, SfPerson, SfTask, SfUser, hs_time, now_utc,
-    parse_time, sf_time,
+    HsAssociation, HsContact, HsOAuthApp, HsObject, HsOwner, SfConnectedApp, SfPerson, SfTask,
+    SfUser, hs_time, now_utc, parse_time, sf_time,
 )
+
+DEFAULT_API_LIMIT = 15_000
+DEFAULT_HUBSPOT_DAILY_LIMIT = 250_000
+DEFAULT_HUBSPOT_SCOPES = frozenset({
+    "crm.objects.contacts.read", "crm.objects.owners.read", "crm.objects.contacts.write",
+    "crm.schemas.contacts.read", "sales-email-read", "oauth",
+})
 
 
 class SalesforceState:
@@ -32,7 +40,43 @@ class SalesforceState:
         self.people: dict[str, SfPerson] = {}
         self.tasks: list[SfTask] = []
         self.task_custom_fields: set[str] = set()
+        self.task_unique_fields: set[str] = set()
         self.api_usage = 0
+        self.api_limit = DEFAULT_API_LIMIT
+        self.apps: dict[str, SfConnectedApp] = {}
+        # Sessions the token endpoint issues live this long (None: until expired by hand).
+        self.session_lifetime: float | None = None
+        self.session_expiry: dict[str, float] = {}
+        self.task_createable = True
+
+    def add_connected_app(self, consumer_key: str, *, certificate: str = "", consumer_secret: str = "",
+                          users: list[str] | tuple[str, ...] = (), run_as: str = "",
+                          refresh_tokens: dict[str, str] | None = None) -> SfConnectedApp:
+        """Register a Connected App (JWT: ``certificate`` + pre-authorized ``users``; client
+        credentials: ``consumer_secret`` + ``run_as``)."""
+        with self._lock:
+            app = SfConnectedApp(consumer_key, certificate, consumer_secret, list(users), run_as,
+                                 dict(refresh_tokens or {}))
+            self.apps[consumer_key] = app
+            return app
+
+    def issue_session(self, session_id: str) -> None:
+        """A session from the token endpoint, valid for ``session_lifetime``."""
+        with self._lock:
+            self.add_session(session_id)
+            if self.session_lifetime is not None:
+                self.session_expiry[session_id] = time.time() + self.session_lifetime
+
+    def valid_session(self, session_id: str | None) -> bool:
+        """True while ``session_id`` is accepted; an expired one moves to ``expired``."""
+        with self._lock:
+            if session_id not in self.sessions:
+                return False
+            until = self.session_expiry.get(session_id)
+            if until is not None and time.time() >= until:
+                self.expire_session(session_id)
+                return False
+            return True
 
     def next_id(self, sobject: str) -> str:
         """A fresh id for ``sobject``."""
@@ -113,7 +157,49 @@ class HubSpotState:
         self.objects: dict[str, HsObject] = {}
         self.associations: list[HsAssociation] = []
         self.custom_properties: set[str] = set()
+        self.unique_properties: dict[str, set[str]] = {}  # object type → properties with unique values
+        self.property_defs: dict[tuple[str, str], dict[str, Any]] = {}
         self.rate_windows: dict[str, deque[float]] = {}
+        self.apps: dict[str, HsOAuthApp] = {}
+        self.token_lifetime: float = 1800.0
+        self.token_expiry: dict[str, float] = {}
+        self.scopes: set[str] = set(DEFAULT_HUBSPOT_SCOPES)
+        self.token_scopes: dict[str, set[str]] = {}
+        self.daily_limit = DEFAULT_HUBSPOT_DAILY_LIMIT
+        self.daily_usage = 0
+
+    def add_oauth_app(self, client_id: str, client_secret: str, refresh_token: str, *,
+                      rotate: bool = False) -> HsOAuthApp:
+        """Install a public app with one valid refresh token."""
+        with self._lock:
+            app = self.apps.get(client_id) or HsOAuthApp(client_id, client_secret, set(), rotate)
+            app.client_secret, app.rotate = client_secret, rotate
+            app.refresh_tokens.add(refresh_token)
+            self.apps[client_id] = app
+            return app
+
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        """The refresh token stops working (the app was uninstalled or the grant revoked)."""
+        with self._lock:
+            for app in self.apps.values():
+                app.refresh_tokens.discard(refresh_token)
+
+    def issue_token(self, token: str) -> None:
+        """An access token from the token endpoint, valid for ``token_lifetime`` seconds."""
+        with self._lock:
+            self.add_token(token)
+            self.token_expiry[token] = time.time() + self.token_lifetime
+
+    def valid_token(self, token: str | None) -> bool:
+        """True while ``token`` is accepted; an expired one moves to ``revoked``."""
+        with self._lock:
+            if token not in self.tokens:
+                return False
+            until = self.token_expiry.get(token)
+            if until is not None and time.time() >= until:
+                self.revoke_token(token)
+                return False
+            return True
 
     def next_id(self, kind: str) -> str:
         """A fresh numeric id; kinds get distinct ranges like HubSpot portals do."""
@@ -259,12 +345,20 @@ class Tenant:
                     "people": [asdict(p) for p in sf.people.values()],
                     "tasks": [asdict(t) for t in sf.tasks],
                     "task_custom_fields": sorted(sf.task_custom_fields),
+                    "task_unique_fields": sorted(sf.task_unique_fields),
                     "api_usage": sf.api_usage,
+                    "api_limit": sf.api_limit,
+                    "apps": [asdict(a) for a in sf.apps.values()],
+                    "session_expiry": dict(sf.session_expiry),
                 },
                 "hubspot": {
                     "tokens": sorted(hs.tokens),
                     "revoked_tokens": sorted(hs.revoked),
                     "custom_properties": sorted(hs.custom_properties),
+                    "unique_properties": {k: sorted(v) for k, v in hs.unique_properties.items()},
+                    "apps": [{**asdict(a), "refresh_tokens": sorted(a.refresh_tokens)}
+                             for a in hs.apps.values()],
+                    "token_expiry": dict(hs.token_expiry),
                     "contacts": [asdict(c) for c in hs.contacts.values()],
                     "owners": [asdict(o) for o in hs.owners.values()],
                     "objects": [asdict(o) for o in hs.objects.values()],
@@ -286,9 +380,17 @@ class Tenant:
             self.salesforce.tasks = [SfTask(**t) for t in sf.get("tasks", [])]
             self.salesforce.task_custom_fields = set(sf.get("task_custom_fields", []))
             self.salesforce.api_usage = int(sf.get("api_usage", 0))
+            self.salesforce.api_limit = int(sf.get("api_limit", self.salesforce.api_limit))
+            self.salesforce.task_unique_fields = set(sf.get("task_unique_fields", []))
+            self.salesforce.apps = {a["consumer_key"]: SfConnectedApp(**a) for a in sf.get("apps", [])}
+            self.salesforce.session_expiry = dict(sf.get("session_expiry", {}))
             self.hubspot.tokens = set(hs.get("tokens", []))
             self.hubspot.revoked = set(hs.get("revoked_tokens", []))
             self.hubspot.custom_properties = set(hs.get("custom_properties", []))
+            self.hubspot.unique_properties = {k: set(v) for k, v in hs.get("unique_properties", {}).items()}
+            self.hubspot.apps = {a["client_id"]: HsOAuthApp(**{**a, "refresh_tokens": set(a["refresh_tokens"])})
+                                 for a in hs.get("apps", [])}
+            self.hubspot.token_expiry = dict(hs.get("token_expiry", {}))
             self.hubspot.contacts = {c["id"]: HsContact(**c) for c in hs.get("contacts", [])}
             self.hubspot.owners = {o["id"]: HsOwner(**o) for o in hs.get("owners", [])}
             self.hubspot.objects = {o["id"]: HsObject(**o) for o in hs.get("objects", [])}

@@ -108,6 +108,57 @@ class AuthCircuit:
         return sum(1 for until in self._open_until.values() if until > now)
 
 
+# ---- API quota (SPEC §11: a tenant near its daily quota is deferred, not failed) ------------------
+
+QUOTA_ALERT_RATIO = 0.8  # tenants at or above this share are counted (the dashboard and the alert)
+
+
+def usage_ratio(used: int, limit: int) -> float | None:
+    """used/limit as the CRM reports it (``Sforce-Limit-Info``, HubSpot's daily headers); None when
+    the limit is unknown. May exceed 1 (Salesforce lets an org run over briefly)."""
+    if limit <= 0 or used < 0:
+        return None
+    return used / limit
+
+
+@dataclass
+class QuotaBook:
+    """The last quota reading per (CRM, company), and whether a company must wait for it.
+
+    A company at or above `defer_ratio` is deferred until `probe_after` seconds after its reading;
+    then one batch goes through, which reads the quota again (the allocation is a rolling 24 h).
+    """
+
+    defer_ratio: float = 0.95
+    probe_after: float = 900.0
+    clock: Callable[[], float] = time.monotonic
+    _readings: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # ratio, read at
+
+    def record(self, key: tuple[str, str], used: int, limit: int) -> None:
+        ratio = usage_ratio(used, limit)
+        if ratio is not None:
+            self._readings[key] = (ratio, self.clock())
+
+    def ratio(self, key: tuple[str, str]) -> float | None:
+        reading = self._readings.get(key)
+        return reading[0] if reading else None
+
+    def wait(self, key: tuple[str, str]) -> float:
+        """Seconds this company's actions should wait for quota (0: go ahead)."""
+        reading = self._readings.get(key)
+        if reading is None or reading[0] < self.defer_ratio:
+            return 0.0
+        return max(0.0, reading[1] + self.probe_after - self.clock())
+
+    def worst(self, crm: str) -> float:
+        """The highest used/limit among this CRM's tenants (0 when none was read)."""
+        return max((ratio for (c, _), (ratio, _) in self._readings.items() if c == crm), default=0.0)
+
+    def above(self, crm: str, threshold: float = QUOTA_ALERT_RATIO) -> int:
+        """How many of this CRM's tenants are at or above `threshold`."""
+        return sum(1 for (c, _), (ratio, _) in self._readings.items() if c == crm and ratio >= threshold)
+
+
 # ---- reconciliation after a crash (exactly once without an external-id field) --------------------
 
 SALESFORCE_MATCH = ("WhoId", "Subject", "ActivityDate", "Description")

@@ -172,7 +172,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url", help="ask this worker (e.g. http://worker:9464) instead of reading the history topic from Kafka"
     )
+
+    crm = _command(sub, "crm", "connect a company's CRM: preflight checks and the idempotency field")
+    cs = crm.add_subparsers(dest="crm_command", required=True)
+    p = _command(cs, "check", "log in, check permissions, lookups, the external-id field and the API quota")
+    p.add_argument("--company", required=True)
+    p.add_argument("--crm", choices=CRMS, help="one CRM (default: every CRM the company has credentials for)")
+    p = _command(cs, "prepare", "create the external-id field/property and record it in the company's credentials file")
+    p.add_argument("--company", required=True)
+    p.add_argument("--crm", choices=CRMS, help="one CRM (default: every CRM the company has credentials for)")
+    p.add_argument("--field", default=None, help="Salesforce Task field (default CrmSyncActionId__c)")
+    p.add_argument("--property", default=None, help="HubSpot meeting/note property (default crm_sync_action_id)")
     return parser
+
+
+def _run_crm(args: argparse.Namespace, config: Config) -> None:
+    """`crm check` prints one line per check and fails when any does; `crm prepare` one per CRM."""
+    from connectors.credentials import CredentialStore
+    from processors.ops import crm
+
+    store = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials)
+    crms = [args.crm] if args.crm else [
+        c for c in CRMS if (store.secrets_dir / args.company / f"{c}.json").exists()
+    ] or CRMS
+    if args.crm_command == "check":
+        checks = crm.run_check(store, args.company, crms, config.ca_bundle, config.quota_defer_ratio)
+        for check in checks:
+            print(check.line())
+        failed = [c for c in checks if not c.ok]
+        if failed:
+            raise CliError(f"{len(failed)} of {len(checks)} checks failed for company {args.company}")
+        return
+    for name in crms:
+        if name == "salesforce":
+            print(crm.prepare_salesforce(store, args.company, config.ca_bundle, args.field or crm.DEFAULT_SALESFORCE_FIELD))
+        else:
+            print(crm.prepare_hubspot(store, args.company, config.ca_bundle, args.property or crm.DEFAULT_HUBSPOT_PROPERTY))
 
 
 def _print_settings(company: Any, meeting_types: list[Any], as_json: bool) -> None:
@@ -329,7 +364,7 @@ def _run_acls(args: argparse.Namespace, config: Config) -> None:
 
 def _uses_broker(args: argparse.Namespace) -> bool:
     """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
-    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None))
+    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or args.command == "crm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_history(args, config)
         elif args.command == "acls":
             _run_acls(args, config)
+        elif args.command == "crm":
+            _run_crm(args, config)
     except clients.BrokerRefused as exc:
         print(f"crm-sync: error: {exc}", file=sys.stderr)
         return 3

@@ -11,7 +11,8 @@ and while a company's earlier call still runs its new actions are deferred at on
 holds neither the batch nor more than one worker thread. A transient failure is retried inline for
 a short while (the one retry policy); a retry re-runs the batch with reconciliation, since the
 failed attempt may have created some objects. Repeated authentication failures open a
-per-company circuit.
+per-company circuit. A company that used `quota_defer_ratio` of its daily API quota (read from the
+responses' headers) has its actions deferred until a later probe reads the quota again.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
+from connectors.auth import TokenCache
 from connectors.credentials import CredentialStore
 from connectors.errors import AuthError, CrmError, Result, TransientError
 from connectors.hubspot import HubSpotClient
 from connectors.retry import RetryPolicy, TokenBuckets, call_with_retry
-from connectors.salesforce import SalesforceClient
+from connectors.salesforce import PASSWORD_FLOW_WARNING, SalesforceClient
 from processors.domain.deliver import (
     CREATED,
     DEFERRED,
@@ -42,6 +44,7 @@ from processors.domain.deliver import (
     SKIPPED,
     AuthCircuit,
     Outcome,
+    QuotaBook,
     TtlCache,
     hubspot_properties,
     match_existing,
@@ -87,6 +90,8 @@ class Deliverer:
         company_budget_seconds: float = 5.0,
         cache_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
+        quota_defer_ratio: float = 0.95,
+        quota_defer_seconds: float = 900.0,
     ) -> None:
         self._credentials = credentials
         self._ca_bundle = ca_bundle
@@ -99,6 +104,9 @@ class Deliverer:
         self._id_fields = dict(action_id_fields or {})
         self._cache = TtlCache(cache_ttl)
         self.circuit = AuthCircuit(cooldown=AUTH_COOLDOWN.backoff)
+        self.quota = QuotaBook(defer_ratio=quota_defer_ratio, probe_after=quota_defer_seconds)
+        # Access tokens per (CRM, company), shared by the clients rebuilt when a file changes.
+        self.tokens = TokenCache()
         self._clients: dict[tuple[Crm, str], tuple[Any, Any]] = {}
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
         self._slots = asyncio.Semaphore(concurrency)
@@ -112,13 +120,14 @@ class Deliverer:
             creds: Any = self._credentials.salesforce(company_id)
             make: Callable[[], Any] = lambda: SalesforceClient(  # noqa: E731
                 creds, self._ca_bundle, reload=functools.partial(self._credentials.salesforce, company_id, fresh=True),
-                throttle=throttle,
+                throttle=throttle, tokens=self.tokens, token_key=(crm.value, company_id),
             )
         else:
             creds = self._credentials.hubspot(company_id)
             make = lambda: HubSpotClient(  # noqa: E731
                 creds, self._ca_bundle, reload=functools.partial(self._credentials.hubspot, company_id, fresh=True),
-                throttle=throttle,
+                throttle=throttle, tokens=self.tokens, token_key=(crm.value, company_id),
+                persist=lambda changes: self._credentials.update(company_id, "hubspot", changes),
             )
         cached = self._clients.get((crm, company_id))
         if cached is None or cached[0] != creds:
@@ -254,6 +263,21 @@ class Deliverer:
                     outcomes[i] = from_result(result)
         return [outcomes[i] for i in range(len(actions))]
 
+    def warn_retiring_logins(self) -> None:
+        """At start-up: name the companies still on the username-password flow Salesforce retires."""
+        for company_id in self._credentials.salesforce_password_companies():
+            log.warning(PASSWORD_FLOW_WARNING, extra={"crm": "salesforce", "company_id": company_id})
+
+    def _read_quota(self, crm: Crm, company_id: str) -> None:
+        """The usage the company's last responses reported → the quota book and its two gauges."""
+        cached = self._clients.get((crm, company_id))
+        usage = getattr(cached[1], "api_usage", None) if cached is not None else None
+        if usage is None:
+            return
+        self.quota.record((crm.value, company_id), *usage)
+        self._metrics.api_usage_ratio.labels(crm.value).set(self.quota.worst(crm.value))
+        self._metrics.tenants_near_quota.labels(crm.value).set(self.quota.above(crm.value))
+
     # -- the async entry point --
 
     def busy(self, crm: Crm, company_id: str) -> bool:
@@ -281,6 +305,9 @@ class Deliverer:
         cooling = self.circuit.remaining(key)
         if cooling > 0:
             return [Outcome(DEFERRED, reason="auth_circuit_open", retry_after=cooling, first_attempt_at=first)] * n
+        quota_wait = self.quota.wait(key)
+        if quota_wait > 0:
+            return [Outcome(DEFERRED, reason="quota_near_limit", retry_after=quota_wait, first_attempt_at=first)] * n
         slow = self._slow.get(key)
         if self.busy(crm, company_id) or (slow is not None and time.monotonic() < slow[1]):
             return [Outcome(DEFERRED, reason="crm_slow", first_attempt_at=first)] * n
@@ -336,5 +363,6 @@ class Deliverer:
                 outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
             except CrmError as exc:
                 outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+        self._read_quota(crm, company_id)
         now = int(self._clock() * 1000)
         return [replace(o, attempts=attempts, first_attempt_at=first, last_attempt_at=now) for o in outcomes]

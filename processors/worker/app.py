@@ -84,6 +84,7 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         """Plans and releases need the settings: nothing starts before the table was read to its end."""
         loop = asyncio.get_running_loop()
         send.start(loop)
+        await loop.run_in_executor(None, rt.deliverer.warn_retiring_logins)
         while not await loop.run_in_executor(None, rt.settings.wait_ready, SETTINGS_WAIT_LOG_SECONDS):
             log.warning("still waiting for the settings table: not ready, nothing is planned")
         await asyncio.gather(*(supervise(stage.name, stage.run) for stage in rt.stages))

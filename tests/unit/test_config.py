@@ -78,6 +78,8 @@ DEFAULTS = [
     ("settings_ready_timeout_seconds", 30.0),
     ("retry_after_cap_seconds", 900.0),
     ("sink_company_budget_seconds", 5.0),
+    ("quota_defer_ratio", 0.95),
+    ("quota_defer_seconds", 900.0),
 ]
 
 
@@ -120,6 +122,9 @@ VALUES = [
     ("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", "2.5", "settings_ready_timeout_seconds", 2.5),
     ("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", "60", "retry_after_cap_seconds", 60.0),
     ("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", "0.5", "sink_company_budget_seconds", 0.5),
+    ("CRM_SYNC_QUOTA_DEFER_RATIO", "0.8", "quota_defer_ratio", 0.8),
+    ("CRM_SYNC_QUOTA_DEFER_RATIO", "1", "quota_defer_ratio", 1.0),
+    ("CRM_SYNC_QUOTA_DEFER_SECONDS", "60", "quota_defer_seconds", 60.0),
 ]
 
 
@@ -157,6 +162,9 @@ BAD = [
     ("CRM_SYNC_LOG_LEVEL", "TRACE", "one of DEBUG, INFO, WARNING, ERROR"),
     ("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", "on", "a boolean (true/false, 1/0, yes/no)"),
     ("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", "2", "a boolean (true/false, 1/0, yes/no)"),
+    ("CRM_SYNC_QUOTA_DEFER_RATIO", "95%", "a share between 0 and 1 (e.g. 0.95)"),
+    ("CRM_SYNC_QUOTA_DEFER_RATIO", "1.5", "a share between 0 and 1 (e.g. 0.95)"),
+    ("CRM_SYNC_QUOTA_DEFER_RATIO", "0", "a share between 0 and 1 (e.g. 0.95)"),
 ]
 
 

@@ -158,8 +158,8 @@ class FakeCredentials:
 def fakes(monkeypatch):
     sf = FakeSalesforce(people={}, users={})
     hs = FakeHubSpot(contacts={}, owners={})
-    monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None: sf)
-    monkeypatch.setattr(deliverer_module, "HubSpotClient", lambda creds, ca, reload=None, throttle=None: hs)
+    monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None, **kw: sf)
+    monkeypatch.setattr(deliverer_module, "HubSpotClient", lambda creds, ca, reload=None, throttle=None, **kw: hs)
     deliverer = deliverer_module.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
     return deliverer, sf, hs
 

@@ -1,0 +1,70 @@
+"""The new login flows inside a real worker: a company on Salesforce JWT bearer and a HubSpot OAuth
+app (rotating refresh token) gets its Task and meeting, while a company whose private key does not
+match its Connected App's certificate gets a readable dead letter — and the worker goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from connectors.sandbox.server import CrmSandbox
+from processors.domain.model import Crm, EventType
+from processors.ops.admin import SettingsAdmin
+from tests.integration.conftest import start_worker
+from tests.integration.harness import Deployment, WorkerProcess, wait_for
+from tests.integration.test_crm_auth import jwt_company, keys  # noqa: F401  (fixture)
+from tests.integration.test_sinks import MEETING_TYPE, booking, dead_letters, publish
+
+pytestmark = pytest.mark.integration
+
+BOOKER = "booker@buyer.example"
+
+
+def connect(deployment: Deployment, company: str, crms: tuple[Crm, ...]) -> None:
+    admin = SettingsAdmin(deployment.config(), actor="test")
+    for crm in crms:
+        admin.set_connected(company, crm, True)
+        admin.set_toggle(company, MEETING_TYPE, crm, EventType.MEETING_BOOKED, True)
+
+
+def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_is_a_readable_dead_letter(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path, keys: dict  # noqa: F811
+) -> None:
+    files = {}
+    for company, key in (("jwt-good", "good"), ("jwt-bad", "other")):
+        creds, tenant = jwt_company(sandbox, tmp_path, keys, key=key, name=company)
+        tenant.salesforce.add_contact(BOOKER)
+        directory = deployment.secrets_dir / company
+        directory.mkdir()
+        (directory / "salesforce.json").write_text(json.dumps({
+            "consumer_key": creds.consumer_key, "username": creds.username,
+            "private_key_file": creds.private_key_file, "login_url": creds.login_url}))
+        files[company] = directory
+    good = sandbox.tenant("jwt-good")
+    good.hubspot.add_contact(BOOKER)
+    good.hubspot.add_oauth_app("app-1", "secret-1", "rt-first", rotate=True)
+    hubspot_file = files["jwt-good"] / "hubspot.json"
+    hubspot_file.write_text(json.dumps({"client_id": "app-1", "client_secret": "secret-1",
+                                        "refresh_token": "rt-first", "base_url": sandbox.hubspot_url}))
+    os.chmod(hubspot_file, 0o600)
+    connect(deployment, "jwt-good", (Crm.SALESFORCE, Crm.HUBSPOT))
+    connect(deployment, "jwt-bad", (Crm.SALESFORCE,))
+    worker = start_worker(deployment, workers, tmp_path)
+
+    publish(deployment, [booking("jwt-bad", BOOKER), booking("jwt-good", BOOKER)])
+    wait_for(lambda: len(good.salesforce.list_tasks()) == 1 and len(good.hubspot.list_meetings()) == 1, 30,
+             what="the JWT company's Task and the OAuth company's meeting")
+    [letter] = wait_for(lambda: dead_letters(deployment), 30, what="the wrong key's dead letter")
+    assert letter["company_id"] == "jwt-bad" and letter["crm"] == "salesforce"
+    assert letter["error_class"] == "AuthError" and "wrong private key" in letter["message"]
+    assert json.loads(hubspot_file.read_text())["refresh_token"] != "rt-first"
+
+    publish(deployment, [booking("jwt-good", BOOKER)])
+    wait_for(lambda: len(good.salesforce.list_tasks()) == 2 and len(good.hubspot.list_meetings()) == 2, 30,
+             what="the next booking, from the same worker")
+    assert worker.proc.poll() is None
+    log = worker.log_text()
+    assert "PRIVATE KEY" not in log and "rt-first" not in log and "00Dsandbox-jwt" not in log
