@@ -103,7 +103,7 @@ def test_every_settings_command_changes_what_show_prints(cli: Cli) -> None:
     assert shown["company"] | {"updated_at": 0} == {
         "company_id": company, "salesforce_connected": True, "hubspot_connected": False,
         "salesforce_company_todo": toggles(), "paused": False, "timezone": "Asia/Tokyo",
-        "updated_at": 0, "updated_by": getpass.getuser(),  # no SASL principal, no --actor: the OS user
+        "contact_recheck_seconds": [], "updated_at": 0, "updated_by": getpass.getuser(),  # no SASL principal, no --actor: the OS user
     }
     assert shown["meeting_types"] == []
 
