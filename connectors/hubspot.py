@@ -165,10 +165,11 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
             if token is not None:
                 return token.access_token
             self.refreshes += 1
-            token, refresh = auth.hubspot_refresh(
-                auth.plain_session(self._ca_bundle), token_url=creds.oauth_token_url,
-                client_id=creds.client_id or "", client_secret=creds.client_secret or "",
-                refresh_token=creds.refresh_token or "", timeout=self._timeout)
+            with auth.plain_session(self._ca_bundle) as session:
+                token, refresh = auth.hubspot_refresh(
+                    session, token_url=creds.oauth_token_url, client_id=creds.client_id or "",
+                    client_secret=creds.client_secret or "", refresh_token=creds.refresh_token or "",
+                    timeout=self._timeout)
             if refresh != creds.refresh_token:
                 # Kept in memory first: the old refresh token is dead, whatever happens to the file.
                 self._creds = HubSpotCredentials(**{**creds.__dict__, "refresh_token": refresh})

@@ -2,7 +2,9 @@
 
 Every failure leaves as a ``connectors.errors.CrmError``. On ``INVALID_SESSION_ID`` the client
 logs in again (login credentials) or re-reads its credentials (``reload``, e.g. after a secret
-rotation) and retries once; a second failure is an ``AuthError`` (permanent).
+rotation) and retries once; a second failure is an ``AuthError`` (permanent). The JWT bearer and
+client-credentials flows run through ``connectors.auth`` and their session is cached in a
+``TokenCache`` (shared per company by the deliverer), so a login happens once, not per batch.
 """
 
 from __future__ import annotations
@@ -111,17 +113,17 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         if token is not None:
             return token
         creds = self._creds
-        session = auth.plain_session(self._ca_bundle)
         self.logins += 1
-        if creds.auth_type == "jwt":
-            token = auth.salesforce_jwt(
-                session, consumer_key=creds.consumer_key or "", username=creds.username or "",
-                login_url=creds.token_base_url, private_key_file=creds.private_key_file or "",
-                timeout=self._timeout)
-        else:
-            token = auth.salesforce_client_credentials(
-                session, consumer_key=creds.consumer_key or "", consumer_secret=creds.consumer_secret or "",
-                my_domain_url=creds.token_base_url, timeout=self._timeout)
+        with auth.plain_session(self._ca_bundle) as session:
+            if creds.auth_type == "jwt":
+                token = auth.salesforce_jwt(
+                    session, consumer_key=creds.consumer_key or "", username=creds.username or "",
+                    login_url=creds.token_base_url, private_key_file=creds.private_key_file or "",
+                    timeout=self._timeout)
+            else:
+                token = auth.salesforce_client_credentials(
+                    session, consumer_key=creds.consumer_key or "", consumer_secret=creds.consumer_secret or "",
+                    my_domain_url=creds.token_base_url, timeout=self._timeout)
         self._tokens.put(self._cache_key(), token)
         return token
 
