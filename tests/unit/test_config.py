@@ -48,6 +48,8 @@ DEFAULTS = [
     ("sasl_password", None),
     ("ssl_ca_location", None),
     ("schema_registry_url", None),
+    ("schema_registry_basic_auth_user_info", None),
+    ("schema_registry_ssl_ca_location", None),
     ("delay_seconds", 600.0),
     ("topic_partitions", 6),
     ("replication_factor", 1),
