@@ -134,6 +134,9 @@ class Config:
     sasl_password: str | None = _env("KAFKA_SASL_PASSWORD", None, repr=False)
     ssl_ca_location: str | None = _env("KAFKA_SSL_CA_LOCATION", None)
     schema_registry_url: str | None = _env("SCHEMA_REGISTRY_URL", None)
+    # Confluent's `basic.auth.user.info` (`user:password`) and `ssl.ca.location` for the registry client.
+    schema_registry_basic_auth_user_info: str | None = _env("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", None, repr=False)
+    schema_registry_ssl_ca_location: str | None = _env("SCHEMA_REGISTRY_SSL_CA_LOCATION", None)
     delay_seconds: _Seconds = _env("CRM_SYNC_DELAY_SECONDS", 600.0)
     topics: Topics = field(default_factory=Topics)  # each topic has its own variable (TOPIC_ENV)
     topic_partitions: _Count = _env("CRM_SYNC_TOPIC_PARTITIONS", 6)

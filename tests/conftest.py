@@ -251,6 +251,56 @@ def secure_kafka() -> Iterator[SecureBroker]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+REGISTRY_SH = REPO_ROOT / "deploy" / "registry" / "registry.sh"
+
+
+def _no_registry(msg: str) -> None:
+    if _in_ci():
+        pytest.fail(f"no Schema Registry for integration tests under CI: {msg}", pytrace=False)
+    pytest.skip(f"no Schema Registry: {msg}")
+
+
+@dataclass(frozen=True)
+class SchemaRegistryServer:
+    """Apicurio Registry from `registry.sh start --user`: its ccompat API needs basic auth as `user_info`."""
+
+    base_url: str
+    user_info: str
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        """What SCHEMA_REGISTRY_URL is set to: the Confluent-compatible API."""
+        return f"{self.base_url}/apis/ccompat/v7"
+
+    def env(self) -> dict[str, str]:
+        return {"SCHEMA_REGISTRY_URL": self.url, "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": self.user_info}
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[SchemaRegistryServer]:
+    """One real Schema Registry per session (Apicurio; needs only Java, so it runs in CI too)."""
+    if shutil.which("java") is None:
+        _no_registry("no `java` on PATH for `registry.sh start`")
+    workdir = Path(tempfile.mkdtemp(prefix="crm-sync-registry-"))
+    user_info = f"crm-sync:{secrets.token_hex(12)}"
+    cmd = ["bash", str(REGISTRY_SH), "start", "--dir", str(workdir), "--owner-pid", str(os.getpid()), "--user", user_info]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LOCAL_START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc = None
+    if proc is None or proc.returncode != 0:
+        subprocess.run(["bash", str(REGISTRY_SH), "stop", "--dir", str(workdir)], capture_output=True, timeout=60)
+        detail = "timed out" if proc is None else f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+        _no_registry(f"`registry.sh start` failed in {workdir}: {detail}")
+    assert proc is not None
+    try:
+        yield SchemaRegistryServer(proc.stdout.strip().splitlines()[-1], user_info, workdir)
+    finally:
+        subprocess.run(["bash", str(REGISTRY_SH), "stop", "--dir", str(workdir)], capture_output=True, timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _topic_base(request: pytest.FixtureRequest) -> str:
     # Only [A-Za-z0-9_-]: '.' and '_' collide in Kafka metric names.
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -262,6 +263,44 @@ class Codec:
             raise DecodeError(f"corrupt {short} body ({trailing} bytes after the record)", code="trailing_bytes",
                               schema_name=short, encoding=encoding)
         return Decoded(schema_name=short, value=value, encoding=encoding)
+
+
+REGISTRY_TIMEOUT_SECONDS = 10.0
+
+
+def registry_client(
+    url: str, *, basic_auth_user_info: str | None = None, ssl_ca_location: str | None = None
+) -> SchemaRegistryClient:
+    """The one way the project builds a registry client, so the publisher and the worker authenticate alike."""
+    conf: dict[str, Any] = {"url": url, "timeout": REGISTRY_TIMEOUT_SECONDS}
+    if basic_auth_user_info:
+        conf["basic.auth.user.info"] = basic_auth_user_info
+    if ssl_ca_location:
+        conf["ssl.ca.location"] = ssl_ca_location
+    return SchemaRegistryClient.new_client(conf)
+
+
+def registry_problems(registry: SchemaRegistryClient, url: str) -> list[str]:
+    """Why the registry at `url` cannot serve us now, as `VAR: …` lines (empty when it answers)."""
+    where = _without_userinfo(url)
+    try:
+        registry.get_subjects()
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (401, 403):
+            return [f"SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO: the schema registry at {where} refused the credentials "
+                    f"(HTTP {exc.http_status_code})"]
+        return [f"SCHEMA_REGISTRY_URL: the schema registry at {where} answered HTTP {exc.http_status_code} "
+                f"({exc.error_message})"]
+    except Exception as exc:
+        return [f"SCHEMA_REGISTRY_URL: no schema registry answers at {where} ({type(exc).__name__})"]
+    return []
+
+
+def _without_userinfo(url: str) -> str:
+    """Credentials may sit in the URL itself; they never reach a message."""
+    parts = urlsplit(url.split(",")[0].strip())
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 @functools.cache

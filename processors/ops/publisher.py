@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from processors.config import Topics
-from processors.codec import CONFLUENT, SINGLE_OBJECT, Codec, EncodeError, default_codec
+from processors.codec import CONFLUENT, SINGLE_OBJECT, Codec, EncodeError, default_codec, registry_client
 from processors.domain.model import ValidationError
 from processors.domain.records import event_from_record
 from schemas import short_name
@@ -75,12 +74,20 @@ class EventPublisher:
         codec: Codec | None = None,
         *,
         schema_registry_url: str | None = None,
+        schema_registry_basic_auth_user_info: str | None = None,
+        schema_registry_ssl_ca_location: str | None = None,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
         if codec is not None and schema_registry_url is not None:
             raise ValueError("give either a codec or a schema_registry_url, not both")
         if schema_registry_url is not None:
-            codec = Codec(SchemaRegistryClient.new_client({"url": schema_registry_url}))
+            codec = Codec(
+                registry_client(
+                    schema_registry_url,
+                    basic_auth_user_info=schema_registry_basic_auth_user_info,
+                    ssl_ca_location=schema_registry_ssl_ca_location,
+                )
+            )
         self._codec = codec or default_codec()
         self._topics = topics or Topics()
         self._producer = producer_factory(producer_settings(producer_config))

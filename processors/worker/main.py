@@ -8,6 +8,7 @@ from processors.worker.app import build_app
 from processors.worker.runtime import make_runtime
 from processors.config import Config, ConfigError
 from processors.kafka.topics import ensure_topics
+from processors.codec import registry_problems
 
 
 def logging_config(level: str) -> dict:
@@ -27,9 +28,13 @@ def logging_config(level: str) -> dict:
 def run_worker(config: Config) -> None:
     if problems := config.http_problems():
         raise ConfigError(problems)
+    runtime = make_runtime(config)
+    # A registry that cannot answer now is a configuration problem: say so in one line, before Kafka.
+    if runtime.codec.registry is not None and config.schema_registry_url:
+        if problems := registry_problems(runtime.codec.registry, config.schema_registry_url):
+            raise ConfigError(problems)
     partitions = ensure_topics(config)
     (config.state_dir / config.app_id).mkdir(parents=True, exist_ok=True)
-    runtime = make_runtime(config)
     runtime.settings.start()
     app = build_app(runtime, partitions[config.topics.history])
     worker = faust.Worker(

@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from aiokafka import TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connectors.credentials import CredentialStore
 from connectors.retry import RetryPolicy
-from processors.codec import Codec
+from processors.codec import Codec, registry_client
 from processors.config import Config
 from processors.domain.model import Crm
 from processors.kafka import clients
@@ -59,7 +58,15 @@ class Runtime:
 
 
 def make_runtime(config: Config) -> Runtime:
-    registry = SchemaRegistryClient.new_client({"url": config.schema_registry_url}) if config.schema_registry_url else None
+    registry = (
+        registry_client(
+            config.schema_registry_url,
+            basic_auth_user_info=config.schema_registry_basic_auth_user_info,
+            ssl_ca_location=config.schema_registry_ssl_ca_location,
+        )
+        if config.schema_registry_url
+        else None
+    )
     codec = Codec(registry)
     metrics = Metrics.create()
     settings = SettingsStore(

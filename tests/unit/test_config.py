@@ -48,6 +48,8 @@ DEFAULTS = [
     ("sasl_password", None),
     ("ssl_ca_location", None),
     ("schema_registry_url", None),
+    ("schema_registry_basic_auth_user_info", None),
+    ("schema_registry_ssl_ca_location", None),
     ("delay_seconds", 600.0),
     ("topic_partitions", 6),
     ("replication_factor", 1),
@@ -257,3 +259,14 @@ def test_a_bad_dotenv_value_is_reported_like_any_other(tmp_path: Path, monkeypat
     _unset(monkeypatch, "CRM_SYNC_SINK_CONCURRENCY")
     with pytest.raises(ConfigError, match="^CRM_SYNC_SINK_CONCURRENCY: expected a whole number"):
         Config.from_env()
+
+
+def test_schema_registry_credentials_are_read_and_stay_out_of_repr() -> None:
+    config = Config.from_env({
+        "SCHEMA_REGISTRY_URL": "https://registry.example/apis/ccompat/v7",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "svc:hunter2",
+        "SCHEMA_REGISTRY_SSL_CA_LOCATION": "/etc/ssl/registry-ca.pem",
+    })
+    assert config.schema_registry_basic_auth_user_info == "svc:hunter2"
+    assert config.schema_registry_ssl_ca_location == "/etc/ssl/registry-ca.pem"
+    assert "hunter2" not in repr(config)
