@@ -165,7 +165,11 @@ def run(keep: bool = False) -> dict[str, Any]:
             print(f"compose_smoke: left running; stop with: COMPOSE_PROJECT_NAME={project} deploy/container/images.sh compose -p {project} down -v", file=sys.stderr)
         else:
             t2 = time.monotonic()
-            down = compose(env, "-p", project, "down", "-v", "-t", "45")
+            # The worker first, while the broker still answers: podman-compose's `down` stops every
+            # container at once (Docker Compose follows depends_on), and a worker whose broker is
+            # gone waits out its drain.
+            compose(env, "-p", project, "stop", "worker")
+            down = compose(env, "-p", project, "down", "-v")
             report["down_seconds"] = round(time.monotonic() - t2, 1)
             report["down_exit"] = down.returncode
         report["total_seconds"] = round(time.monotonic() - t0, 1)
