@@ -46,7 +46,8 @@ def container(worker_image: str, deployment: Deployment, tmp_path: Path) -> Iter
     ca = tmp_path / "ca.pem"
     ca.write_bytes(Path(deployment.ca_file).read_bytes())
     ca.chmod(0o644)
-    args = ["run", "-d", "--name", name, "--network", "host", "--stop-timeout", "40",
+    # A read-only root file system, as deploy/k8s runs it: the state volume and /tmp are the only writable places.
+    args = ["run", "-d", "--name", name, "--network", "host", "--stop-timeout", "40", "--read-only", "--tmpfs", "/tmp",
             "-v", f"{deployment.secrets_dir}:{SECRETS_IN_IMAGE}:ro", "-v", f"{ca}:{CA_IN_IMAGE}:ro"]
     for key, value in container_env(deployment, port).items():
         args += ["-e", f"{key}={value}"]
