@@ -157,3 +157,11 @@ def test_the_prometheus_rule_is_generated_from_the_alert_rules() -> None:
     assert rule["spec"]["groups"] == yaml.safe_load(alerts)["groups"]
     # A changed alert changes the rendering (the comparison above is not vacuous).
     assert generator.render(alerts.replace("for: 2m", "for: 3m", 1)) != generator.render(alerts)
+
+
+def test_compose_builds_kafka_from_the_jars_of_the_pinned_version() -> None:
+    import subprocess
+
+    version = subprocess.run(["bash", str(ROOT / "deploy" / "kafka" / "kafka.sh"), "version"], capture_output=True, text=True, check=True).stdout.strip()
+    kafka = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["kafka"]
+    assert f"/kafka-{version}/libs" in kafka["build"]["additional_contexts"]["libs"]
