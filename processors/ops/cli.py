@@ -338,7 +338,7 @@ def _run_health(args: argparse.Namespace, config: Config) -> int:
 
 
 def _uses_broker(args: argparse.Namespace) -> bool:
-    """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
+    """`acls print`, `history --url` and `health` never talk to Kafka, so they need no broker credentials."""
     return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or args.command == "health")
 
 
