@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-file", type=Path, help="JSON file the state is loaded from and saved to")
     parser.add_argument("--seed", type=Path, help="seed document (JSON) for a fresh state")
     parser.add_argument("--ca-file", type=Path, help="where to write the CA certificate (PEM)")
+    parser.add_argument("--cert-name", action="append", default=[], metavar="NAME",
+                        help="another host name the Salesforce certificate names (repeatable), e.g. a compose service name")
     args = parser.parse_args(argv)
 
     sandbox = CrmSandbox(host=args.host, sf_port=args.sf_port, hs_port=args.hs_port,
-                         state_file=args.state_file, ca_file=args.ca_file)
+                         state_file=args.state_file, ca_file=args.ca_file,
+                         cert_names=tuple(args.cert_name))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

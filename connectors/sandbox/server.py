@@ -105,8 +105,12 @@ class CrmSandbox:
         ca_file: str | os.PathLike[str] | None = None,
         sessions: tuple[str, ...] = (DEFAULT_SESSION_ID,),
         tokens: tuple[str, ...] = (DEFAULT_HUBSPOT_TOKEN,),
+        cert_names: tuple[str, ...] = (),
     ) -> None:
         self.host = host
+        # Extra names the Salesforce certificate is valid for, e.g. `sandbox` for clients that reach
+        # it by a compose service name rather than by the address it binds.
+        self.cert_names = cert_names
         self.state = SandboxState(sessions, tokens)
         self.state_file = Path(state_file) if state_file else None
         self.session_id = sessions[0] if sessions else None
@@ -239,7 +243,7 @@ class CrmSandbox:
 
     def _tls_context(self) -> ssl.SSLContext:
         ca = trustme.CA(organization_name="crm-sync sandbox")
-        cert = ca.issue_cert(*dict.fromkeys((self.host, "127.0.0.1", "localhost")))
+        cert = ca.issue_cert(*dict.fromkeys((self.host, "127.0.0.1", "localhost", *self.cert_names)))
         if self._ca_file is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="crm-sandbox-")
             self._ca_file = Path(self._tmpdir.name) / "ca.pem"

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     _command(sub, "worker", "run the processor (ingest, delay, sinks)")
+    p = _command(sub, "health", "ask this machine's worker whether it is ready (exit 0) or not (exit 1): the image's HEALTHCHECK")
+    p.add_argument("--live", action="store_true", help="liveness (/health/live) instead of readiness")
 
     settings = _command(sub, "settings", "show and change CRM settings")
     ss = settings.add_subparsers(dest="settings_command", required=True)
@@ -406,9 +408,17 @@ def _run_acls(args: argparse.Namespace, config: Config) -> None:
         print(f"{acls.apply(config, principals)} ACL bindings applied")
 
 
+def _run_health(args: argparse.Namespace, config: Config) -> int:
+    from processors.ops.health import probe
+
+    healthy, reason = probe(config, live=args.live)
+    print(reason, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
 def _uses_broker(args: argparse.Namespace) -> bool:
-    """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
-    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or args.command == "crm")
+    """`acls print`, `history --url`, `crm` and `health` never talk to Kafka, so they need no broker credentials."""
+    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or args.command in ("crm", "health"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from processors.worker.main import run_worker
 
             run_worker(config)
+        elif args.command == "health":
+            return _run_health(args, config)
         elif args.command == "settings":
             _run_settings(args, config)
         elif args.command == "dlq":

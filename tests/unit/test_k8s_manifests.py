@@ -1,0 +1,167 @@
+"""deploy/k8s: valid for Kubernetes (offline, kubernetes-validate's bundled schemas), consistent
+with the image, the worker's configuration and the alert rules; and the compose worker's
+environment is one the worker knows."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from processors.config import Config, Topics
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.30.0"  # the oldest minor still supported upstream; newer ones accept it too
+CRDS = {"monitoring.coreos.com/v1"}  # Prometheus Operator kinds: no bundled schema, checked below
+KNOWN_VARS = {f.metadata["env"] for cls in (Config, Topics) for f in dataclasses.fields(cls) if "env" in f.metadata}
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return {name: yaml.safe_load((K8S / name).read_text()) for name in kustomization["resources"]}
+
+
+def by_kind(kind: str) -> dict[str, Any]:
+    [doc] = [doc for doc in manifests().values() if doc["kind"] == kind]
+    return doc
+
+
+def worker_container() -> dict[str, Any]:
+    [container] = by_kind("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_the_kustomization_lists_every_manifest_in_the_directory() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, doc in manifests().items() if doc["apiVersion"] not in CRDS))
+def test_every_built_in_manifest_is_valid_kubernetes(name: str) -> None:
+    kubernetes_validate.validate(manifests()[name], KUBERNETES_VERSION, strict=True)
+
+
+def test_the_custom_resources_have_the_operator_s_shape() -> None:
+    """ServiceMonitor and PrometheusRule have no bundled schema: the fields the operator needs."""
+    custom = {doc["kind"]: doc for doc in manifests().values() if doc["apiVersion"] in CRDS}
+    assert set(custom) == {"ServiceMonitor", "PrometheusRule"}
+    for doc in custom.values():
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"} and doc["metadata"]["name"]
+    assert set(custom["ServiceMonitor"]["spec"]) == {"selector", "endpoints"}
+    for group in custom["PrometheusRule"]["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"} and rule["expr"]
+
+
+def test_the_validator_does_reject_a_broken_statefulset() -> None:
+    broken = copy.deepcopy(by_kind("StatefulSet"))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = [9464]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+    broken = copy.deepcopy(by_kind("StatefulSet"))
+    broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 45  # a misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_environment_variable_is_one_the_config_knows() -> None:
+    container = worker_container()
+    names = [e["name"] for e in container["env"]] + list(by_kind("ConfigMap")["data"])
+    assert [ref["configMapRef"]["name"] for ref in container["envFrom"]] == [by_kind("ConfigMap")["metadata"]["name"]]
+    unknown = sorted(set(names) - KNOWN_VARS)
+    assert unknown == [], f"not variables of processors/config.py: {unknown}"
+    assert len(names) == len(set(names)), "a variable is set twice"
+    config = Config.from_env({**by_kind("ConfigMap")["data"], "KAFKA_SASL_PASSWORD": "x", "CRM_SYNC_HTTP_TOKEN": "t"})
+    assert config.http_problems() == []
+
+
+def test_compose_sets_only_variables_the_config_knows() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["worker"]["environment"]
+    assert sorted(set(env) - KNOWN_VARS) == []
+
+
+def test_static_membership_probes_grace_and_resources() -> None:
+    sts = by_kind("StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    container = worker_container()
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CRM_SYNC_GROUP_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert pod["terminationGracePeriodSeconds"] > 30  # the worker's drain is 30 s
+    port = int(by_kind("ConfigMap")["data"]["CRM_SYNC_METRICS_PORT"])
+    assert container["ports"] == [{"name": "metrics", "containerPort": port}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    pdb = by_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+
+
+def test_credentials_come_from_secret_volumes_at_the_paths_the_worker_reads() -> None:
+    container = worker_container()
+    pod = by_kind("StatefulSet")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    credentials = volumes[mounts[env["CRM_SYNC_SECRETS_DIR"]]]
+    sources = credentials["projected"]["sources"]
+    assert sources and all("secret" in s for s in sources)
+    for source in sources:
+        assert all(re.fullmatch(r"[a-z0-9-]+/(salesforce|hubspot)\.json", item["path"]) for item in source["secret"]["items"])
+    ca_dir = str(Path(by_kind("ConfigMap")["data"]["KAFKA_SSL_CA_LOCATION"]).parent)
+    assert "secret" in volumes[mounts[ca_dir]]
+    assert env["CRM_SYNC_STATE_DIR"] in mounts
+    secret_env = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert {e["name"] for e in secret_env} == {"KAFKA_SASL_PASSWORD", "CRM_SYNC_HTTP_TOKEN"}
+
+
+def test_the_pod_runs_as_the_image_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [user] = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+    security = by_kind("StatefulSet")["spec"]["template"]["spec"]["securityContext"]
+    assert (str(security["runAsUser"]), str(security["runAsGroup"])) == user
+    assert security["runAsNonRoot"] is True
+    [volume] = re.findall(r'^VOLUME \["([^"]+)"\]$', dockerfile, re.M)
+    assert {"name": "state", "mountPath": volume} in worker_container()["volumeMounts"]
+
+
+def test_the_service_monitor_scrapes_the_metrics_service_as_job_crm_sync() -> None:
+    service, monitor, sts = by_kind("Service"), by_kind("ServiceMonitor"), by_kind("StatefulSet")
+    assert service["metadata"]["name"] == "crm-sync"  # the job label; the alerts select up{job="crm-sync"}
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"] and "metrics" in ports
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_the_prometheus_rule_is_generated_from_the_alert_rules() -> None:
+    spec = importlib.util.spec_from_file_location("generate_prometheusrule", K8S / "generate_prometheusrule.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert (K8S / "prometheusrule.yaml").read_text() == generator.render(alerts), "run deploy/k8s/generate_prometheusrule.py"
+    rule = by_kind("PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(alerts)["groups"]
+    # A changed alert changes the rendering (the comparison above is not vacuous).
+    assert generator.render(alerts.replace("for: 2m", "for: 3m", 1)) != generator.render(alerts)
+
+
+def test_compose_builds_kafka_from_the_jars_of_the_pinned_version() -> None:
+    import subprocess
+
+    version = subprocess.run(["bash", str(ROOT / "deploy" / "kafka" / "kafka.sh"), "version"], capture_output=True, text=True, check=True).stdout.strip()
+    kafka = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["kafka"]
+    assert f"/kafka-{version}/libs" in kafka["build"]["additional_contexts"]["libs"]
