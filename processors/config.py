@@ -169,6 +169,11 @@ class Config:
     retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
     # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.
     sink_company_budget_seconds: _Seconds = _env("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", 5.0)
+    # The admin console (`crm-sync console`): who may log in, where it listens, what signs its sessions.
+    console_users_file: Path | None = _env("CRM_SYNC_CONSOLE_USERS_FILE", None)
+    console_bind: str = _env("CRM_SYNC_CONSOLE_BIND", "127.0.0.1")
+    console_port: _Port = _env("CRM_SYNC_CONSOLE_PORT", 8470)
+    console_secret: str | None = _env("CRM_SYNC_CONSOLE_SECRET", None, repr=False)
 
     @property
     def http_loopback(self) -> bool:

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url", help="ask this worker (e.g. http://worker:9464) instead of reading the history topic from Kafka"
     )
+
+    p = _command(sub, "console", "serve the admin web page (CRM_SYNC_CONSOLE_*; docs/console.md)")
+    p.add_argument("--hash-password", action="store_true", help="print the users-file hash of the password read from stdin, and exit")
     return parser
 
 
@@ -327,9 +330,23 @@ def _run_acls(args: argparse.Namespace, config: Config) -> None:
         print(f"{acls.apply(config, principals)} ACL bindings applied")
 
 
+def _run_console(args: argparse.Namespace, config: Config) -> None:
+    if args.hash_password:
+        from processors.ops.console.auth import hash_password
+
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise CliError("give the password on stdin")
+        print(hash_password(password))
+        return
+    from processors.ops.console.app import serve
+
+    serve(config)
+
+
 def _uses_broker(args: argparse.Namespace) -> bool:
     """`acls print` and `history --url` never talk to Kafka, so they need no broker credentials."""
-    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None))
+    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or getattr(args, "hash_password", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_history(args, config)
         elif args.command == "acls":
             _run_acls(args, config)
+        elif args.command == "console":
+            _run_console(args, config)
     except clients.BrokerRefused as exc:
         print(f"crm-sync: error: {exc}", file=sys.stderr)
         return 3
