@@ -134,6 +134,7 @@ class CompanySettings:
     salesforce_company_todo: EventToggles = EventToggles()
     paused: bool = False
     timezone: str = "Asia/Tokyo"
+    contact_recheck_seconds: tuple[int, ...] = ()  # off: no re-check before contact_not_found
     updated_at: int = 0
     updated_by: str | None = None
 
@@ -147,6 +148,7 @@ class FieldMapping:
     event_type: EventType
     crm_field: str
     source: str
+    allow_core: bool = False  # may overwrite a rendered core field (processors.domain.mapping)
 
 
 @dataclass(frozen=True)

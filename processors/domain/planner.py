@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from processors.domain import render
+from processors.domain.mapping import mapped_fields
 from processors.domain.model import (
     Action,
     CompanySettings,
@@ -66,16 +67,6 @@ def owner_email(event: Event) -> str | None:
     return None
 
 
-def _mapped_fields(event: Event, crm: Crm, mt: MeetingTypeSettings) -> dict[str, str]:
-    fields = {}
-    for mapping in mt.field_mappings:
-        if mapping.crm is crm and mapping.event_type is event.event_type:
-            value = render.lookup_path(event, mapping.source)
-            if value is not None:
-                fields[mapping.crm_field] = str(value)
-    return fields
-
-
 def plan(
     event: Event,
     company: CompanySettings | None,
@@ -120,7 +111,7 @@ def plan(
             if sf_company:
                 actions.append(make(Crm.SALESFORCE, ObjectType.TASK, Origin.COMPANY, render.salesforce_task(event, tz, None)))
             if sf_type:
-                props = render.salesforce_task(event, tz, meeting_type) | _mapped_fields(event, Crm.SALESFORCE, meeting_type)
+                props = render.salesforce_task(event, tz, meeting_type) | mapped_fields(event, Crm.SALESFORCE, meeting_type.field_mappings, tz)
                 actions.append(make(Crm.SALESFORCE, ObjectType.TASK, Origin.MEETING_TYPE, props))
 
     if meeting_type.hubspot_sync.get(event_type):
@@ -131,7 +122,7 @@ def plan(
                 object_type, props = ObjectType.MEETING, render.hubspot_meeting(event, tz, meeting_type)
             else:
                 object_type, props = ObjectType.NOTE, render.hubspot_note(event)
-            props |= _mapped_fields(event, Crm.HUBSPOT, meeting_type)
+            props |= mapped_fields(event, Crm.HUBSPOT, meeting_type.field_mappings, tz)
             actions.append(make(Crm.HUBSPOT, object_type, Origin.MEETING_TYPE, props))
 
     return Plan(actions=tuple(actions), skips=tuple(skips))

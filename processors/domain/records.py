@@ -187,6 +187,23 @@ def _toggles_record(toggles: EventToggles) -> dict[str, bool]:
     return {t.value: toggles.get(t) for t in EventType}
 
 
+MAX_RECHECKS = 10
+MAX_RECHECK_SECONDS = 7 * 86_400
+
+
+def check_recheck_delays(delays: Any) -> tuple[int, ...]:
+    """Contact re-check delays (seconds after the first due time): positive, rising, at most a week."""
+    items = tuple(delays or ())
+    if len(items) > MAX_RECHECKS:
+        raise ValidationError(f"at most {MAX_RECHECKS} contact re-checks, not {len(items)}")
+    for delay in items:
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 < delay <= MAX_RECHECK_SECONDS:
+            raise ValidationError(f"a contact re-check delay must be 1..{MAX_RECHECK_SECONDS} seconds, not {delay!r}")
+    if list(items) != sorted(set(items)):
+        raise ValidationError("contact re-check delays must be rising, each once")
+    return items
+
+
 def company_from_record(value: Mapping[str, Any]) -> CompanySettings:
     return CompanySettings(
         company_id=_req(value.get("company_id"), "company_id", MAX_ID),
@@ -195,6 +212,7 @@ def company_from_record(value: Mapping[str, Any]) -> CompanySettings:
         salesforce_company_todo=_toggles(value.get("salesforce_company_todo")),
         paused=bool(value.get("paused", False)),
         timezone=_tz(value.get("timezone", "Asia/Tokyo"), "timezone") or "Asia/Tokyo",
+        contact_recheck_seconds=check_recheck_delays(value.get("contact_recheck_seconds")),
         updated_at=_millis(value.get("updated_at", 0), "updated_at") or 0,
         updated_by=value.get("updated_by"),
     )
@@ -208,6 +226,7 @@ def company_to_record(doc: CompanySettings) -> dict[str, Any]:
         "salesforce_company_todo": _toggles_record(doc.salesforce_company_todo),
         "paused": doc.paused,
         "timezone": doc.timezone,
+        "contact_recheck_seconds": list(doc.contact_recheck_seconds),
         "updated_at": doc.updated_at,
         "updated_by": doc.updated_by,
     }
@@ -223,6 +242,7 @@ def meeting_type_from_record(value: Mapping[str, Any]) -> MeetingTypeSettings:
                     event_type=EventType(m["event_type"]),
                     crm_field=_req(m.get("crm_field"), f"field_mappings[{i}].crm_field", 255),
                     source=_req(m.get("source"), f"field_mappings[{i}].source", 255),
+                    allow_core=bool(m.get("allow_core", False)),
                 )
             )
         except (KeyError, ValueError) as exc:
@@ -255,7 +275,8 @@ def meeting_type_to_record(doc: MeetingTypeSettings) -> dict[str, Any]:
         "hubspot_meeting_title": doc.hubspot_meeting_title,
         "hubspot_meeting_body": doc.hubspot_meeting_body,
         "field_mappings": [
-            {"crm": m.crm.name, "event_type": m.event_type.value, "crm_field": m.crm_field, "source": m.source}
+            {"crm": m.crm.name, "event_type": m.event_type.value, "crm_field": m.crm_field, "source": m.source,
+             "allow_core": m.allow_core}
             for m in doc.field_mappings
         ],
         "updated_at": doc.updated_at,

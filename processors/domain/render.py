@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Mapping
 from zoneinfo import ZoneInfo
 
 from processors.domain.model import (
@@ -230,15 +230,3 @@ def hubspot_note(event: ResearchCompleted | SurveyAnswered) -> dict[str, str]:
     body = f"<strong>{html.escape(NOTE_TITLES[event.event_type])}</strong><br>" + text_to_html(event_text(event))
     return {"hs_timestamp": iso_utc(event.occurred_at), "hs_note_body": truncate_html(body, NOTE_BODY_LIMIT)}
 
-
-# ---- field mapping -----------------------------------------------------------------------------
-
-
-def lookup_path(event: Event, path: str) -> Any:
-    """Resolve a dotted path such as `booker.phone` in an event; None when absent."""
-    value: Any = event
-    for part in path.split("."):
-        if value is None:
-            return None
-        value = getattr(value, part, None)
-    return value

@@ -17,6 +17,7 @@ from processors.domain.model import (
     CompanySettings,
     Crm,
     EventType,
+    FieldMapping,
     MeetingTypeSettings,
 )
 
@@ -124,6 +125,18 @@ def set_meeting_type_toggle(
     return replace(doc, hubspot_sync=doc.hubspot_sync.with_(event_type, on), updated_at=now_ms, updated_by=by)
 
 
+def copy_mappings(
+    source: Iterable[FieldMapping], target: Iterable[FieldMapping], crm: Crm, event_types: Iterable[EventType]
+) -> tuple[FieldMapping, ...]:
+    """The target's mappings with those of `crm` and the chosen event types replaced by the source's."""
+    chosen = set(event_types)
+
+    def selected(m: FieldMapping) -> bool:
+        return m.crm is crm and m.event_type in chosen
+
+    return tuple(m for m in target if not selected(m)) + tuple(m for m in source if selected(m))
+
+
 def apply_to_other_meeting_types(
     source: MeetingTypeSettings,
     targets: Iterable[MeetingTypeSettings],
@@ -132,7 +145,8 @@ def apply_to_other_meeting_types(
     now_ms: int,
     by: str | None = None,
 ) -> list[MeetingTypeSettings]:
-    """Rule 5: copy the chosen event types' toggles of one CRM; everything else on the targets stays.
+    """Rule 5: copy the chosen event types' toggles and field mappings of one CRM; everything else
+    on the targets stays.
 
     The caller publishes all returned documents in one Kafka transaction, so all targets change or
     none do.
@@ -162,5 +176,6 @@ def apply_to_other_meeting_types(
                 hubspot_meeting_title=source.hubspot_meeting_title,
                 hubspot_meeting_body=source.hubspot_meeting_body,
             )
+        updated = replace(updated, field_mappings=copy_mappings(source.field_mappings, updated.field_mappings, crm, chosen))
         result.append(updated)
     return result

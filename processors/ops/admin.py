@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 from confluent_kafka import Message, Producer
 
-from processors.domain import rules
+from processors.domain import mapping, rules
 from processors.domain.audit import AuditRecord, changes
 from processors.codec import Codec, DecodeError, EncodeError
 from processors.config import Config
@@ -27,6 +27,7 @@ from processors.domain.model import (
     ValidationError,
 )
 from processors.domain.records import (
+    check_recheck_delays,
     company_to_record,
     meeting_type_to_record,
     valid_timezone,
@@ -227,6 +228,63 @@ class SettingsAdmin:
             company_id, meeting_type_id, now_ms(), self._actor
         )
         doc = replace(current, field_mappings=tuple(mappings), updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def _meeting_type(self, store: SettingsStore, company_id: str, meeting_type_id: str) -> MeetingTypeSettings:
+        self._company(store, company_id)
+        return store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+
+    def map_field(
+        self,
+        company_id: str,
+        meeting_type_id: str,
+        crm: Crm,
+        event_type: EventType,
+        crm_field: str,
+        source: str,
+        allow_core: bool = False,
+    ) -> MeetingTypeSettings:
+        """Fill `crm_field` from the event path `source` (replacing a mapping to the same field).
+
+        MappingError (a ValueError, one line) for a path not in the event's schema, a badly formed
+        field name, the external-id field, or a core field without `allow_core`.
+        """
+        reserved = (self._config.salesforce_action_id_field,) if crm is Crm.SALESFORCE else (self._config.hubspot_action_id_property,)
+        new = mapping.check_mapping(FieldMapping(crm, event_type, crm_field, source, allow_core), [r for r in reserved if r])
+        store = self.load()
+        current = self._meeting_type(store, company_id, meeting_type_id)
+        doc = replace(
+            current, field_mappings=mapping.with_mapping(current.field_mappings, new), updated_at=now_ms(), updated_by=self._actor
+        )
+        self.publish([doc])
+        return doc
+
+    def unmap_field(
+        self, company_id: str, meeting_type_id: str, crm: Crm, event_type: EventType, crm_field: str
+    ) -> MeetingTypeSettings:
+        """Remove the mapping to `crm_field`; MappingError if there is none."""
+        store = self.load()
+        self._company(store, company_id)
+        current = store.meeting_type(company_id, meeting_type_id)
+        if current is None:
+            raise rules.SettingsError(f"unknown meeting type: {meeting_type_id}")
+        kept = mapping.without_mapping(current.field_mappings, crm, event_type, crm_field)
+        doc = replace(current, field_mappings=kept, updated_at=now_ms(), updated_by=self._actor)
+        self.publish([doc])
+        return doc
+
+    def set_contact_recheck(self, company_id: str, delays_seconds: Sequence[int]) -> CompanySettings:
+        """Check again for the Lead/Contact this long after the first due time before skipping as
+        contact_not_found; empty turns the re-check off (the default)."""
+        try:
+            delays = check_recheck_delays(list(delays_seconds))
+        except ValidationError as exc:
+            raise rules.SettingsError(str(exc)) from None
+        company = self._company(self.load(), company_id)
+        doc = replace(company, contact_recheck_seconds=delays, updated_at=now_ms(), updated_by=self._actor)
         self.publish([doc])
         return doc
 

@@ -76,6 +76,29 @@ def _on_off(p: argparse.ArgumentParser) -> None:
     group.add_argument("--off", dest="on", action="store_false", help="turn off")
 
 
+def _mapping_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--company", required=True)
+    p.add_argument("--meeting-type", required=True)
+    p.add_argument("--crm", required=True, choices=CRMS)
+    p.add_argument("--event", required=True, type=_event, help="|".join(EVENTS))
+    p.add_argument("--field", required=True, help="the CRM field (Salesforce API name / HubSpot internal name)")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _delays(text: str) -> list[int]:
+    """`20m,60m` → [1200, 3600]; a bare number is seconds."""
+    out = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        unit = _UNITS.get(part[-1:], None) if part else None
+        number = part[:-1] if unit else part
+        if not number.isdigit():
+            raise argparse.ArgumentTypeError(f"not a delay list like 20m,60m: {text!r}")
+        out.append(int(number) * (unit or 1))
+    return out
+
+
 def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     """A subcommand whose `--help` starts with the same sentence the parent's list shows."""
     return sub.add_parser(name, help=text, description=text)
@@ -126,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
         p = _command(ss, name, text)
         p.add_argument("--company", required=True)
+    p = _command(ss, "map", "fill a CRM field from an event field (checked against the event's schema)")
+    _mapping_target(p)
+    p.add_argument("--from", dest="source", required=True, help="event path, e.g. booker.phone or start_at:date")
+    p.add_argument("--allow-core", action="store_true", help="may overwrite a field crm-sync renders (Subject, hs_* …)")
+    p = _command(ss, "unmap", "remove a field mapping")
+    _mapping_target(p)
+    p = _command(ss, "recheck", "look again for a missing Lead/Contact before skipping as contact_not_found")
+    p.add_argument("--company", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--after", type=_delays, help="delays after the first due time, e.g. 20m,60m (s, m, h)")
+    group.add_argument("--off", action="store_true", help="no re-check (the default)")
     p = _command(ss, "log", "the company's settings changes: when, who, old → new")
     p.add_argument("--company", required=True)
     p.add_argument("--since", type=_since, help="ISO-8601 time")
@@ -240,6 +274,16 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
     elif cmd in ("pause", "resume"):
         admin.set_paused(args.company, cmd == "pause")
         print(f"{args.company}: {cmd}d")
+    elif cmd == "map":
+        admin.map_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field, args.source, args.allow_core)
+        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} ← {args.source}")
+    elif cmd == "unmap":
+        admin.unmap_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field)
+        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} unmapped")
+    elif cmd == "recheck":
+        doc = admin.set_contact_recheck(args.company, [] if args.off else args.after)
+        after = ",".join(f"{d}s" for d in doc.contact_recheck_seconds)
+        print(f"{args.company}: contact re-check {'after ' + after if after else 'off'}")
 
 
 def _run_dlq(args: argparse.Namespace, config: Config) -> None:

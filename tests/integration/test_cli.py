@@ -237,3 +237,37 @@ def test_apply_changes_all_targets_or_none(cli: Cli) -> None:
     mts = meeting_types(cli.show(company))
     assert mts["t1"]["salesforce_todo"] == toggles("meeting_booked", "research_completed")
     assert mts["t2"]["salesforce_todo"] == toggles("meeting_booked")
+
+
+def test_map_unmap_recheck_and_apply_copies_mappings(cli: Cli) -> None:
+    cli.ok("settings", "connect", "--company", "m", "--crm", "salesforce")
+    target = ("--company", "m", "--meeting-type", "src", "--crm", "salesforce", "--event", "meeting_booked")
+    assert "Phone__c ← booker.phone" in cli.ok("settings", "map", *target, "--field", "Phone__c", "--from", "booker.phone")
+    cli.ok("settings", "map", *target, "--field", "Day__c", "--from", "start_at:date")
+    cli.ok("settings", "map", *target, "--field", "phone__c", "--from", "host.phone")  # same field: replaced
+    cli.ok("settings", "map", *target, "--field", "Subject", "--from", "booker.name", "--allow-core")
+    for args, reason in (
+        (("--field", "Class__c", "--from", "__class__"), "private attributes cannot be mapped"),
+        (("--field", "Fax__c", "--from", "booker.fax"), "is not a field of meeting_booked"),
+        (("--field", "Description", "--from", "booker.name"), "pass allow_core"),
+        (("--field", "bad name", "--from", "booker.name"), "is not an API name"),
+    ):
+        assert reason in cli.fails("settings", "map", *target, *args)
+    [src] = cli.show("m")["meeting_types"]
+    assert src["field_mappings"] == [
+        {"crm": "salesforce", "event_type": "meeting_booked", "crm_field": "phone__c", "source": "host.phone", "allow_core": False},
+        {"crm": "salesforce", "event_type": "meeting_booked", "crm_field": "Day__c", "source": "start_at:date", "allow_core": False},
+        {"crm": "salesforce", "event_type": "meeting_booked", "crm_field": "Subject", "source": "booker.name", "allow_core": True},
+    ]
+    cli.ok("settings", "unmap", *target, "--field", "Subject")
+    assert "no mapping to salesforce field 'Subject'" in cli.fails("settings", "unmap", *target, "--field", "Subject")
+    cli.ok("settings", "apply", "--company", "m", "--from", "src", "--to", "dst", "--crm", "salesforce", "--event", "meeting_booked")
+    mts = meeting_types(cli.show("m"))
+    assert mts["dst"]["field_mappings"] == mts["src"]["field_mappings"] and len(mts["dst"]["field_mappings"]) == 2
+
+    assert cli.show("m")["company"]["contact_recheck_seconds"] == []  # off by default
+    assert "after 1200s,3600s" in cli.ok("settings", "recheck", "--company", "m", "--after", "20m,1h")
+    assert cli.show("m")["company"]["contact_recheck_seconds"] == [1200, 3600]
+    assert "rising" in cli.fails("settings", "recheck", "--company", "m", "--after", "60m,20m")
+    assert "off" in cli.ok("settings", "recheck", "--company", "m", "--off")
+    assert cli.show("m")["company"]["contact_recheck_seconds"] == []

@@ -61,7 +61,7 @@ RECORDS: dict[str, dict[str, Any]] = {
     "Person": HOST,
     "QA": QAS[0],
     "EventToggles": TOGGLES,
-    "FieldMapping": {"crm": "HUBSPOT", "event_type": "meeting_booked", "crm_field": "phone", "source": "booker.phone"},
+    "FieldMapping": {"crm": "HUBSPOT", "event_type": "meeting_booked", "crm_field": "phone", "source": "booker.phone", "allow_core": False},
     "MeetingBooked": {
         **COMMON,
         "meeting_id": "mtg-1",
@@ -97,6 +97,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "salesforce_company_todo": TOGGLES,
         "paused": True,
         "timezone": "America/New_York",
+        "contact_recheck_seconds": [1200, 3600],
         "updated_at": T0,
         "updated_by": "admin@example.com",
     },
@@ -111,7 +112,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "hubspot_meeting_title": "Demo",
         "hubspot_meeting_body": "Body",
         "field_mappings": [
-            {"crm": "SALESFORCE", "event_type": "meeting_booked", "crm_field": "Phone__c", "source": "booker.phone"}
+            {"crm": "SALESFORCE", "event_type": "meeting_booked", "crm_field": "Phone__c", "source": "booker.phone", "allow_core": True}
         ],
         "updated_at": T0,
         "updated_by": None,
@@ -372,9 +373,21 @@ def test_older_writer_version_decodes_into_the_current_shape(codec: Codec) -> No
 
 def test_older_company_settings_get_the_default_timezone(codec: Codec) -> None:
     old = history_schema("CompanySettings.v1.avsc")
-    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k != "timezone"}
+    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k not in ("timezone", "contact_recheck_seconds")}
     decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
-    assert decoded.value == {**record, "timezone": "Asia/Tokyo"}
+    assert decoded.value == {**record, "timezone": "Asia/Tokyo", "contact_recheck_seconds": []}
+
+
+def test_older_settings_get_no_recheck_and_no_core_overwrite(codec: Codec) -> None:
+    old = history_schema("CompanySettings.v2.avsc")
+    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k != "contact_recheck_seconds"}
+    decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
+    assert decoded.value == {**record, "contact_recheck_seconds": []}
+    old = history_schema("MeetingTypeSettings.v1.avsc")
+    record = dict(RECORDS["MeetingTypeSettings"])
+    record["field_mappings"] = [{k: v for k, v in m.items() if k != "allow_core"} for m in record["field_mappings"]]
+    decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
+    assert decoded.value["field_mappings"] == [{**record["field_mappings"][0], "allow_core": False}]
 
 
 def test_confluent_older_and_newer_writers_resolve_to_our_reader() -> None:

@@ -318,7 +318,7 @@ def test_field_mappings_for_matching_crm_and_event_type_only():
     props = {(a.crm, a.origin): a.properties for a in p.actions}
     sf = props[(Crm.SALESFORCE, Origin.MEETING_TYPE)]
     assert sf["Phone__c"] == "+81-90-1111-2222"
-    assert sf["Start__c"] == str(T + 86_400_000)
+    assert sf["Start__c"] == "2026-11-25T01:30:00.000+09:00"  # the company time zone
     assert "Fax__c" not in sf and "Research__c" not in sf and "lead_company" not in sf
     hs = props[(Crm.HUBSPOT, Origin.MEETING_TYPE)]
     assert hs["lead_company"] == "Lead Co"
@@ -333,10 +333,30 @@ def test_field_mapping_with_missing_value_is_ignored():
     sf = next(a for a in p.actions if a.crm is Crm.SALESFORCE).properties
     hs = next(a for a in p.actions if a.crm is Crm.HUBSPOT).properties
     assert "Phone__c" not in sf and "lead_company" not in hs
-    assert sf["Start__c"] == str(T + 86_400_000)
+    assert sf["Start__c"] == "2026-11-25T01:30:00.000+09:00"  # the company time zone
 
 
 def test_field_mapping_on_note():
     p = run(make_event(EventType.PRE_EXIT_SURVEY_ANSWERED), company(), meeting_type(hs=ALL_ON, field_mappings=MAPPINGS))
     [a] = p.actions
     assert a.object_type is ObjectType.NOTE and a.properties["exit_phone"] == "+81-90-1111-2222"
+
+
+def test_field_mappings_never_overwrite_core_fields_unless_allowed():
+    mappings = (
+        FieldMapping(Crm.SALESFORCE, EventType.MEETING_BOOKED, "Subject", "booker.name"),  # stored before the check
+        FieldMapping(Crm.SALESFORCE, EventType.MEETING_BOOKED, "description", "booker.company_name", allow_core=True),
+        FieldMapping(Crm.SALESFORCE, EventType.MEETING_BOOKED, "Class__c", "__class__"),
+        FieldMapping(Crm.HUBSPOT, EventType.MEETING_BOOKED, "hs_meeting_title", "booker.name"),
+        FieldMapping(Crm.HUBSPOT, EventType.MEETING_BOOKED, "hs_meeting_body", "booker.company_name", allow_core=True),
+        FieldMapping(Crm.HUBSPOT, EventType.MEETING_BOOKED, "start_day", "start_at:date"),
+    )
+    event = make_event(EventType.MEETING_BOOKED, booker=Person("lead@example.org", "Lee", "<b>R&D</b>"))
+    p = run(event, company(timezone="America/New_York"), meeting_type(ALL_ON, ALL_ON, field_mappings=mappings))
+    sf = next(a for a in p.actions if a.crm is Crm.SALESFORCE).properties
+    hs = next(a for a in p.actions if a.crm is Crm.HUBSPOT).properties
+    assert sf["Subject"] == "面談予約のお知らせ" and "Class__c" not in sf
+    assert sf["description"] == "<b>R&D</b>"
+    assert hs["hs_meeting_title"] == "製品デモ"
+    assert hs["hs_meeting_body"] == "&lt;b&gt;R&amp;D&lt;/b&gt;"
+    assert hs["start_day"] == "2026-11-24"  # 2026-11-24 16:30 UTC is the 24th in New York

@@ -310,7 +310,8 @@ def test_meeting_type_round_trip():
     doc = _meeting_type()
     rec = meeting_type_to_record(doc)
     assert rec["field_mappings"][0] == {
-        "crm": "SALESFORCE", "event_type": "meeting_booked", "crm_field": "Phone__c", "source": "booker.phone"
+        "crm": "SALESFORCE", "event_type": "meeting_booked", "crm_field": "Phone__c", "source": "booker.phone",
+        "allow_core": False,
     }
     assert meeting_type_from_record(rec) == doc
     empty = MeetingTypeSettings("acme", "mt-2")

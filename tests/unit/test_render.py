@@ -433,23 +433,3 @@ def test_template_values_for_meeting():
     }
     assert render.template_values(meeting(meeting_url=None, booker=Person("a@b.co", "A")))["meeting_url"] == ""
 
-
-# ---- lookup_path (field mapping sources) -----------------------------------------------------
-
-PATHS = [
-    (meeting(), "booker.phone", "+81-90-1111-2222"),
-    (meeting(), "booker.company_name", "Lead Co"),
-    (meeting(), "host.email", "host@example.com"),
-    (meeting(), "meeting_url", "https://meet.example.com/abc"),
-    (meeting(), "start_at", T),
-    (meeting(booker=Person("a@b.co", "A")), "booker.phone", None),
-    (meeting(), "booker.nope", None),
-    (meeting(), "nope.deeper", None),
-    (survey("PRE_EXIT"), "host.email", None),  # through a None
-    (research(), "target.name", "Lee Lead"),
-]
-
-
-@pytest.mark.parametrize("event,path,expected", PATHS)
-def test_lookup_path(event, path, expected):
-    assert render.lookup_path(event, path) == expected

@@ -211,7 +211,9 @@ def test_apply_copies_only_selected_event_types_of_one_crm(crm, selected):
         assert result.toggles(crm).get(e) is expected, e
     assert result.toggles(other) == target.toggles(other)  # the other CRM is left alone
     assert (result.company_id, result.meeting_type_id, result.meeting_type_name) == ("acme", "t1", "target")
-    assert result.field_mappings == target.field_mappings
+    # mappings of the selected events of this CRM become the source's (here: none)
+    copied = crm is Crm.SALESFORCE and EventType.MEETING_BOOKED in selected
+    assert result.field_mappings == (() if copied else target.field_mappings)
     assert (result.updated_at, result.updated_by) == (NOW, "admin")
     # texts of a booked meeting travel with the meeting_booked selection of their CRM only
     sf_texts = (result.salesforce_subject, result.salesforce_comment)
