@@ -22,6 +22,7 @@ from aiohttp import web
 
 from processors.codec import Codec, DecodeError
 from processors.config import Config
+from processors.domain.mapping import mapping_sources
 from processors.domain.history import DEFAULT_TIMEZONE, KEEP_DAYS, company_timezone, fold, local_day, report
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.domain.rules import SettingsError
@@ -31,12 +32,13 @@ from processors.ops.console.auth import Session, Sessions, Users, csrf_ok
 from processors.ops.console.labels import LANGUAGES, label
 from processors.ops.dlq import Failure, FailureAdmin, filter_failures, read_dead_letters
 from processors.state.history import read_records
+from processors.worker import logs
 
 HERE = Path(__file__).parent
 SESSION_COOKIE, LOGIN_COOKIE, FLASH_COOKIE, LANG_COOKIE = "crm_sync_session", "crm_sync_login", "crm_sync_flash", "crm_sync_lang"
 EVENTS = list(EventType)
 CRMS = list(Crm)
-OPEN_PATHS = ("/login", "/static/", "/lang/")
+OPEN_PATHS = ("/login", "/static/", "/lang/", "/favicon.ico")
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -68,12 +70,15 @@ class Console:
         r.add_post("/logout", self.logout)
         r.add_get("/lang/{lang}", self.set_language)
         r.add_static("/static/", HERE / "static")
+        r.add_get("/favicon.ico", lambda request: web.Response(status=204))
         r.add_get("/", self.companies)
         r.add_get("/c/{company}", self.company)
         r.add_post("/c/{company}/connect", self.connect)
         r.add_post("/c/{company}/todo", self.company_todo)
         r.add_post("/c/{company}/pause", self.pause)
         r.add_post("/c/{company}/meeting-type", self.save_meeting_type)
+        r.add_post("/c/{company}/mapping", self.map_field)
+        r.add_post("/c/{company}/mapping/remove", self.unmap_field)
         r.add_get("/c/{company}/apply", self.apply_page)
         r.add_post("/c/{company}/apply/review", self.apply_review)
         r.add_post("/c/{company}/apply", self.apply)
@@ -145,7 +150,10 @@ class Console:
 
     # -- sign-in --
     async def login_page(self, request: web.Request) -> web.Response:
-        token = self.sessions.token("login")
+        # The same token while the browser holds a valid one: another tab (or the favicon's
+        # redirect here) must not invalidate a form already shown.
+        held = request.cookies.get(LOGIN_COOKIE, "")
+        token = held if self.sessions.check_token("login", held) else self.sessions.token("login")
         response = self.render(request, "login.html", login_token=token, next=_safe_next(request.query.get("next")), failed=False)
         response.set_cookie(LOGIN_COOKIE, token, path="/login", httponly=True, samesite="Strict")
         return response
@@ -204,7 +212,8 @@ class Console:
         store = await asyncio.to_thread(self.admin(request).load)
         company = store.company(company_id)
         meeting_types = sorted(store.meeting_types(company_id), key=lambda m: m.meeting_type_id)
-        return self.render(request, "company.html", company_id=company_id, company=company, meeting_types=meeting_types, tab="settings")
+        sources = {e: mapping_sources(e) for e in EVENTS}
+        return self.render(request, "company.html", company_id=company_id, company=company, meeting_types=meeting_types, sources=sources, tab="settings")
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
@@ -231,6 +240,33 @@ class Console:
         texts = {name: _text(form.get(name)) if name in form else None for name in ("meeting_type_name", "hubspot_meeting_title", "hubspot_meeting_body")}
         return await self._change(request, back, lambda a: a.save_meeting_type(company_id, meeting_type_id, toggles, **texts))
 
+    async def map_field(self, request: web.Request) -> web.StreamResponse:
+        """Add (or replace) a field mapping; the source is `event_type|path`, one drop-down of the
+        schema's paths grouped by event type, so the pair always matches."""
+        company_id, form = request.match_info["company"], await request.post()
+        meeting_type_id = _text(form.get("meeting_type"))
+        back = f"/c/{quote(company_id, safe='')}#mappings-{quote(meeting_type_id, safe='')}"
+        event_text, _, source = _text(form.get("source")).partition("|")
+        try:
+            crm, event_type = Crm(_text(form.get("crm"))), EventType(event_text)
+        except ValueError as exc:
+            return self.redirect(back, error=str(exc))
+        crm_field, allow_core = _text(form.get("crm_field")).strip(), form.get("allow_core") == "1"
+        return await self._change(
+            request, back, lambda a: a.map_field(company_id, meeting_type_id, crm, event_type, crm_field, source, allow_core=allow_core)
+        )
+
+    async def unmap_field(self, request: web.Request) -> web.StreamResponse:
+        company_id, form = request.match_info["company"], await request.post()
+        meeting_type_id = _text(form.get("meeting_type"))
+        back = f"/c/{quote(company_id, safe='')}#mappings-{quote(meeting_type_id, safe='')}"
+        try:
+            crm, event_type = Crm(_text(form.get("crm"))), EventType(_text(form.get("event_type")))
+        except ValueError as exc:
+            return self.redirect(back, error=str(exc))
+        crm_field = _text(form.get("crm_field"))
+        return await self._change(request, back, lambda a: a.unmap_field(company_id, meeting_type_id, crm, event_type, crm_field))
+
     async def apply_page(self, request: web.Request) -> web.Response:
         company_id = request.match_info["company"]
         store = await asyncio.to_thread(self.admin(request).load)
@@ -244,7 +280,7 @@ class Console:
         return {
             "source": _text(form.get("source")),
             "crm": Crm(_text(form.get("crm"))),
-            "events": [EventType(e) for e in form.getall("event", [])],
+            "event_types": [EventType(e) for e in form.getall("event", [])],
             "targets": [t for t in targets if t != _text(form.get("source"))],
         }
 
@@ -253,7 +289,7 @@ class Console:
         company_id, form = request.match_info["company"], await request.post()
         chosen = self._apply_form(form)
         back = f"/c/{quote(company_id, safe='')}/apply?{urlencode({'from': chosen['source']})}"
-        if not chosen["events"] or not chosen["targets"]:
+        if not chosen["event_types"] or not chosen["targets"]:
             return self.redirect(back, error=label("apply_events", self._lang(request)) + " / " + label("apply_targets", self._lang(request)) + ": ?")
         return self.render(request, "apply_confirm.html", company_id=company_id, company=None, tab="apply", **chosen)
 
@@ -262,7 +298,7 @@ class Console:
         chosen = self._apply_form(form)
         return await self._change(
             request, f"/c/{quote(company_id, safe='')}",
-            lambda a: a.apply(company_id, chosen["source"], chosen["targets"], chosen["crm"], chosen["events"]),
+            lambda a: a.apply(company_id, chosen["source"], chosen["targets"], chosen["crm"], chosen["event_types"]),
         )
 
     async def history(self, request: web.Request) -> web.Response:
@@ -406,6 +442,7 @@ def serve(config: Config) -> None:
     if config.console_users_file is None:
         raise ValueError("CRM_SYNC_CONSOLE_USERS_FILE: expected a users file (see docs/console.md), got nothing")
     users = Users.load(config.console_users_file)
+    logs.setup(config.log_level)  # the worker's JSON lines (redacted); no access log: URLs name companies
     console = Console(config, users, Sessions(config.console_secret))
     print(f"crm-sync console on http://{config.console_bind}:{config.console_port}/", flush=True)
     web.run_app(console.app(), host=config.console_bind, port=config.console_port, print=None, access_log=None)
