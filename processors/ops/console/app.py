@@ -45,7 +45,7 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-SESSION_KEY = web.AppKey("session", Session)
+SESSION_KEY = web.RequestKey("session", Session)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,7 +70,7 @@ class Console:
         r.add_post("/logout", self.logout)
         r.add_get("/lang/{lang}", self.set_language)
         r.add_static("/static/", HERE / "static")
-        r.add_get("/favicon.ico", lambda request: web.Response(status=204))
+        r.add_get("/favicon.ico", _no_icon)
         r.add_get("/", self.companies)
         r.add_get("/c/{company}", self.company)
         r.add_post("/c/{company}/connect", self.connect)
@@ -141,9 +141,9 @@ class Console:
         except ValueError:
             return None
 
-    def redirect(self, location: str, *, ok: str | None = None, error: str | None = None, lines: list[str] | None = None) -> web.HTTPSeeOther:
+    def redirect(self, location: str, *, ok: str | None = None, error: str | None = None, lines: list[str] | None = None) -> web.Response:
         """Back to a page, with the outcome of what was just done shown on it once."""
-        response = web.HTTPSeeOther(location)
+        response = _see_other(location)
         flash = {"ok": ok, "error": error, "lines": lines or []}
         response.set_cookie(FLASH_COOKIE, self.sessions.seal(json.dumps(flash, ensure_ascii=False)), path="/", httponly=True, samesite="Strict")
         return response
@@ -170,19 +170,19 @@ class Console:
             response.set_cookie(LOGIN_COOKIE, fresh, path="/login", httponly=True, samesite="Strict")
             return response
         cookie, _ = self.sessions.issue(user)
-        response = web.HTTPSeeOther(_safe_next(_text(form.get("next"))))
+        response = _see_other(_safe_next(_text(form.get("next"))))
         response.set_cookie(SESSION_COOKIE, cookie, path="/", httponly=True, samesite="Strict")
         response.del_cookie(LOGIN_COOKIE, path="/login")
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        response = web.HTTPSeeOther("/login")
+        response = _see_other("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
     async def set_language(self, request: web.Request) -> web.StreamResponse:
         lang = request.match_info["lang"]
-        response = web.HTTPSeeOther(_safe_next(request.query.get("next")))
+        response = _see_other(_safe_next(request.query.get("next")))
         if lang in LANGUAGES:
             response.set_cookie(LANG_COOKIE, lang, path="/", samesite="Strict", max_age=365 * 86400)
         return response
@@ -191,7 +191,7 @@ class Console:
     def admin(self, request: web.Request) -> SettingsAdmin:
         return SettingsAdmin(self.config, self.codec, actor=request[SESSION_KEY].user.name)
 
-    async def _change(self, request: web.Request, back: str, call: Callable[[SettingsAdmin], Any]) -> web.HTTPSeeOther:
+    async def _change(self, request: web.Request, back: str, call: Callable[[SettingsAdmin], Any]) -> web.Response:
         """Runs one settings change; its refusal (an unknown company, a bad value) is shown on the page."""
         try:
             await asyncio.to_thread(call, self.admin(request))
@@ -382,7 +382,7 @@ class Console:
         back = f"/c/{quote(company_id, safe='')}/failures" + (f"?{_text(form.get('query'))}" if form.get("query") else "")
         lang = self._lang(request)
 
-        def run() -> web.HTTPSeeOther:
+        def run() -> web.Response:
             store = self.admin(request).load()
             company = store.company(company_id)
             tz = company.timezone if company is not None else DEFAULT_TIMEZONE
@@ -420,6 +420,15 @@ class Console:
         tz = company.timezone if company is not None else DEFAULT_TIMEZONE
         rows = [{"time": views.local_time(e.at, tz), "actor": e.actor, "key": e.key, "summary": e.summary} for e in entries]
         return self.render(request, "log.html", company_id=company_id, company=company, rows=rows, tab="log")
+
+
+async def _no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+def _see_other(location: str) -> web.Response:
+    """A 303 to `location`, as a response to return (aiohttp wants HTTP exceptions raised, not returned)."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _text(value: Any) -> str:
