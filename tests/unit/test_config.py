@@ -78,6 +78,10 @@ DEFAULTS = [
     ("settings_ready_timeout_seconds", 30.0),
     ("retry_after_cap_seconds", 900.0),
     ("sink_company_budget_seconds", 5.0),
+    ("console_users_file", None),
+    ("console_bind", "127.0.0.1"),
+    ("console_port", 8470),
+    ("console_secret", None),
 ]
 
 
@@ -120,6 +124,10 @@ VALUES = [
     ("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", "2.5", "settings_ready_timeout_seconds", 2.5),
     ("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", "60", "retry_after_cap_seconds", 60.0),
     ("CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS", "0.5", "sink_company_budget_seconds", 0.5),
+    ("CRM_SYNC_CONSOLE_USERS_FILE", "/etc/crm-sync/users.json", "console_users_file", Path("/etc/crm-sync/users.json")),
+    ("CRM_SYNC_CONSOLE_BIND", "0.0.0.0", "console_bind", "0.0.0.0"),
+    ("CRM_SYNC_CONSOLE_PORT", "8080", "console_port", 8080),
+    ("CRM_SYNC_CONSOLE_SECRET", "s" * 32, "console_secret", "s" * 32),
 ]
 
 
