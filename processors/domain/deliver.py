@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from processors.domain.model import Action, ObjectType
 
@@ -165,6 +165,8 @@ DEAD_LETTER = "dead_letter"
 GIVE_UP = "give_up"
 
 HISTORY_OF = {CREATED: "created", DUPLICATE: "created", SKIPPED: "skipped", FAILED: "failed"}
+CONTACT_NOT_FOUND = "contact_not_found"
+RECHECKED = "rechecked"
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Route:
     retry: Action | None = None
     history: str | None = None
     reason: str | None = None
+    recheck: int | None = None  # which contact re-check (1, 2, …) a RECHECKED route schedules
 
 
 @dataclass(frozen=True)
@@ -189,9 +192,34 @@ class RetryRules:
     retry_after_cap: float  # a CRM's Retry-After longer than this is capped
 
 
-def route(action: Action, outcome: Outcome, now_ms: int, rules: RetryRules) -> Route:
+def next_recheck(action: Action, now_ms: int, recheck_seconds: Sequence[int]) -> tuple[int, int] | None:
+    """(number, due time) of the next contact re-check: the first delay after the first due time
+    that lies after both now and the action's own due time (a re-check released a little early
+    never schedules itself again), or None when they are all past (or the re-check is off)."""
+    base = action.give_up_clock
+    after = max(now_ms, action.due_at)
+    for number, delay in enumerate(recheck_seconds, start=1):
+        if base + delay * 1000 > after:
+            return number, base + delay * 1000
+    return None
+
+
+def route(
+    action: Action, outcome: Outcome, now_ms: int, rules: RetryRules, recheck_seconds: Sequence[int] = ()
+) -> Route:
+    """`recheck_seconds`: the company's contact re-check delays (CompanySettings), empty when off.
+
+    A re-check is a reschedule at first due time + delay through the retry topic, like a deferral,
+    but keeps the attempt count: a missing contact is not a failure of the CRM.
+    """
     if outcome.status in (CREATED, DUPLICATE):
         return Route(LEDGER, ledger_value=outcome.object_id or "", history="created")
+    if outcome.status == SKIPPED and outcome.reason == CONTACT_NOT_FOUND:
+        upcoming = next_recheck(action, now_ms, recheck_seconds)
+        if upcoming is not None:
+            number, due = upcoming
+            again = replace(action, due_at=due, first_due_at=action.give_up_clock)
+            return Route(DEFER, retry=again, history=RECHECKED, reason=CONTACT_NOT_FOUND, recheck=number)
     if outcome.status == SKIPPED:
         return Route(LEDGER, ledger_value=f"skipped:{outcome.reason}", history="skipped", reason=outcome.reason)
     if outcome.status == DEFERRED:

@@ -1,5 +1,6 @@
 """Sync history (SPEC §7), pure: per company, per local day, per CRM and event type, how many
-actions were created, skipped (by reason), failed, retried and resolved; kept 7 days.
+actions were created, skipped (by reason), failed, retried, resolved and re-checked (a missing
+Lead/Contact looked for again later); kept 7 days.
 
 Every outcome is one small JSON record on the history topic, put in its company's partition (so
 one company's records share a partition) under an idempotency key (`HistoryRecord.key`): the
@@ -20,8 +21,8 @@ from zoneinfo import ZoneInfo
 from processors.domain.rules import SettingsView
 
 KEEP_DAYS = 7
-OUTCOMES = ("created", "skipped", "failed", "retried", "resolved")
-COUNTED = ("created", "failed", "retried", "resolved")  # plain counts; skipped counts by reason
+OUTCOMES = ("created", "skipped", "failed", "retried", "resolved", "rechecked")
+COUNTED = ("created", "failed", "retried", "resolved", "rechecked")  # plain counts; skipped counts by reason
 DEFAULT_TIMEZONE = "Asia/Tokyo"
 
 # company state: {day: {crm: {event_type: {"created": n, "failed": n, "skipped": {reason: n}}}}}
@@ -42,7 +43,7 @@ class HistoryRecord:
     at_ms: int
     event_id: str
     action_id: str | None = None
-    ref: str | None = None  # the dead letter a retried/resolved record is about
+    ref: str | None = None  # the dead letter a retried/resolved record is about; a re-check's number
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -58,9 +59,12 @@ class HistoryRecord:
     @property
     def key(self) -> str:
         """Idempotency key: an outcome of an action counts once, however often it is recorded
-        (a batch handled again after a crash records its outcomes again). Each retry counts."""
+        (a batch handled again after a crash records its outcomes again). Each retry counts, and
+        each re-check of an action once."""
         subject = self.action_id or f"{self.event_id}/{self.crm}"
-        if self.outcome in ("retried", "resolved"):
+        if self.outcome == "rechecked":
+            subject = f"{subject}/{self.ref}"
+        elif self.outcome in ("retried", "resolved"):
             subject = f"{self.ref}/{self.at_ms}" if self.outcome == "retried" else f"{self.ref}"
         return f"{self.company_id}/{subject}/{self.outcome}"
 
@@ -87,12 +91,12 @@ def add(state: State, record: HistoryRecord, keep_days: int = KEEP_DAYS) -> Stat
         reason = record.reason or "unknown"
         counts["skipped"][reason] = counts["skipped"].get(reason, 0) + 1
     else:
-        counts[record.outcome] += 1
+        counts[record.outcome] = counts.get(record.outcome, 0) + 1
     return out
 
 
 def empty_counts() -> dict[str, Any]:
-    return {"created": 0, "skipped": {}, "failed": 0, "retried": 0, "resolved": 0}
+    return {"created": 0, "skipped": {}, "failed": 0, "retried": 0, "resolved": 0, "rechecked": 0}
 
 
 def fold(records: Iterable[HistoryRecord], keep_days: int = KEEP_DAYS) -> State:
@@ -135,12 +139,13 @@ def format_report(company_id: str, body: Mapping[str, Any]) -> str:
         skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(row["skipped"].items())) or "-"
         lines.append(
             f"  {row['day']}  {row['crm']:<10} {row['event_type']:<28} created={row['created']:<4} "
-            f"failed={row['failed']:<4} retried={row['retried']:<4} resolved={row['resolved']:<4} skipped: {skipped}"
+            f"failed={row['failed']:<4} retried={row['retried']:<4} resolved={row['resolved']:<4} "
+            f"rechecked={row['rechecked']:<4} skipped: {skipped}"
         )
     totals = body["totals"]
     lines.append(
         f"  total: created={totals['created']} failed={totals['failed']} retried={totals['retried']} "
-        f"resolved={totals['resolved']} skipped={sum(totals['skipped'].values())}"
+        f"resolved={totals['resolved']} rechecked={totals['rechecked']} skipped={sum(totals['skipped'].values())}"
     )
     return "\n".join(lines)
 

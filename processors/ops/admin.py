@@ -221,7 +221,10 @@ class SettingsAdmin:
     def set_field_mappings(
         self, company_id: str, meeting_type_id: str, mappings: Sequence[FieldMapping]
     ) -> MeetingTypeSettings:
-        """Replace the meeting type's field mappings (SPEC §7): extra CRM fields from event fields."""
+        """Replace the meeting type's field mappings (SPEC §7): extra CRM fields from event fields,
+        each checked as `map_field` checks it (MappingError)."""
+        for m in mappings:
+            mapping.check_mapping(m, self._reserved(m.crm))
         store = self.load()
         self._company(store, company_id)
         current = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
@@ -230,6 +233,11 @@ class SettingsAdmin:
         doc = replace(current, field_mappings=tuple(mappings), updated_at=now_ms(), updated_by=self._actor)
         self.publish([doc])
         return doc
+
+    def _reserved(self, crm: Crm) -> list[str]:
+        """The worker-wide external-id field of the CRM, which no mapping may write."""
+        name = self._config.salesforce_action_id_field if crm is Crm.SALESFORCE else self._config.hubspot_action_id_property
+        return [name] if name else []
 
     def _meeting_type(self, store: SettingsStore, company_id: str, meeting_type_id: str) -> MeetingTypeSettings:
         self._company(store, company_id)
@@ -252,8 +260,7 @@ class SettingsAdmin:
         MappingError (a ValueError, one line) for a path not in the event's schema, a badly formed
         field name, the external-id field, or a core field without `allow_core`.
         """
-        reserved = (self._config.salesforce_action_id_field,) if crm is Crm.SALESFORCE else (self._config.hubspot_action_id_property,)
-        new = mapping.check_mapping(FieldMapping(crm, event_type, crm_field, source, allow_core), [r for r in reserved if r])
+        new = mapping.check_mapping(FieldMapping(crm, event_type, crm_field, source, allow_core), self._reserved(crm))
         store = self.load()
         current = self._meeting_type(store, company_id, meeting_type_id)
         doc = replace(

@@ -76,6 +76,7 @@ class StageContext:
         event_id: str,
         action_id: str | None = None,
         at_ms: int | None = None,
+        ref: str | None = None,
     ) -> Ack:
         """One sync-history record, in its company's partition, under its idempotency key.
 
@@ -83,7 +84,7 @@ class StageContext:
         """
         at = now_ms() if at_ms is None else at_ms
         tz = company_timezone(self.settings)(company_id)
-        rec = HistoryRecord(company_id, local_day(at, tz), tz, crm, event_type, outcome, reason, at, event_id, action_id)
+        rec = HistoryRecord(company_id, local_day(at, tz), tz, crm, event_type, outcome, reason, at, event_id, action_id, ref)
         self.metrics.history_recorded.labels(outcome).inc()
         partition = partition_for(company_id.encode(), self.history_partitions)
         return await self.send(self.config.topics.history, rec.key.encode(), rec.to_json(), partition=partition)

@@ -97,7 +97,8 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
     async def record(crm: Crm, ledger: Ledger, rec: ConsumerRecord, action: Action, outcome: Outcome) -> Acks:
         metrics.delivered.labels(crm.value, action.object_type.value, outcome.status).inc()
         log.info("delivery", extra={"event_id": action.event_id, "action_id": action.action_id, "crm": crm.value, **outcome_fields(outcome)})
-        decision = route(action, outcome, now_ms(), rules)
+        company = ctx.settings.company(action.company_id)
+        decision = route(action, outcome, now_ms(), rules, company.contact_recheck_seconds if company is not None else ())
         acks: Acks = []
         if decision.kind == LEDGER:
             assert decision.ledger_value is not None
@@ -106,7 +107,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
                 metrics.skipped.labels(crm.value, action.event_type.value, decision.reason or "").inc()
         elif decision.kind == DEFER:
             assert decision.retry is not None
-            metrics.deferred.labels(crm.value, decision.reason or "transient").inc()
+            metrics.deferred.labels(crm.value, decision.history or decision.reason or "transient").inc()
             retried = decision.retry
             acks.append(
                 await ctx.send(
@@ -124,6 +125,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
                     company_id=action.company_id, crm=crm.value, event_type=action.event_type.value, outcome=decision.history,
                     reason=decision.reason if decision.history != "created" else None,
                     event_id=action.event_id, action_id=action.action_id,
+                    ref=str(decision.recheck) if decision.recheck is not None else None,
                 )
             )
         return acks

@@ -376,7 +376,7 @@ def test_every_dashboard_panel_and_alert_expression_returns_data(run: Run) -> No
     assert ready["value"][1] == "1"
 
 
-NONE = {"created": 0, "failed": 0, "retried": 0, "resolved": 0}
+NONE = {"created": 0, "failed": 0, "retried": 0, "resolved": 0, "rechecked": 0}
 
 
 def _expected_history(run: Run) -> dict[str, Any]:

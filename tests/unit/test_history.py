@@ -43,11 +43,11 @@ def test_counts_created_failed_and_skipped_by_reason_per_crm_and_event_type() ->
     )
     body = report(state, today="2026-11-24", days=7)
     assert body["rows"] == [
-        {"day": "2026-11-24", "crm": "any", "event_type": "research_completed", "created": 0, "skipped": {"no_settings": 1}, "failed": 0, "retried": 0, "resolved": 0},
-        {"day": "2026-11-24", "crm": "hubspot", "event_type": "meeting_booked", "created": 0, "skipped": {"contact_not_found": 1}, "failed": 0, "retried": 0, "resolved": 0},
-        {"day": "2026-11-24", "crm": "salesforce", "event_type": "meeting_booked", "created": 2, "skipped": {"contact_not_found": 1}, "failed": 1, "retried": 0, "resolved": 0},
+        {"day": "2026-11-24", "crm": "any", "event_type": "research_completed", "created": 0, "skipped": {"no_settings": 1}, "failed": 0, "retried": 0, "resolved": 0, "rechecked": 0},
+        {"day": "2026-11-24", "crm": "hubspot", "event_type": "meeting_booked", "created": 0, "skipped": {"contact_not_found": 1}, "failed": 0, "retried": 0, "resolved": 0, "rechecked": 0},
+        {"day": "2026-11-24", "crm": "salesforce", "event_type": "meeting_booked", "created": 2, "skipped": {"contact_not_found": 1}, "failed": 1, "retried": 0, "resolved": 0, "rechecked": 0},
     ]
-    assert body["totals"] == {"created": 2, "failed": 1, "retried": 0, "resolved": 0, "skipped": {"no_settings": 1, "contact_not_found": 2}}
+    assert body["totals"] == {"created": 2, "failed": 1, "retried": 0, "resolved": 0, "rechecked": 0, "skipped": {"no_settings": 1, "contact_not_found": 2}}
     assert (body["from"], body["to"]) == ("2026-11-18", "2026-11-24")
 
 

@@ -30,6 +30,7 @@ from processors.domain.model import (
 from processors.domain.records import (
     action_from_record,
     action_to_record,
+    check_recheck_delays,
     company_from_record,
     company_to_record,
     event_from_record,
@@ -386,3 +387,25 @@ def test_action_round_trip(crm, object_type, origin, owner):
     rec.pop("attempt")
     rec.pop("owner_email")
     assert action_from_record(rec).attempt == 0 and action_from_record(rec).owner_email is None
+
+
+@pytest.mark.parametrize("delays,ok", [
+    ([], True), ([1200, 3600], True), ([1], True), ([7 * 86_400], True), (list(range(1, 11)), True),
+    ([0], False), ([-5], False), ([3600, 1200], False), ([60, 60], False), ([7 * 86_400 + 1], False),
+    (list(range(1, 12)), False), ([1.5], False), ([True], False), (["60"], False),
+])
+def test_contact_recheck_delays(delays, ok):
+    rec = company_to_record(CompanySettings("acme"))
+    rec["contact_recheck_seconds"] = delays
+    if ok:
+        assert company_from_record(rec).contact_recheck_seconds == tuple(delays)
+        assert check_recheck_delays(delays) == tuple(delays)
+    else:
+        with pytest.raises(ValidationError):
+            company_from_record(rec)
+
+
+def test_company_without_recheck_delays_is_off():
+    rec = company_to_record(CompanySettings("acme"))
+    del rec["contact_recheck_seconds"]
+    assert company_from_record(rec).contact_recheck_seconds == ()

@@ -189,6 +189,48 @@ def test_an_action_deferred_over_and_over_gives_up_once_past_give_up_ms_from_its
     assert now - FIRST_DUE == GIVE_UP_MS + 10 * MIN
 
 
+# ---- contact re-check -------------------------------------------------------------------------
+
+NOT_FOUND = Outcome(SKIPPED, reason="contact_not_found")
+RECHECK = (20 * 60, 60 * 60)
+
+RECHECK_CASES = [
+    # id, action due_at, now, delays, expected (kind, new due_at, recheck number)
+    ("off-skips-at-once", FIRST_DUE, FIRST_DUE + 1_000, (), (LEDGER, None, None)),
+    ("first-check-schedules-the-first-recheck", FIRST_DUE, FIRST_DUE + 1_000, RECHECK, (DEFER, FIRST_DUE + 20 * MIN, 1)),
+    ("first-recheck-schedules-the-second", FIRST_DUE + 20 * MIN, FIRST_DUE + 20 * MIN + 500, RECHECK, (DEFER, FIRST_DUE + HOUR, 2)),
+    ("last-recheck-skips", FIRST_DUE + HOUR, FIRST_DUE + HOUR + 500, RECHECK, (LEDGER, None, None)),
+    ("released-a-little-early-still-moves-on", FIRST_DUE + 20 * MIN, FIRST_DUE + 20 * MIN - 300, RECHECK, (DEFER, FIRST_DUE + HOUR, 2)),
+    ("a-late-delivery-skips-past-rechecks", FIRST_DUE, FIRST_DUE + 30 * MIN, RECHECK, (DEFER, FIRST_DUE + HOUR, 2)),
+    ("long-after-all-rechecks", FIRST_DUE, FIRST_DUE + 2 * HOUR, RECHECK, (LEDGER, None, None)),
+    ("after-a-transient-retry", FIRST_DUE + 40, FIRST_DUE + 50, (30,), (DEFER, FIRST_DUE + 30_000, 1)),
+]
+
+
+@pytest.mark.parametrize("due_at, now, delays, expected", [c[1:] for c in RECHECK_CASES], ids=[c[0] for c in RECHECK_CASES])
+def test_contact_recheck(due_at: int, now: int, delays: tuple[int, ...], expected: tuple[str, int | None, int | None]) -> None:
+    act = action(due_at=due_at, attempt=2)
+    got = route(act, NOT_FOUND, now, RULES, delays)
+    kind, due, number = expected
+    assert (got.kind, got.retry.due_at if got.retry else None, got.recheck) == expected
+    if kind == DEFER:
+        assert got.history == "rechecked" and got.reason == "contact_not_found"
+        assert got.retry is not None and got.retry.attempt == 2  # the failure retry budget is not used
+        assert got.retry.first_due_at == FIRST_DUE and got.ledger_value is None
+    else:
+        assert (got.history, got.ledger_value) == ("skipped", "skipped:contact_not_found")
+
+
+def test_recheck_keeps_a_legacy_actions_due_time_as_its_first() -> None:
+    got = route(action(first_due_at=None), NOT_FOUND, FIRST_DUE + 1, RULES, (60,))
+    assert got.retry is not None and got.retry.first_due_at == FIRST_DUE and got.retry.due_at == FIRST_DUE + MIN
+
+
+@pytest.mark.parametrize("outcome", [Outcome(SKIPPED, reason="owner_not_found"), Outcome(CREATED, object_id="00T1")])
+def test_only_a_missing_contact_is_rechecked(outcome: Outcome) -> None:
+    assert route(action(), outcome, FIRST_DUE + 1, RULES, RECHECK).kind == LEDGER
+
+
 # ---- match_existing: reconciliation after a crash ------------------------------------------------
 
 SF = SALESFORCE_MATCH
@@ -303,6 +345,24 @@ FOLD_CASES = [
     ("resolved-of-two-dead-letters", [hist("resolved", ref="dl-1"), hist("resolved", ref="dl-2")], (0, 0, 0, 2, {})),
 ]
 
+RECHECK_FOLD_CASES = [
+    # id, records, expected (rechecked, skipped)
+    ("each-recheck-counts", [hist("rechecked", ref="1"), hist("rechecked", ref="2")], (2, {})),
+    ("a-recheck-recorded-twice-counts-once", [hist("rechecked", ref="1", at_ms=1), hist("rechecked", ref="1", at_ms=9)], (1, {})),
+    ("rechecks-of-two-actions", [hist("rechecked", ref="1"), hist("rechecked", ref="1", action_id="act-2")], (2, {})),
+    (
+        "rechecked-then-skipped",
+        [hist("rechecked", ref="1", reason="contact_not_found"), hist("skipped", reason="contact_not_found")],
+        (1, {"contact_not_found": 1}),
+    ),
+]
+
+
+@pytest.mark.parametrize("records, expected", [c[1:] for c in RECHECK_FOLD_CASES], ids=[c[0] for c in RECHECK_FOLD_CASES])
+def test_fold_counts_each_recheck_once(records: list[HistoryRecord], expected: tuple[int, dict[str, int]]) -> None:
+    got = counts(records)
+    assert (got["rechecked"], got["skipped"]) == expected
+
 
 @pytest.mark.parametrize("records, expected", [case[1:] for case in FOLD_CASES], ids=[case[0] for case in FOLD_CASES])
 def test_fold_counts_each_key_once(records: list[HistoryRecord], expected: tuple[int, int, int, int, dict[str, int]]) -> None:
@@ -317,6 +377,7 @@ KEY_CASES = [
     ("no-action-id", hist("created", action_id=None, crm="hubspot"), "acme/evt-1/hubspot/created"),
     ("retried-by-ref-and-time", hist("retried", ref="dl-1", at_ms=42), "acme/dl-1/42/retried"),
     ("resolved-by-ref", hist("resolved", ref="dl-1", at_ms=42), "acme/dl-1/resolved"),
+    ("rechecked-by-action-and-number", hist("rechecked", ref="2", at_ms=42), "acme/act-1/2/rechecked"),
 ]
 
 
