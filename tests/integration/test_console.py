@@ -329,8 +329,20 @@ def test_a_failure_is_shown_escaped_retried_from_the_page_and_delivered_once(
     page.wait(delivered, "the retry's outcome on the page", 30, 0.5)
     assert len(tasks_of(sandbox, contact)()) == 1
 
+    # resolve "all the filter shows" (CRM salesforce): the row leaves the default list, stays with "resolved too"
+    from selenium.webdriver.support.ui import Select
+
+    page.go(f"/c/{company}/failures?crm=salesforce")
+    Select(page.d.find_element("id", "failure-do")).select_by_value("resolve")
+    page.click("act-all")
+    assert page.flash() == "1 件を解決済みにしました"
+    assert page.has("no-failures")
+    page.go(f"/c/{company}/failures?all=1")
+    assert "解決済み" in page.d.find_element("css selector", "tr.failure").text
+
     page.go(f"/c/{company}/history")
-    assert "1" in page.text("history-breakdown")
+    cells = [td.text for td in page.d.find_elements("css selector", "#history-breakdown tbody td")]
+    assert cells[:3] == ["Salesforce", "面談予約", "1"] and cells[4:7] == ["1", "1", "1"]  # created, failed, retried, resolved
     page.shot("history")
 
 

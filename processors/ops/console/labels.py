@@ -64,6 +64,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "failed": ("失敗", "Failed"),
     "retried": ("再試行", "Retried"),
     "resolved": ("解決済み", "Resolved"),
+    "rechecked": ("再確認", "Re-checked"),
     "no_activity": ("この期間の同期はありません", "No activity in this period"),
     "failures": ("失敗履歴", "Failure history"),
     "filter": ("絞り込み", "Filter"),

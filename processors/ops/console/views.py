@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
-from processors.domain.history import HistoryRecord
+from processors.domain.history import COUNTED, HistoryRecord
 
 SERIES = ("created", "skipped", "failed")
 
@@ -62,9 +62,9 @@ def breakdown(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The window's counts per CRM and event type (the table under the chart)."""
     totals: dict[tuple[str, str], dict[str, Any]] = {}
     for row in report["rows"]:
-        t = totals.setdefault((row["crm"], row["event_type"]), {"crm": row["crm"], "event_type": row["event_type"], "created": 0, "failed": 0, "retried": 0, "resolved": 0, "skipped": {}})
-        for name in ("created", "failed", "retried", "resolved"):
-            t[name] += row[name]
+        t = totals.setdefault((row["crm"], row["event_type"]), {"crm": row["crm"], "event_type": row["event_type"], **dict.fromkeys(COUNTED, 0), "skipped": {}})
+        for name in COUNTED:
+            t[name] += row.get(name, 0)
         for reason, n in row["skipped"].items():
             t["skipped"][reason] = t["skipped"].get(reason, 0) + n
     return [totals[k] for k in sorted(totals)]
