@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -290,7 +290,7 @@ class Console:
         chosen = self._apply_form(form)
         back = f"/c/{quote(company_id, safe='')}/apply?{urlencode({'from': chosen['source']})}"
         if not chosen["event_types"] or not chosen["targets"]:
-            return self.redirect(back, error=label("apply_events", self._lang(request)) + " / " + label("apply_targets", self._lang(request)) + ": ?")
+            return self.redirect(back, error=label("apply_pick", self._lang(request)))
         return self.render(request, "apply_confirm.html", company_id=company_id, company=None, tab="apply", **chosen)
 
     async def apply(self, request: web.Request) -> web.StreamResponse:
@@ -388,8 +388,6 @@ class Console:
             tz = company.timezone if company is not None else DEFAULT_TIMEZONE
             everything = [f for f in read_dead_letters(self.config, self.codec) if f.record.get("company_id") == company_id]
             if scope == "all":
-                from urllib.parse import parse_qs
-
                 query = {k: v[-1] for k, v in parse_qs(_text(form.get("query"))).items()}
                 chosen = self._failure_filter(query, tz)
                 selected = filter_failures(everything, **{k: v for k, v in chosen.items() if k != "since"})

@@ -44,6 +44,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "apply_events": ("反映するイベントタイプ", "Event types to apply"),
     "apply_targets": ("反映先の面談タイプ", "Target meeting types"),
     "apply_new_target": ("新しい面談タイプ(カンマ区切り)", "New meeting types (comma-separated)"),
+    "apply_pick": ("反映するイベントタイプと反映先の面談タイプを選んでください", "Pick the event types and the target meeting types"),
     "apply_check": ("内容を確認", "Review"),
     "apply_confirm": ("反映する", "Apply"),
     "apply_confirm_text": ("次の面談タイプに、選んだイベントタイプの設定(ToDo/同期と項目マッピング)を一度に反映します。", "The selected event types' settings (toggles and field mappings) are written to these meeting types at once."),
