@@ -93,7 +93,7 @@ def schema_kinds(schema: Mapping[str, Any]) -> dict[str, Kind]:
             name = avro["name"] if "." in avro["name"] else f"{avro.get('namespace', 'crmsync.v1')}.{avro['name']}"
             named[name] = named[avro["name"]] = avro
             return avro if kind == "record" else Kind.STRING if kind == "enum" else None
-        if kind == "long" and avro.get("logicalType") in ("timestamp-millis", "local-timestamp-millis"):
+        if kind == "long" and avro.get("logicalType") == "timestamp-millis":
             return Kind.TIMESTAMP
         if isinstance(kind, str) and kind in _PRIMITIVE_KINDS:
             return _PRIMITIVE_KINDS[kind]
