@@ -135,7 +135,7 @@ class Page:
         self.go("/login")
         self.d.find_element("id", "user").send_keys(user[0])
         self.d.find_element("id", "password").send_keys(user[1])
-        self.d.find_element("id", "login").click()
+        self.submit("login")
         self.wait(lambda: self.has("who"), "the logged-in page")
 
     def has(self, element_id: str) -> bool:
@@ -143,6 +143,15 @@ class Page:
 
     def click(self, element_id: str) -> None:
         self.d.find_element("id", element_id).click()
+
+    def submit(self, element_id: str | None = None, element: Any = None) -> None:
+        """Click a form's button and wait for the next page (the old one's message must not be read as the new one's)."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = self.d.find_element("tag name", "html")
+        (element if element is not None else self.d.find_element("id", element_id)).click()
+        WebDriverWait(self.d, 20).until(expected_conditions.staleness_of(old))
 
     def text(self, element_id: str) -> str:
         return self.d.find_element("id", element_id).text
@@ -218,7 +227,7 @@ def test_log_in_then_a_ticked_checkbox_makes_a_booking_a_task(page: Page, deploy
     checkbox.click()
     page.d.find_element("id", "intro-hubspot-title").send_keys("商談: {meeting_type_name}")
     page.shot("settings")
-    page.click("save-intro")
+    page.submit("save-intro")
     assert page.flash() == "保存しました"
     assert page.d.find_element("id", "intro-salesforce-meeting_booked").is_selected()
 
@@ -242,12 +251,12 @@ def test_apply_to_other_meeting_types_after_a_confirm_step(page: Page, deploymen
     page.click("apply-event-meeting_booked")
     page.click("apply-target-t1")
     page.click("apply-target-t2")
-    page.click("apply-review")
+    page.submit("apply-review")
     page.wait(lambda: page.has("apply-confirm"), "the confirm step")
     assert page.text("confirm-targets") == "t1, t2"
     page.shot("apply")
     assert not admin(deployment).show(company)[1][1].salesforce_todo.meeting_booked  # nothing changed before confirming
-    page.click("apply-confirm")
+    page.submit("apply-confirm")
     assert page.flash() == "保存しました"
     mts = {m.meeting_type_id: m for m in admin(deployment).show(company)[1]}
     for target in ("t1", "t2"):
@@ -260,14 +269,14 @@ def test_pause_holds_a_booking_and_resume_delivers_it(page: Page, deployment: De
     prepare(deployment, company, "intro", on=True)
     contact = person(sandbox, f"{company}@buyer.example")
     page.go(f"/c/{company}")
-    page.click("pause")
+    page.submit("pause")
     assert page.flash() == "保存しました"
     assert page.text("pause-state") == "一時停止中"
     assert admin(deployment).show(company)[0].paused
     book(deployment, company, "intro", f"{company}@buyer.example")
     time.sleep(deployment.delay_seconds + 3.0)  # past its due time: held, not delivered
     assert tasks_of(sandbox, contact)() == []
-    page.click("resume")
+    page.submit("resume")
     assert page.flash() == "保存しました"
     assert page.text("pause-state") == "同期中"
     wait_for(tasks_of(sandbox, contact), 30, what="the held booking's Task after resume")
@@ -283,13 +292,13 @@ def test_a_mapping_added_on_the_page_arrives_in_the_crm(page: Page, deployment: 
 
     Select(page.d.find_element("id", "intro-map-source")).select_by_value("meeting_booked|booker.phone")
     page.d.find_element("id", "intro-map-field").send_keys("Booker_Phone__c")
-    page.click("intro-map-add")
+    page.submit("intro-map-add")
     assert page.flash() == "保存しました"
     assert "Booker_Phone__c" in page.text("mappings-intro")
     # a source outside the event's schema is refused with the library's reason, shown on the page
     Select(page.d.find_element("id", "intro-map-source")).select_by_value("meeting_booked|booker.phone")
     page.d.find_element("id", "intro-map-field").send_keys("Description")
-    page.click("intro-map-add")
+    page.submit("intro-map-add")
     assert "allow_core" in page.flash()
 
     book(deployment, company, "intro", f"{company}@buyer.example", phone="+81-3-1234-5678")
@@ -318,7 +327,7 @@ def test_a_failure_is_shown_escaped_retried_from_the_page_and_delivered_once(
     assert page.d.execute_script("return window.__xss === undefined")
     page.shot("failures")
 
-    row.find_element("css selector", "button.retry-one").click()
+    page.submit(element=row.find_element("css selector", "button.retry-one"))
     assert page.flash() == "1 件をもう一度試しました"
     [task] = wait_for(tasks_of(sandbox, contact), 30, what="the retried Task")
 
@@ -334,7 +343,7 @@ def test_a_failure_is_shown_escaped_retried_from_the_page_and_delivered_once(
 
     page.go(f"/c/{company}/failures?crm=salesforce")
     Select(page.d.find_element("id", "failure-do")).select_by_value("resolve")
-    page.click("act-all")
+    page.submit("act-all")
     assert page.flash() == "1 件を解決済みにしました"
     assert page.has("no-failures")
     page.go(f"/c/{company}/failures?all=1")
@@ -353,7 +362,7 @@ def test_a_viewer_may_look_but_is_refused_a_change(browser: Any, console: str, d
     page.login(VIEWER)
     page.go(f"/c/{company}")
     assert "vera" in page.text("who")
-    page.click("pause")
+    page.submit("pause")
     page.wait(lambda: page.has("message"), "the refusal")
     assert "閲覧のみの権限です" in page.text("message")
     assert not admin(deployment).show(company)[0].paused
@@ -378,6 +387,6 @@ def test_the_login_page_refuses_a_wrong_password(browser: Any, console: str) -> 
     page.shot("login")
     page.d.find_element("id", "user").send_keys(ADMIN[0])
     page.d.find_element("id", "password").send_keys("wrong")
-    page.click("login")
+    page.submit("login")
     assert "パスワードが違います" in page.wait(lambda: page.has("login-failed") and page.text("login-failed"), "the refusal")
     assert "/login" in page.d.current_url and not page.has("who")
