@@ -281,6 +281,17 @@ def test_pause_holds_a_booking_and_resume_delivers_it(page: Page, deployment: De
     assert page.text("pause-state") == "同期中"
     wait_for(tasks_of(sandbox, contact), 30, what="the held booking's Task after resume")
 
+    # the contact re-check (opt-in per company), in minutes; a falling list is refused with the reason
+    page.d.find_element("id", "recheck-minutes").send_keys("20,60")
+    page.submit("save-recheck")
+    assert page.flash() == "保存しました"
+    assert admin(deployment).show(company)[0].contact_recheck_seconds == (1200, 3600)
+    assert page.d.find_element("id", "recheck-minutes").get_attribute("value") == "20,60"
+    page.d.find_element("id", "recheck-minutes").clear()
+    page.d.find_element("id", "recheck-minutes").send_keys("60,20")
+    page.submit("save-recheck")
+    assert "rising" in page.flash()
+
 
 def test_a_mapping_added_on_the_page_arrives_in_the_crm(page: Page, deployment: Deployment, sandbox: CrmSandbox) -> None:
     company = company_id()

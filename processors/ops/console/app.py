@@ -76,6 +76,7 @@ class Console:
         r.add_post("/c/{company}/connect", self.connect)
         r.add_post("/c/{company}/todo", self.company_todo)
         r.add_post("/c/{company}/pause", self.pause)
+        r.add_post("/c/{company}/recheck", self.recheck)
         r.add_post("/c/{company}/meeting-type", self.save_meeting_type)
         r.add_post("/c/{company}/mapping", self.map_field)
         r.add_post("/c/{company}/mapping/remove", self.unmap_field)
@@ -213,7 +214,11 @@ class Console:
         company = store.company(company_id)
         meeting_types = sorted(store.meeting_types(company_id), key=lambda m: m.meeting_type_id)
         sources = {e: mapping_sources(e) for e in EVENTS}
-        return self.render(request, "company.html", company_id=company_id, company=company, meeting_types=meeting_types, sources=sources, tab="settings")
+        recheck_minutes = ",".join(f"{seconds / 60:g}" for seconds in company.contact_recheck_seconds) if company else ""
+        return self.render(
+            request, "company.html", company_id=company_id, company=company, meeting_types=meeting_types, sources=sources,
+            recheck_minutes=recheck_minutes, tab="settings",
+        )
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
@@ -229,6 +234,16 @@ class Console:
         company_id, form = request.match_info["company"], await request.post()
         paused = _text(form.get("paused")) == "1"
         return await self._change(request, f"/c/{quote(company_id, safe='')}", lambda a: a.set_paused(company_id, paused))
+
+    async def recheck(self, request: web.Request) -> web.StreamResponse:
+        """The contact re-check delays, in minutes after the first due time (empty: off)."""
+        company_id, form = request.match_info["company"], await request.post()
+        back = f"/c/{quote(company_id, safe='')}"
+        try:
+            delays = [int(round(float(m) * 60)) for m in _text(form.get("minutes")).replace("、", ",").split(",") if m.strip()]
+        except ValueError:
+            return self.redirect(back, error=f"{label('recheck', self._lang(request))}: {_text(form.get('minutes'))!r}")
+        return await self._change(request, back, lambda a: a.set_contact_recheck(company_id, delays))
 
     async def save_meeting_type(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()

@@ -28,6 +28,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "running": ("同期中", "Syncing"),
     "pause": ("一時停止", "Pause"),
     "resume": ("再開", "Resume"),
+    "recheck": ("連絡先の再確認(分後、カンマ区切り)", "Contact re-check (minutes after due, comma-separated)"),
+    "recheck_note": ("リード・取引先責任者が見つからないとき、この時間後にもう一度探してからスキップします。空欄でオフ。", "When no Lead/Contact matches, look again after these delays before skipping; empty turns it off."),
     "timezone": ("タイムゾーン", "Time zone"),
     "meeting_types": ("面談タイプ", "Meeting types"),
     "meeting_type": ("面談タイプ", "Meeting type"),
