@@ -177,6 +177,11 @@ class Config:
     quota_defer_ratio: _Ratio = _env("CRM_SYNC_QUOTA_DEFER_RATIO", 0.95)
     # While deferred for quota, one batch tries again after this long (reading the quota anew).
     quota_defer_seconds: _Seconds = _env("CRM_SYNC_QUOTA_DEFER_SECONDS", 900.0)
+    # The admin console (`crm-sync console`): who may log in, where it listens, what signs its sessions.
+    console_users_file: Path | None = _env("CRM_SYNC_CONSOLE_USERS_FILE", None)
+    console_bind: str = _env("CRM_SYNC_CONSOLE_BIND", "127.0.0.1")
+    console_port: _Port = _env("CRM_SYNC_CONSOLE_PORT", 8470)
+    console_secret: str | None = _env("CRM_SYNC_CONSOLE_SECRET", None, repr=False)
 
     @property
     def http_loopback(self) -> bool:

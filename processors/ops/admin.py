@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from confluent_kafka import Message, Producer
 
@@ -163,6 +163,14 @@ class SettingsAdmin:
         self.publish([doc])
         return doc
 
+    def set_company_todos(self, company_id: str, toggles: Mapping[EventType, bool]) -> CompanySettings:
+        """Several company-level ToDo toggles in one document (the console's one save button)."""
+        doc = self._company(self.load(), company_id)
+        for event_type, on in toggles.items():
+            doc = rules.set_company_todo(doc, event_type, on, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
     def set_timezone(self, company_id: str, tz: str) -> CompanySettings:
         if not valid_timezone(tz):
             raise rules.SettingsError(f"not an IANA time zone: {tz}")
@@ -180,6 +188,21 @@ class SettingsAdmin:
             company_id, meeting_type_id, now_ms(), self._actor
         )
         doc = rules.set_meeting_type_toggle(current, crm, event_type, on, now_ms(), self._actor)
+        self.publish([doc])
+        return doc
+
+    def save_meeting_type(
+        self, company_id: str, meeting_type_id: str, toggles: Mapping[tuple[Crm, EventType], bool], **fields: str | None
+    ) -> MeetingTypeSettings:
+        """A meeting type's event × CRM matrix and texts in one document (the console's save button)."""
+        store = self.load()
+        self._company(store, company_id)
+        doc = store.meeting_type(company_id, meeting_type_id) or rules.new_meeting_type(
+            company_id, meeting_type_id, now_ms(), self._actor
+        )
+        for (crm, event_type), on in toggles.items():
+            doc = rules.set_meeting_type_toggle(doc, crm, event_type, on, now_ms(), self._actor)
+        doc = replace(doc, **{k: v for k, v in fields.items() if v is not None}, updated_at=now_ms(), updated_by=self._actor)
         self.publish([doc])
         return doc
 

@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crm", choices=CRMS, help="one CRM (default: every CRM the company has credentials for)")
     p.add_argument("--field", default=None, help="Salesforce Task field (default CrmSyncActionId__c)")
     p.add_argument("--property", default=None, help="HubSpot meeting/note property (default crm_sync_action_id)")
+    p = _command(sub, "console", "serve the admin web page (CRM_SYNC_CONSOLE_*; docs/console.md)")
+    p.add_argument("--hash-password", action="store_true", help="print the users-file hash of the password read from stdin, and exit")
     return parser
 
 
@@ -416,9 +418,29 @@ def _run_health(args: argparse.Namespace, config: Config) -> int:
     return 0 if healthy else 1
 
 
+def _run_console(args: argparse.Namespace, config: Config) -> None:
+    if args.hash_password:
+        from processors.ops.console.auth import hash_password
+
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise CliError("give the password on stdin")
+        print(hash_password(password))
+        return
+    from processors.ops.console.app import serve
+
+    serve(config)
+
+
 def _uses_broker(args: argparse.Namespace) -> bool:
-    """`acls print`, `history --url`, `crm` and `health` never talk to Kafka, so they need no broker credentials."""
-    return not (getattr(args, "acls_command", None) == "print" or getattr(args, "url", None) or args.command in ("crm", "health"))
+    """`acls print`, `history --url`, `crm`, `health` and `console --hash-password` never talk to
+    Kafka, so they need no broker credentials."""
+    return not (
+        getattr(args, "acls_command", None) == "print"
+        or getattr(args, "url", None)
+        or args.command in ("crm", "health")
+        or getattr(args, "hash_password", False)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_acls(args, config)
         elif args.command == "crm":
             _run_crm(args, config)
+        elif args.command == "console":
+            _run_console(args, config)
     except clients.BrokerRefused as exc:
         print(f"crm-sync: error: {exc}", file=sys.stderr)
         return 3

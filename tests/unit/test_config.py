@@ -82,6 +82,10 @@ DEFAULTS = [
     ("sink_company_budget_seconds", 5.0),
     ("quota_defer_ratio", 0.95),
     ("quota_defer_seconds", 900.0),
+    ("console_users_file", None),
+    ("console_bind", "127.0.0.1"),
+    ("console_port", 8470),
+    ("console_secret", None),
 ]
 
 
@@ -127,6 +131,10 @@ VALUES = [
     ("CRM_SYNC_QUOTA_DEFER_RATIO", "0.8", "quota_defer_ratio", 0.8),
     ("CRM_SYNC_QUOTA_DEFER_RATIO", "1", "quota_defer_ratio", 1.0),
     ("CRM_SYNC_QUOTA_DEFER_SECONDS", "60", "quota_defer_seconds", 60.0),
+    ("CRM_SYNC_CONSOLE_USERS_FILE", "/etc/crm-sync/users.json", "console_users_file", Path("/etc/crm-sync/users.json")),
+    ("CRM_SYNC_CONSOLE_BIND", "0.0.0.0", "console_bind", "0.0.0.0"),
+    ("CRM_SYNC_CONSOLE_PORT", "8080", "console_port", 8080),
+    ("CRM_SYNC_CONSOLE_SECRET", "s" * 32, "console_secret", "s" * 32),
 ]
 
 
