@@ -35,6 +35,10 @@ KAFKA_LOG_LEVEL="${KAFKA_LOG_LEVEL:-WARN}"
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+DAEMON_MATCH='kafka\.Kafka'
+DAEMON_LOG=kafka.log
+# shellcheck source=../lib/daemon.sh
+source "$SCRIPT_DIR/../lib/daemon.sh"
 usage() { sed -n '2,15p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- fetch
@@ -93,25 +97,6 @@ parse_args() {
     mkdir -p "$DIR"
     DIR="$(cd "$DIR" && pwd)"
     PIDFILE="$DIR/kafka.pid"
-}
-
-# Prints the pid from D/kafka.pid if that process is alive and is a Kafka broker.
-running_pid() {
-    [[ -f "$PIDFILE" ]] || return 1
-    local pid
-    pid="$(tr -dc '0-9' <"$PIDFILE")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/cmdline" ]] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'kafka\.Kafka'; then
-        return 1 # pid reused by something else
-    fi
-    echo "$pid"
-}
-
-log_tail() {
-    if [[ -f "$DIR/kafka.log" ]]; then
-        log "---- last 40 lines of $DIR/kafka.log ----"
-        tail -n 40 "$DIR/kafka.log" >&2 || true
-    fi
 }
 
 java_cmd() { # extra JVM args then main class and args
@@ -353,44 +338,8 @@ PY
     esac
 }
 
-# ---------------------------------------------------------------- stop / status
-cmd_stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid still alive after 20 s; SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 25; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    fi
-    rm -f "$PIDFILE"
-}
-
-cmd_stop() {
-    parse_args "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        cmd_stop_pid "$pid"
-        log "stopped pid $pid"
-    else
-        rm -f "$PIDFILE"
-        log "not running ($DIR)"
-    fi
-}
-
-cmd_status() {
-    parse_args "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        echo "running pid=$pid bootstrap=$(cat "$DIR/bootstrap" 2>/dev/null || echo '?') version=$KAFKA_VERSION"
-    else
-        echo "stopped"
-        return 3
-    fi
-}
+# ---------------------------------------------------------------- stop / status (deploy/lib/daemon.sh)
+status_details() { echo "bootstrap=$(cat "$DIR/bootstrap" 2>/dev/null || echo '?') version=$KAFKA_VERSION"; }
 
 main() {
     (($#)) || usage

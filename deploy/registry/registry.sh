@@ -38,6 +38,10 @@ AUTH_JAR=crm-sync-dev-registry-0-basic-auth.jar
 
 log() { printf 'registry.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+DAEMON_MATCH='crm-sync-dev-registry'
+DAEMON_LOG=registry.log
+# shellcheck source=../lib/daemon.sh
+source "$SCRIPT_DIR/../lib/daemon.sh"
 usage() { sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- fetch
@@ -93,24 +97,6 @@ parse_args() {
     mkdir -p "$DIR"
     DIR="$(cd "$DIR" && pwd)"
     PIDFILE="$DIR/registry.pid"
-}
-
-running_pid() {
-    [[ -f "$PIDFILE" ]] || return 1
-    local pid
-    pid="$(tr -dc '0-9' <"$PIDFILE")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/cmdline" ]] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'crm-sync-dev-registry'; then
-        return 1 # pid reused by something else
-    fi
-    echo "$pid"
-}
-
-log_tail() {
-    if [[ -f "$DIR/registry.log" ]]; then
-        log "---- last 40 lines of $DIR/registry.log ----"
-        tail -n 40 "$DIR/registry.log" >&2 || true
-    fi
 }
 
 # ---------------------------------------------------------------- start
@@ -199,43 +185,8 @@ PY
     esac
 }
 
-# ---------------------------------------------------------------- stop / status
-cmd_stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid still alive after 20 s; SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PIDFILE"
-}
-
-cmd_stop() {
-    parse_args "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        cmd_stop_pid "$pid"
-        log "stopped pid $pid"
-    else
-        rm -f "$PIDFILE"
-        log "not running ($DIR)"
-    fi
-}
-
-cmd_status() {
-    parse_args "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        echo "running pid=$pid url=$(cat "$DIR/url" 2>/dev/null || echo '?') version=$APICURIO_VERSION"
-    else
-        echo "stopped"
-        return 3
-    fi
-}
+# ---------------------------------------------------------------- stop / status (deploy/lib/daemon.sh)
+status_details() { echo "url=$(cat "$DIR/url" 2>/dev/null || echo '?') version=$APICURIO_VERSION"; }
 
 main() {
     (($#)) || usage
