@@ -366,6 +366,38 @@ def test_a_failure_is_shown_escaped_retried_from_the_page_and_delivered_once(
     page.shot("history")
 
 
+def test_retry_of_a_ticked_selection_retries_only_those(page: Page, deployment: Deployment, sandbox: CrmSandbox) -> None:
+    company = company_id()
+    prepare(deployment, company, "intro", on=True)
+    picked, left = person(sandbox, f"picked-{company}@buyer.example"), person(sandbox, f"left-{company}@buyer.example")
+    sandbox.inject(Fault(crm="salesforce", status=400, error_code="INVALID_FIELD", path_contains="composite", count=2))
+    book(deployment, company, "intro", f"picked-{company}@buyer.example")
+    book(deployment, company, "intro", f"left-{company}@buyer.example")
+    codec = Codec()
+
+    def dead_letters() -> list[dict[str, Any]]:
+        return [d for d in read_all(deployment.bootstrap, deployment.topics.dead_letter, codec) if d.get("company_id") == company]
+
+    wait_for(lambda: len(dead_letters()) == 2, 30, what="both dead letters")
+    sandbox.state.clear_faults()  # a fault the two shared one request for must not hit the retry
+
+    page.go(f"/c/{company}/failures")
+    rows = page.d.find_elements("css selector", "tr.failure")
+    assert len(rows) == 2
+    [row] = [r for r in rows if f"picked-{company}" in r.find_element("css selector", "details").get_attribute("textContent")]
+    row.find_element("css selector", "input[type=checkbox][name=id]").click()
+    page.submit("act-selected")
+    assert page.flash() == "1 件をもう一度試しました"
+    wait_for(tasks_of(sandbox, picked), 30, what="the picked failure's Task")
+    assert tasks_of(sandbox, left)() == []  # the unticked one was not retried
+    page.go(f"/c/{company}/failures")
+    by_contact = {
+        ("picked" if f"picked-{company}" in r.find_element("css selector", "details").get_attribute("textContent") else "left"): r.text
+        for r in page.d.find_elements("css selector", "tr.failure")
+    }
+    assert "再試行済み" in by_contact["picked"] and "未対応" in by_contact["left"]
+
+
 def test_a_viewer_may_look_but_is_refused_a_change(browser: Any, console: str, deployment: Deployment) -> None:
     company = company_id()
     prepare(deployment, company, "intro")
