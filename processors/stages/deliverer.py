@@ -309,7 +309,11 @@ class Deliverer:
         if quota_wait > 0:
             return [Outcome(DEFERRED, reason="quota_near_limit", retry_after=quota_wait, first_attempt_at=first)] * n
         slow = self._slow.get(key)
-        if self.busy(crm, company_id) or (slow is not None and time.monotonic() < slow[1]):
+        if slow is not None and time.monotonic() < slow[1]:
+            # Back when the cool-down ends, not at the next short backoff: bouncing through the
+            # retry topic every second spends the give-up window without asking the CRM once.
+            return [Outcome(DEFERRED, reason="crm_slow", retry_after=slow[1] - time.monotonic(), first_attempt_at=first)] * n
+        if self.busy(crm, company_id):
             return [Outcome(DEFERRED, reason="crm_slow", first_attempt_at=first)] * n
         budget = self._budget if slow is None else min(self._budget, SLOW_PROBE_BUDGET_S)
         attempts = 1

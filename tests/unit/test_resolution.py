@@ -265,3 +265,33 @@ def test_hubspot_note_associated_with_contact(fakes, event_type):
     assert outcome.status == CREATED
     [(kind, props, contact)] = hs.created
     assert (kind, contact) == ("NOTE", "c-9") and "hs_note_body" in props
+
+
+def test_a_company_cooling_down_after_a_slow_crm_is_deferred_until_the_cool_down_ends(monkeypatch):
+    """Deferrals during the cool-down come back when it ends, not at the next short backoff (which
+    spent the give-up window bouncing through the retry topic without asking the CRM once)."""
+    import threading
+    import time as time_module
+
+    release = threading.Event()
+
+    class HungSalesforce(FakeSalesforce):
+        def find_people(self, emails):
+            release.wait(5)
+            return super().find_people(emails)
+
+    sf = HungSalesforce(people={"lead@example.org": WHO}, users={})
+    monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None, **kw: sf)
+    deliverer = deliverer_module.Deliverer(
+        FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create(), company_budget_seconds=0.05
+    )
+    try:
+        assert deliver(deliverer, action()).reason == "crm_timeout"
+    finally:
+        release.set()
+    deadline = time_module.monotonic() + 5
+    while deliverer.busy(Crm.SALESFORCE, "acme") and time_module.monotonic() < deadline:
+        time_module.sleep(0.01)  # the hung call's thread finishes
+    cooling = deliver(deliverer, action(action_id="a2"))
+    assert cooling.status == "deferred" and cooling.reason == "crm_slow"
+    assert cooling.retry_after is not None and 0.0 < cooling.retry_after <= deliverer_module.SLOW_COOLDOWN.base
