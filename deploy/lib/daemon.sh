@@ -59,3 +59,17 @@ cmd_status() {
         return 3
     fi
 }
+
+# The readiness probe's verdict for `start`: 0 ready (prints ADDRESS), 3 exited, 4 not ready in time.
+finish_start() {
+    local rc=$1 pid=$2 what=$3 address=$4 t0=$5
+    case $rc in
+        0)
+            log "$what pid $pid ready on $address after $((SECONDS - t0)) s (dir $DIR)"
+            echo "$address"
+            ;;
+        3) log_tail; rm -f "$PIDFILE"; die "$what exited during startup" ;;
+        4) log_tail; cmd_stop_pid "$pid"; die "$what not ready within ${TIMEOUT}s" ;;
+        *) log_tail; cmd_stop_pid "$pid"; die "readiness probe failed (exit $rc)" ;;
+    esac
+}

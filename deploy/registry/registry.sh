@@ -174,15 +174,7 @@ while time.monotonic() < deadline:
     time.sleep(0.2)
 sys.exit(4)
 PY
-    case $rc in
-        0)
-            log "registry pid $pid ready on http://127.0.0.1:$PORT after $((SECONDS - t0)) s (dir $DIR)"
-            echo "http://127.0.0.1:$PORT"
-            ;;
-        3) log_tail; rm -f "$PIDFILE"; die "registry exited during startup" ;;
-        4) log_tail; cmd_stop_pid "$pid"; die "registry not ready within ${TIMEOUT}s" ;;
-        *) log_tail; cmd_stop_pid "$pid"; die "readiness probe failed (exit $rc)" ;;
-    esac
+    finish_start "$rc" "$pid" registry "http://127.0.0.1:$PORT" "$t0"
 }
 
 # ---------------------------------------------------------------- stop / status (deploy/lib/daemon.sh)

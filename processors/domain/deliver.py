@@ -78,8 +78,9 @@ class TtlCache:
 
 
 @dataclass
-class AuthCircuit:
-    """Consecutive auth failures per (CRM, company); open after `threshold`, for a growing cool-down."""
+class Circuit:
+    """Consecutive failures per (CRM, company); open after `threshold`, for a growing cool-down.
+    One kind per instance: authentication failures, or a CRM running out the company's budget."""
 
     cooldown: Callable[[int], float]  # n-th opening in a row (1, 2, …) → seconds: the one retry policy
     threshold: int = 3
@@ -98,6 +99,10 @@ class AuthCircuit:
             return False
         self._open_until[key] = self.clock() + self.cooldown(count - self.threshold + 1)
         return True
+
+    def failing(self, key: tuple[str, str]) -> bool:
+        """The last call failed (the next one after the cool-down is a probe)."""
+        return key in self._failures
 
     def succeeded(self, key: tuple[str, str]) -> None:
         self._failures.pop(key, None)

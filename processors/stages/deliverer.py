@@ -42,7 +42,7 @@ from processors.domain.deliver import (
     HUBSPOT_OBJECTS,
     SALESFORCE_MATCH,
     SKIPPED,
-    AuthCircuit,
+    Circuit,
     Outcome,
     QuotaBook,
     TtlCache,
@@ -103,7 +103,8 @@ class Deliverer:
         self._buckets = {crm: TokenBuckets(rate=rates.get(crm, 10.0), burst=max(1.0, rates.get(crm, 10.0))) for crm in Crm}
         self._id_fields = dict(action_id_fields or {})
         self._cache = TtlCache(cache_ttl)
-        self.circuit = AuthCircuit(cooldown=AUTH_COOLDOWN.backoff)
+        self.circuit = Circuit(cooldown=AUTH_COOLDOWN.backoff)
+        self.slow = Circuit(cooldown=SLOW_COOLDOWN.backoff, threshold=1)
         self.quota = QuotaBook(defer_ratio=quota_defer_ratio, probe_after=quota_defer_seconds)
         # Access tokens per (CRM, company), shared by the clients rebuilt when a file changes.
         self.tokens = TokenCache()
@@ -111,7 +112,6 @@ class Deliverer:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
         self._slots = asyncio.Semaphore(concurrency)
         self._running: Counter[tuple[str, str]] = Counter()
-        self._slow: dict[tuple[str, str], tuple[int, float]] = {}  # (timeouts in a row, deferred until)
         self._running_lock = threading.Lock()
 
     def _client(self, crm: Crm, company_id: str) -> Any:
@@ -308,14 +308,14 @@ class Deliverer:
         quota_wait = self.quota.wait(key)
         if quota_wait > 0:
             return [Outcome(DEFERRED, reason="quota_near_limit", retry_after=quota_wait, first_attempt_at=first)] * n
-        slow = self._slow.get(key)
-        if slow is not None and time.monotonic() < slow[1]:
+        slow_wait = self.slow.remaining(key)
+        if slow_wait > 0:
             # Back when the cool-down ends, not at the next short backoff: bouncing through the
             # retry topic every second spends the give-up window without asking the CRM once.
-            return [Outcome(DEFERRED, reason="crm_slow", retry_after=slow[1] - time.monotonic(), first_attempt_at=first)] * n
+            return [Outcome(DEFERRED, reason="crm_slow", retry_after=slow_wait, first_attempt_at=first)] * n
         if self.busy(crm, company_id):
             return [Outcome(DEFERRED, reason="crm_slow", first_attempt_at=first)] * n
-        budget = self._budget if slow is None else min(self._budget, SLOW_PROBE_BUDGET_S)
+        budget = min(self._budget, SLOW_PROBE_BUDGET_S) if self.slow.failing(key) else self._budget
         attempts = 1
         doubtful = dict(reconcile or {})
         claims = set(claimed or ())
@@ -344,14 +344,12 @@ class Deliverer:
                     call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), budget
                 )
                 self.circuit.succeeded(key)
-                self._slow.pop(key, None)
+                self.slow.succeeded(key)
             except asyncio.TimeoutError:
-                timeouts = (slow[0] if slow is not None else 0) + 1
-                cooldown = SLOW_COOLDOWN.backoff(timeouts)
-                self._slow[key] = (timeouts, time.monotonic() + cooldown)
+                self.slow.failed(key)
                 log.warning(
                     "CRM too slow: this company's actions are deferred",
-                    extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(cooldown, 1)},
+                    extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
                 )
                 outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
             except TransientError as exc:
