@@ -23,14 +23,16 @@ def main() -> None:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--bootstrap", help="an existing broker")
+    p.add_argument("--ingest-processes", type=int, default=os.cpu_count() or 1, help="the worker's CRM_SYNC_INGEST_PROCESSES")
     args = p.parse_args()
     with bench_broker(args.bootstrap, "bench-catchup-") as (bootstrap, work, _):
         print(f"broker {bootstrap}; {os.cpu_count()} CPUs; partitions {args.partitions}", flush=True)
-        a = bench_ingest(bootstrap, args.events, args.partitions, work)
-        print(f"catch-up, {args.events:,} events waiting (2 actions each) when the worker starts:")
+        a = bench_ingest(bootstrap, args.events, args.partitions, work, processes=args.ingest_processes)
+        print(f"catch-up, {args.events:,} events waiting (2 actions each) when the worker starts"
+              f" (CRM_SYNC_INGEST_PROCESSES={args.ingest_processes}):")
         print(f"    all actions on the delay topic {a['caught_up_s']:.1f} s after the worker's start"
               f" (ready after {a['worker_ready_s']:.1f} s; {a['worker_events_per_s']:,.0f} events/s)")
-        print(f"    worker peak RSS {a['worker_peak_rss_mib']:.0f} MiB")
+        print(f"    worker peak RSS {a['worker_peak_rss_mib']:.0f} MiB (with its ingest processes)")
         print(f"    bare loop over the same backlog {a['bare_events_per_s']:,.0f} events/s", flush=True)
 
 

@@ -8,7 +8,9 @@ Starts its own broker (deploy/kafka/kafka.sh, so the delay topic's disk use can 
 
 (a) ingest throughput: the real worker process (`crm-sync worker`) over a pre-filled meetings topic
     (decode → settings join → plan → delay topic), measured from the delay topic's record
-    timestamps, beside a bare confluent-kafka consume → decode → produce loop over the same records;
+    timestamps, once ingesting in its own process and once with `--ingest-processes` ingest
+    processes (CRM_SYNC_INGEST_PROCESSES), each beside a bare confluent-kafka consume → decode →
+    produce loop over the same records;
 (b) due-time lateness p50/p99/max: `--lateness-actions` actions due at a steady rate, released by
     the real `DelayReleaser` in a process of its own (the worker's release loop without its sinks),
     lateness = due-topic record timestamp - due_at;
@@ -135,6 +137,19 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
+def tree_rss_peak_mib(pid: int) -> float:
+    """The worker's peak RSS plus each of its child processes' (ingest processes, resource tracker):
+    a sum of peaks, so at least the tree's peak."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = rss_peak_mib(pid)
+    for child in children:
+        try:
+            total += rss_peak_mib(int(child))
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
 # ---- (a) ingest ----------------------------------------------------------------------------------
 
 
@@ -160,11 +175,14 @@ def worker_env(bootstrap: str, topics: Topics, app_id: str, state: Path, delay_s
     return env
 
 
-def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path, profile: Path | None = None) -> dict[str, Any]:
+def bench_ingest(
+    bootstrap: str, events: int, partitions: int, work: Path, profile: Path | None = None, processes: int = 0
+) -> dict[str, Any]:
+    """`processes` is the worker's CRM_SYNC_INGEST_PROCESSES (0: ingest in the worker's own process)."""
     sfx = uuid.uuid4().hex[:8]
     topics = Topics(**{f.name: f"bench.{f.name}.{sfx}" for f in dataclasses.fields(Topics)})
     create_topics(bootstrap, [topics.meetings, topics.research, topics.surveys, topics.delay, topics.due_salesforce, topics.due_hubspot], partitions)
-    env = worker_env(bootstrap, topics, f"bench-{sfx}", work, 600.0, partitions)
+    env = dict(worker_env(bootstrap, topics, f"bench-{sfx}", work, 600.0, partitions), CRM_SYNC_INGEST_PROCESSES=str(processes))
     admin = SettingsAdmin(Config.from_env(env), actor="bench")
     for crm in Crm:
         admin.set_connected(COMPANY, crm, True)
@@ -191,7 +209,7 @@ def bench_ingest(bootstrap: str, events: int, partitions: int, work: Path, profi
         sampler = hotspots.attach(proc.pid, profile) if profile is not None else None
         _wait(lambda: end_offsets(bootstrap, topics.delay) >= 2 * events, 1800, "every action on the delay topic")
         caught_up_s = time.monotonic() - started
-        peak_rss = rss_peak_mib(proc.pid)
+        peak_rss = tree_rss_peak_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -378,6 +396,8 @@ def main() -> None:
     p.add_argument("--broker-dir", type=Path, help="that broker's data dir, to measure the delay topic's disk use")
     p.add_argument("--only", choices=["a", "b", "c"], help="run one part: (a) ingest, (b) lateness, (c) held")
     p.add_argument("--ingest-events", type=int, default=20_000)
+    p.add_argument("--ingest-processes", type=int, default=os.cpu_count() or 1,
+                   help="(a): CRM_SYNC_INGEST_PROCESSES of the second worker run (the first ingests in-process)")
     p.add_argument("--profile", type=Path, help="(a): sample the worker with py-spy from readiness on; collapsed stacks to this file")
     p.add_argument("--lateness-actions", type=int, default=100_000)
     p.add_argument("--lateness-rate", type=float, default=2_000.0, help="actions due per second in (b)")
@@ -404,10 +424,15 @@ def main() -> None:
 
         a = bench_ingest(bootstrap, args.ingest_events, args.partitions, work, args.profile)
         if args.only in (None, "a"):
+            pooled = bench_ingest(bootstrap, args.ingest_events, args.partitions, work, processes=args.ingest_processes)
             print(f"(a) ingest, {args.ingest_events:,} events (2 actions each) through the worker process:")
-            print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   (worker start → ready {a['worker_ready_s']:.1f} s)")
-            print(f"    bare    {a['bare_events_per_s']:10,.0f} events/s   confluent-kafka consume → decode → produce")
-            print(f"    ratio   {a['worker_events_per_s'] / a['bare_events_per_s']:10.2f}", flush=True)
+            print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   in-process (CRM_SYNC_INGEST_PROCESSES=0), ratio"
+                  f" {a['worker_events_per_s'] / a['bare_events_per_s']:.2f}; peak RSS {a['worker_peak_rss_mib']:.0f} MiB")
+            print(f"    worker  {pooled['worker_events_per_s']:10,.0f} events/s   CRM_SYNC_INGEST_PROCESSES={args.ingest_processes}, ratio"
+                  f" {pooled['worker_events_per_s'] / pooled['bare_events_per_s']:.2f}; peak RSS {pooled['worker_peak_rss_mib']:.0f} MiB"
+                  " (worker + ingest processes)")
+            print(f"    bare    {a['bare_events_per_s']:10,.0f} / {pooled['bare_events_per_s']:,.0f} events/s   confluent-kafka consume → decode → produce,"
+                  " measured after each worker run", flush=True)
             # The next stage downstream, so the table shows where the bottleneck moves: the sinks'
             # objects/s into the CRM sandbox with the stage's 200-action batches.
             for crm, row in bench_sinks.run(2_000, 5, 20, 200).items():

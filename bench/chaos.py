@@ -5,6 +5,7 @@ transaction (run on demand; never a test).
     .venv/bin/python bench/chaos.py                # full sizes
     .venv/bin/python bench/chaos.py --quick        # about 1/8 of the sizes, a few minutes
     .venv/bin/python bench/chaos.py --only a,c     # some scenarios
+    .venv/bin/python bench/chaos.py --quick --ingest-processes 2   # the workers ingest in 2 processes each
 
 Starts its own broker (deploy/kafka/kafka.sh in a temp dir, fixed ports so it can be stopped and
 restarted with its data) and one CrmSandbox in this process; every scenario gets a fresh app id,
@@ -115,7 +116,9 @@ def main() -> int:
     p.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios, e.g. a,c")
     p.add_argument("--seed", type=int, default=int(time.time()), help="for the kill moments and the mutations")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs) afterwards")
+    p.add_argument("--ingest-processes", type=int, default=0, help="the workers' CRM_SYNC_INGEST_PROCESSES (0: in-process)")
     args = p.parse_args()
+    Env.worker_env = {"CRM_SYNC_INGEST_PROCESSES": str(args.ingest_processes)}
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:

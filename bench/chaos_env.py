@@ -170,6 +170,9 @@ class Company:
 class Env:
     """One scenario's deployment: fresh topics and app id, its own secrets dir and sandbox tenants."""
 
+    # Set by `chaos.py --ingest-processes`: every scenario's workers get it (CRM_SYNC_INGEST_PROCESSES).
+    worker_env: dict[str, str] = {}
+
     def __init__(self, name: str, broker: Any, sandbox: CrmSandbox, workdir: Path, *, delay: float = 3.0,
                  extra_env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -186,6 +189,7 @@ class Env:
                 "CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS": "false",  # every company has its own files
                 "CRM_SYNC_SINK_RETRY_SECONDS": "3600",
                 "CRM_SYNC_LOG_LEVEL": "INFO",
+                **Env.worker_env,
                 **(extra_env or {}),
             },
         )

@@ -75,6 +75,7 @@ _Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False), _form("a number of
 _Hours = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of hours (> 0)")]
 _Rate = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of calls per second (> 0)")]
 _Count = Annotated[int, Field(ge=1), _form("a whole number (>= 1)")]
+_Processes = Annotated[int, Field(ge=0, le=64), _form("a number of processes (0..64)")]
 _Port = Annotated[int, Field(ge=1, le=65535), _form("a port number (1..65535)")]
 _Ratio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _form("a share between 0 and 1 (e.g. 0.95)")]
 _Flag = Annotated[bool, BeforeValidator(_flag), _form("a boolean (true/false, 1/0, yes/no)")]
@@ -158,6 +159,8 @@ class Config:
     ledger_keep_hours: _Hours = _env("CRM_SYNC_LEDGER_KEEP_HOURS", 168.0)
     group_instance_id: str | None = _env("CRM_SYNC_GROUP_INSTANCE_ID", None)
     ingest_batch_size: _Count = _env("CRM_SYNC_INGEST_BATCH_SIZE", 1000)
+    # Ingest's decode → plan → encode in this many processes of its own; 0: in the worker's process.
+    ingest_processes: _Processes = _env("CRM_SYNC_INGEST_PROCESSES", 0)
     sink_batch_window_seconds: _Seconds = _env("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", 0.2)
     sink_concurrency: _Count = _env("CRM_SYNC_SINK_CONCURRENCY", 16)
     salesforce_rate_per_second: _Rate = _env("CRM_SYNC_SALESFORCE_RATE", 20.0)

@@ -101,6 +101,13 @@ def plan(
     actions: list[Action] = []
     skips: list[Skip] = []
     tz = company.timezone
+    rendered: list[str] = []
+
+    def text() -> str:
+        """The event's text, rendered once for every action that shows it."""
+        if not rendered:
+            rendered.append(render.event_text(event))
+        return rendered[0]
 
     sf_company = company.salesforce_company_todo.get(event_type)
     sf_type = meeting_type.salesforce_todo.get(event_type)
@@ -109,9 +116,9 @@ def plan(
             skips.append(Skip(Crm.SALESFORCE, "integration_disabled"))
         else:
             if sf_company:
-                actions.append(make(Crm.SALESFORCE, ObjectType.TASK, Origin.COMPANY, render.salesforce_task(event, tz, None)))
+                actions.append(make(Crm.SALESFORCE, ObjectType.TASK, Origin.COMPANY, render.salesforce_task(event, tz, None, text())))
             if sf_type:
-                props = render.salesforce_task(event, tz, meeting_type) | mapped_fields(event, Crm.SALESFORCE, meeting_type.field_mappings, tz)
+                props = render.salesforce_task(event, tz, meeting_type, text()) | mapped_fields(event, Crm.SALESFORCE, meeting_type.field_mappings, tz)
                 actions.append(make(Crm.SALESFORCE, ObjectType.TASK, Origin.MEETING_TYPE, props))
 
     if meeting_type.hubspot_sync.get(event_type):
@@ -119,9 +126,9 @@ def plan(
             skips.append(Skip(Crm.HUBSPOT, "integration_disabled"))
         else:
             if isinstance(event, MeetingBooked):
-                object_type, props = ObjectType.MEETING, render.hubspot_meeting(event, tz, meeting_type)
+                object_type, props = ObjectType.MEETING, render.hubspot_meeting(event, tz, meeting_type, text())
             else:
-                object_type, props = ObjectType.NOTE, render.hubspot_note(event)
+                object_type, props = ObjectType.NOTE, render.hubspot_note(event, text())
             props |= mapped_fields(event, Crm.HUBSPOT, meeting_type.field_mappings, tz)
             actions.append(make(Crm.HUBSPOT, object_type, Origin.MEETING_TYPE, props))
 

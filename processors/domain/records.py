@@ -328,11 +328,16 @@ def action_from_record(value: Mapping[str, Any]) -> Action:
 
 def action_headers(action: Action) -> list[tuple[str, bytes]]:
     """What the releaser needs without decoding the value: due time, CRM, tenant, ids."""
+    return headers_of(action.due_at, action.crm.value, action.company_id, action.action_id, action.event_id, action.event_type.value)
+
+
+def headers_of(due_at: int, crm: str, company_id: str, action_id: str, event_id: str, event_type: str) -> list[tuple[str, bytes]]:
+    """`action_headers` from the fields alone (an ingest process hands over fields, not Actions)."""
     return [
-        ("due_at", str(action.due_at).encode()),
-        ("crm", action.crm.value.encode()),
-        ("company_id", action.company_id.encode()),
-        ("action_id", action.action_id.encode()),
-        ("event_id", action.event_id.encode()),
-        ("event_type", action.event_type.value.encode()),
+        ("due_at", str(due_at).encode()),
+        ("crm", crm.encode()),
+        ("company_id", company_id.encode()),
+        ("action_id", action_id.encode()),
+        ("event_id", event_id.encode()),
+        ("event_type", event_type.encode()),
     ]

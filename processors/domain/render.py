@@ -164,7 +164,7 @@ def event_text(event: Event) -> str:
 
 def text_to_html(text: str) -> str:
     """HubSpot bodies are HTML: user text is escaped, line breaks kept."""
-    return "<br>".join(html.escape(line) for line in text.split("\n"))
+    return html.escape(text).replace("\n", "<br>")  # escaping never touches a line break
 
 
 # ---- Salesforce ------------------------------------------------------------------------------
@@ -184,10 +184,13 @@ def activity_date(event: Event, company_tz: str) -> date:
     return local_date(event.occurred_at, tz) + timedelta(days=1)
 
 
-def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | None) -> dict[str, str]:
-    """Task fields. `mt` is None for the company-level ToDo, which always uses the defaults."""
+def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | None, text: str | None = None) -> dict[str, str]:
+    """Task fields. `mt` is None for the company-level ToDo, which always uses the defaults.
+
+    `text` is `event_text(event)` when the caller has it already (one event renders up to three actions).
+    """
     subject = DEFAULT_SUBJECTS[event.event_type]
-    description = event_text(event)
+    description = event_text(event) if text is None else text
     if isinstance(event, MeetingBooked) and mt is not None and (mt.salesforce_subject or mt.salesforce_comment):
         values = template_values(event)  # only for a template: its dates cost a time-zone conversion each
         if mt.salesforce_subject:
@@ -204,14 +207,16 @@ def salesforce_task(event: Event, company_tz: str, mt: MeetingTypeSettings | Non
 # ---- HubSpot ---------------------------------------------------------------------------------
 
 
-def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettings | None) -> dict[str, str]:
+def hubspot_meeting(
+    event: MeetingBooked, company_tz: str, mt: MeetingTypeSettings | None, text: str | None = None
+) -> dict[str, str]:
     title = event.meeting_type_name
     title_template = mt.hubspot_meeting_title if mt is not None else None
     body_template = mt.hubspot_meeting_body if mt is not None else None
     values = template_values(event) if title_template or body_template else {}
     if title_template:
         title = fill_template(title_template, values)
-    body_html = text_to_html(fill_template(body_template, values) if body_template else meeting_text(event))
+    body_html = text_to_html(fill_template(body_template, values) if body_template else text or meeting_text(event))
     start = iso_utc(event.start_at)
     props = {
         "hs_timestamp": start,
@@ -226,7 +231,7 @@ def hubspot_meeting(event: MeetingBooked, company_tz: str, mt: MeetingTypeSettin
     return props
 
 
-def hubspot_note(event: ResearchCompleted | SurveyAnswered) -> dict[str, str]:
-    body = f"<strong>{html.escape(NOTE_TITLES[event.event_type])}</strong><br>" + text_to_html(event_text(event))
+def hubspot_note(event: ResearchCompleted | SurveyAnswered, text: str | None = None) -> dict[str, str]:
+    body = f"<strong>{html.escape(NOTE_TITLES[event.event_type])}</strong><br>" + text_to_html(event_text(event) if text is None else text)
     return {"hs_timestamp": iso_utc(event.occurred_at), "hs_note_body": truncate_html(body, NOTE_BODY_LIMIT)}
 

@@ -26,6 +26,7 @@ from processors.kafka.sender import RdSender
 from processors.stages.deliver import make_deliver
 from processors.stages.ingest import make_ingest
 from processors.stages.release import make_releasers
+from processors.worker.ingest_pool import IngestPool
 from processors.worker.lag import register_lag
 from processors.worker.runtime import Runtime, attach, supervise
 from processors.worker.views import register_views
@@ -77,13 +78,16 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
     send = RdSender(clients.producer(cfg))
     ctx = attach(rt, send, history_partitions)
     releasers = make_releasers(ctx)
-    rt.stages = [*make_ingest(ctx), *make_deliver(ctx, rt.deliverer), *releasers]
+    pool = IngestPool(cfg, cfg.ingest_processes) if cfg.ingest_processes > 0 else None
+    rt.stages = [*make_ingest(ctx, pool), *make_deliver(ctx, rt.deliverer), *releasers]
 
     @app.task
     async def run_stages() -> None:
         """Plans and releases need the settings: nothing starts before the table was read to its end."""
         loop = asyncio.get_running_loop()
         send.start(loop)
+        if pool is not None:
+            pool.start()
         await loop.run_in_executor(None, rt.deliverer.warn_retiring_logins)
         while not await loop.run_in_executor(None, rt.settings.wait_ready, SETTINGS_WAIT_LOG_SECONDS):
             log.warning("still waiting for the settings table: not ready, nothing is planned")
@@ -97,6 +101,8 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
             await asyncio.wait_for(stops, SHUTDOWN_DRAIN_SECONDS)
         except asyncio.TimeoutError:
             log.warning("stages still busy at shutdown; their batches will be handled again", extra={"waited_s": SHUTDOWN_DRAIN_SECONDS})
+        if pool is not None:
+            await pool.close()
         await send.close()
 
     def on_settings_change(company_id: str) -> None:

@@ -92,3 +92,17 @@ def setup(level: str) -> logging.Handler:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     return handler
+
+
+def logging_config(level: str) -> dict:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "processors.worker.logs.JsonFormatter"}},
+        "filters": {"repeats": {"()": "processors.worker.logs.RepeatFilter"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr", "filters": ["repeats"]}
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "mode", "aiokafka", "kafka")},
+    }

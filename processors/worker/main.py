@@ -5,24 +5,11 @@ from __future__ import annotations
 import faust
 
 from processors.worker.app import build_app
+from processors.worker.logs import logging_config
 from processors.worker.runtime import make_runtime
 from processors.config import Config, ConfigError
 from processors.kafka.topics import ensure_topics
 from processors.codec import registry_problems
-
-
-def logging_config(level: str) -> dict:
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "processors.worker.logs.JsonFormatter"}},
-        "filters": {"repeats": {"()": "processors.worker.logs.RepeatFilter"}},
-        "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr", "filters": ["repeats"]}
-        },
-        "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {name: {"level": "WARNING"} for name in ("faust", "mode", "aiokafka", "kafka")},
-    }
 
 
 def run_worker(config: Config) -> None:

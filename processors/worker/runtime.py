@@ -57,7 +57,8 @@ class Runtime:
     stages: list[Stage] = field(default_factory=list)
 
 
-def make_runtime(config: Config) -> Runtime:
+def make_codec(config: Config) -> Codec:
+    """The worker's codec (and each ingest process's): with the registry client when one is configured."""
     registry = (
         registry_client(
             config.schema_registry_url,
@@ -67,11 +68,19 @@ def make_runtime(config: Config) -> Runtime:
         if config.schema_registry_url
         else None
     )
-    codec = Codec(registry)
-    metrics = Metrics.create()
-    settings = SettingsStore(
+    return Codec(registry)
+
+
+def make_settings(config: Config, codec: Codec) -> SettingsStore:
+    return SettingsStore(
         clients.librdkafka(config), config.topics.settings, codec, ready_timeout=config.settings_ready_timeout_seconds
     )
+
+
+def make_runtime(config: Config) -> Runtime:
+    codec = make_codec(config)
+    metrics = Metrics.create()
+    settings = make_settings(config, codec)
     deliverer = Deliverer(
         CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials),
         config.ca_bundle,

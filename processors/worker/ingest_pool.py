@@ -1,0 +1,127 @@
+"""Ingest's CPU work in processes of its own (`CRM_SYNC_INGEST_PROCESSES`), because one Python
+process tops out at one core: decode → validate → plan → render → encode is about 120 µs a record
+(issue 16), so a worker ingested a fifteenth of what the broker fed it.
+
+Only `processors.stages.ingest.prepare` runs here. The ingest stage in the worker process still
+consumes the batch, sends what was prepared, awaits every ack and only then commits, so the commit
+rule and the rebalance handling are the same code whatever the number of processes. Each process
+keeps its own settings table (the same `SettingsStore` over the settings topic) and plans nothing
+before it has read that topic to its end.
+
+A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
+pool is made anew and the stage's supervisor re-reads the batch from its commit. The processes
+ignore SIGTERM and SIGINT (the worker stops them after its stages drained) and leave on their own
+when the worker is gone (kill -9), so none outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.config
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Sequence
+
+from processors.codec import Codec
+from processors.config import Config
+from processors.domain.deadletter import Source
+from processors.stages.ingest import Chunk, Prepared, prepare, until_prepared
+from processors.state.settings import SettingsStore
+from processors.worker.logs import logging_config
+from processors.worker.runtime import make_codec, make_settings
+
+log = logging.getLogger("crm_sync.ingest")
+
+ORPHAN_CHECK_SECONDS = 1.0
+# Small enough that the stage starts sending early, large enough that pickling stays cheap.
+CHUNK_RECORDS = 100
+SETTINGS_WAIT_LOG_SECONDS = 30.0
+
+_codec: Codec | None = None
+_settings: SettingsStore | None = None
+_delay_ms = 0
+
+
+class IngestPool:
+    """`processes` ingest processes behind the stage's `Preparer`; a batch is cut into one chunk each."""
+
+    def __init__(self, config: Config, processes: int) -> None:
+        self._config = config
+        self.processes = processes
+        self._executor: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Spawn the processes now (each loads its settings table) rather than at the first batch."""
+        self._executor = self._new_executor()
+        for _ in range(self.processes):
+            self._executor.submit(_ready)
+        log.info("ingest runs in processes of its own", extra={"processes": self.processes})
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the worker has librdkafka and settings threads a fork would copy half-way.
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init,
+            initargs=(self._config, os.getpid()),
+        )
+
+    def __call__(self, sources: Sequence[Source]) -> list[Chunk]:
+        """Chunks of `CHUNK_RECORDS`, all submitted at once: the processes work on the later ones
+        while the stage sends the earlier ones."""
+        chunks = [sources[i:i + CHUNK_RECORDS] for i in range(0, len(sources), CHUNK_RECORDS)]
+        return [(chunk, asyncio.ensure_future(until_prepared(self._run, chunk))) for chunk in chunks]
+
+    async def _run(self, sources: Sequence[Source]) -> tuple[list[Prepared], str | None]:
+        executor = self._executor
+        assert executor is not None, "IngestPool.start() was not called"
+        try:
+            return await asyncio.wrap_future(executor.submit(_prepare, list(sources)))
+        except BrokenProcessPool:
+            if self._executor is executor:
+                log.error("an ingest process died: its batch is read again by a new pool", extra={"processes": self.processes})
+                self._executor = self._new_executor()
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+
+
+def _init(config: Config, parent_pid: int) -> None:
+    """In each ingest process: logs as the worker's, its own codec and settings table, read to the end."""
+    global _codec, _settings, _delay_ms
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.config.dictConfig(logging_config(config.log_level))
+    threading.Thread(target=_leave_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True).start()
+    _codec = make_codec(config)
+    _settings = make_settings(config, _codec)
+    _delay_ms = int(config.delay_seconds * 1000)
+    _settings.start()
+    while not _settings.wait_ready(SETTINGS_WAIT_LOG_SECONDS):
+        log.warning("ingest process still waiting for the settings table: nothing is planned")
+
+
+def _leave_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _prepare(sources: list[Source]) -> tuple[list[Prepared], str | None]:
+    assert _codec is not None and _settings is not None
+    return prepare(_codec, _settings, sources, _delay_ms)
+
