@@ -152,7 +152,8 @@ Check = Callable[[Any], Any]
 
 
 def compile_conform(schema: Any) -> Callable[[Any], Any]:
-    """`conform` for one schema, built once: returns what `conform(schema, datum, "")` returns.
+    """`conform` for one schema, built once: returns what `conform(schema, datum, "")` returns,
+    with union values tagged for the writer (`untagged` strips them).
 
     The generic walk costs a path string, a set and a dispatch per field of every record written;
     this checks the same rules with closures made once per schema. Anything it cannot accept as is
@@ -232,23 +233,36 @@ def _compile_record(schema: Mapping[str, Any]) -> Check:
     return check_record
 
 
+_NAMED = ("record", "error", "enum", "fixed")
+
+
 def _compile_union(branches: list[Any]) -> Check:
+    """A union's value comes back tagged with its branch, `(type or full name, value)`: fastavro's
+    tuple notation, so the writer does not test every branch again (half its time for an Action)."""
     nullable = "null" in branches
-    candidates = [_compile(branch) for branch in branches if branch != "null"]
+    candidates = [(_branch(branch), _compile(branch)) for branch in branches if branch != "null"]
 
     def check_union(datum: Any) -> Any:
         if datum is None:
             if nullable:
-                return None
+                return ("null", None)
             raise _Slow
-        for candidate in candidates:
+        for label, candidate in candidates:
             try:
-                return candidate(datum)
+                value = candidate(datum)
             except _Slow:
                 continue
+            return (label, value)
         raise _Slow
 
     return check_union
+
+
+def _branch(schema: Any) -> str:
+    """The name fastavro matches a tagged value against: the type, or a named type's full name."""
+    if isinstance(schema, str):
+        return schema
+    return str(schema["name"]) if schema["type"] in _NAMED else str(schema["type"])
 
 
 def _check_string(datum: Any) -> str:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors.domain.model import Action
 from processors.domain.records import action_to_record
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a record came from, for the dead letter's provenance."""
+class Source(NamedTuple):
+    """Where a record came from, for the dead letter's provenance (a tuple: one is made per input
+    record, and ingest processes receive them by pickle)."""
 
     topic: str
     partition: int
