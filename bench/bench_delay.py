@@ -137,14 +137,29 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
+def _tree(pid: int) -> list[int]:
+    return [pid, *(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the worker and its child processes so far."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_peak_mib(pid: int) -> float:
     """The worker's peak RSS plus each of its child processes' (ingest processes, resource tracker):
     a sum of peaks, so at least the tree's peak."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = rss_peak_mib(pid)
-    for child in children:
+    total = 0.0
+    for member in _tree(pid):
         try:
-            total += rss_peak_mib(int(child))
+            total += rss_peak_mib(member)
         except OSError:  # gone meanwhile
             continue
     return total
@@ -206,9 +221,11 @@ def bench_ingest(
     try:
         _wait(lambda: _ready(port), 120, "worker readiness", log=work / "worker.log")
         ready_s = time.monotonic() - started
+        cpu_at_ready = tree_cpu_seconds(proc.pid)
         sampler = hotspots.attach(proc.pid, profile) if profile is not None else None
         _wait(lambda: end_offsets(bootstrap, topics.delay) >= 2 * events, 1800, "every action on the delay topic")
         caught_up_s = time.monotonic() - started
+        cpu_us_per_event = (tree_cpu_seconds(proc.pid) - cpu_at_ready) / events * 1e6
         peak_rss = tree_rss_peak_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -225,6 +242,7 @@ def bench_ingest(
     consumer.subscribe([topics.meetings])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
     seen, first = 0, None
+    cpu_start = time.process_time()  # this process, librdkafka's threads included
     while seen < events:
         for msg in consumer.consume(1000, 1.0):
             if msg.error():
@@ -236,9 +254,11 @@ def bench_ingest(
         producer.poll(0)
     producer.flush(60)
     bare_rate = events / (time.monotonic() - (first or time.monotonic()))
+    bare_cpu_us = (time.process_time() - cpu_start) / events * 1e6
     consumer.close()
     return {"worker_ready_s": ready_s, "worker_events_per_s": worker_rate, "bare_events_per_s": bare_rate,
-            "caught_up_s": caught_up_s, "worker_peak_rss_mib": peak_rss,
+            "caught_up_s": caught_up_s, "worker_peak_rss_mib": peak_rss, "worker_cpu_us_per_event": cpu_us_per_event,
+            "bare_cpu_us_per_event": bare_cpu_us,
             "sample": scan(bootstrap, topics.delay, 1)[0]}
 
 
@@ -427,12 +447,13 @@ def main() -> None:
             pooled = bench_ingest(bootstrap, args.ingest_events, args.partitions, work, processes=args.ingest_processes)
             print(f"(a) ingest, {args.ingest_events:,} events (2 actions each) through the worker process:")
             print(f"    worker  {a['worker_events_per_s']:10,.0f} events/s   in-process (CRM_SYNC_INGEST_PROCESSES=0), ratio"
-                  f" {a['worker_events_per_s'] / a['bare_events_per_s']:.2f}; peak RSS {a['worker_peak_rss_mib']:.0f} MiB")
+                  f" {a['worker_events_per_s'] / a['bare_events_per_s']:.2f}; peak RSS {a['worker_peak_rss_mib']:.0f} MiB;"
+                  f" CPU {a['worker_cpu_us_per_event']:.0f} µs an event")
             print(f"    worker  {pooled['worker_events_per_s']:10,.0f} events/s   CRM_SYNC_INGEST_PROCESSES={args.ingest_processes}, ratio"
-                  f" {pooled['worker_events_per_s'] / pooled['bare_events_per_s']:.2f}; peak RSS {pooled['worker_peak_rss_mib']:.0f} MiB"
-                  " (worker + ingest processes)")
+                  f" {pooled['worker_events_per_s'] / pooled['bare_events_per_s']:.2f}; peak RSS {pooled['worker_peak_rss_mib']:.0f} MiB,"
+                  f" CPU {pooled['worker_cpu_us_per_event']:.0f} µs an event (worker + ingest processes)")
             print(f"    bare    {a['bare_events_per_s']:10,.0f} / {pooled['bare_events_per_s']:,.0f} events/s   confluent-kafka consume → decode → produce,"
-                  " measured after each worker run", flush=True)
+                  f" measured after each worker run; CPU {a['bare_cpu_us_per_event']:.0f} µs an event", flush=True)
             # The next stage downstream, so the table shows where the bottleneck moves: the sinks'
             # objects/s into the CRM sandbox with the stage's 200-action batches.
             for crm, row in bench_sinks.run(2_000, 5, 20, 200).items():
