@@ -9,9 +9,9 @@ keeps its own settings table (the same `SettingsStore` over the settings topic) 
 before it has read that topic to its end.
 
 A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
-pool is made anew and the stage's supervisor re-reads the batch from its commit. The processes
-ignore SIGTERM and SIGINT (the worker stops them after its stages drained) and leave on their own
-when the worker is gone (kill -9), so none outlives it.
+pool is made anew (the broken pool's other processes are terminated) and the stage's supervisor
+re-reads the batch from its commit. The processes ignore SIGINT (the worker stops them after its
+stages drained) and leave on their own when the worker is gone (kill -9), so none outlives it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ ORPHAN_CHECK_SECONDS = 1.0
 # Small enough that the stage starts sending early, large enough that pickling stays cheap.
 CHUNK_RECORDS = 100
 SETTINGS_WAIT_LOG_SECONDS = 30.0
+CLOSE_SECONDS = 10.0
 
 _codec: Codec | None = None
 _settings: SettingsStore | None = None
@@ -49,7 +50,7 @@ _delay_ms = 0
 
 
 class IngestPool:
-    """`processes` ingest processes behind the stage's `Preparer`; a batch is cut into one chunk each."""
+    """`processes` ingest processes behind the stage's `Preparer`."""
 
     def __init__(self, config: Config, processes: int) -> None:
         self._config = config
@@ -57,20 +58,21 @@ class IngestPool:
         self._executor: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        """Spawn the processes now (each loads its settings table) rather than at the first batch."""
-        self._executor = self._new_executor()
-        for _ in range(self.processes):
-            self._executor.submit(_ready)
+        self._executor = self._spawn()
         log.info("ingest runs in processes of its own", extra={"processes": self.processes})
 
-    def _new_executor(self) -> ProcessPoolExecutor:
+    def _spawn(self) -> ProcessPoolExecutor:
+        """All the processes now (each loads its settings table), not one by one as batches come."""
         # spawn, not fork: the worker has librdkafka and settings threads a fork would copy half-way.
-        return ProcessPoolExecutor(
+        executor = ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init,
             initargs=(self._config, os.getpid()),
         )
+        for _ in range(self.processes):
+            executor.submit(_ready)
+        return executor
 
     def __call__(self, sources: Sequence[Source]) -> list[Chunk]:
         """Chunks of `CHUNK_RECORDS`, all submitted at once: the processes work on the later ones
@@ -86,21 +88,29 @@ class IngestPool:
         except BrokenProcessPool:
             if self._executor is executor:
                 log.error("an ingest process died: its batch is read again by a new pool", extra={"processes": self.processes})
-                self._executor = self._new_executor()
+                self._executor = self._spawn()
                 executor.shutdown(wait=False, cancel_futures=True)
             raise
 
     async def close(self) -> None:
+        """After the stages drained: the processes finish what they hold and leave; one that does not
+        (still waiting for its settings table, say) is killed, so a stopping worker never hangs."""
         executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        if executor is None:
+            return
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while multiprocessing.active_children() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for child in multiprocessing.active_children():
+            log.warning("an ingest process did not stop in time; killing it", extra={"pid": child.pid})
+            child.kill()
 
 
 def _init(config: Config, parent_pid: int) -> None:
     """In each ingest process: logs as the worker's, its own codec and settings table, read to the end."""
     global _codec, _settings, _delay_ms
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
     logging.config.dictConfig(logging_config(config.log_level))
     threading.Thread(target=_leave_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True).start()
     _codec = make_codec(config)

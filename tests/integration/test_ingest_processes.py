@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,14 @@ def test_ingest_processes_plan_what_the_worker_would(
     assert metric(worker, "crm_sync_records_invalid_total", reason="unknown_magic") == 1
     assert "@buyer.example" not in worker.log_text()
 
+    # SIGTERM: the stages drain, then the pool; not the harness's kill after 30 s.
+    processes = ingest_processes(worker)
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 25, worker.log_tail()
+    assert worker.proc is not None and worker.proc.returncode != -signal.SIGKILL
+    assert not any(alive(pid) for pid in processes)
+
 
 def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_behind(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
@@ -97,6 +106,7 @@ def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_beh
     replaced = wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30,
                         what="a full pool again")
     assert first[0] not in replaced
+    assert not alive(first[1]), "the broken pool's other process outlived it"
     assert sorted(t["WhoId"] for t in sandbox.salesforce.list_tasks()) == sorted(set(t["WhoId"] for t in sandbox.salesforce.list_tasks()))
     assert dead_letters(deployment) == []
 
