@@ -32,6 +32,19 @@ def ingest_processes(worker: WorkerProcess) -> list[int]:
     return [int(pid) for pid in out.stdout.split() if "resource_tracker" not in _cmdline(int(pid))]
 
 
+def pooled(deployment: Deployment, sandbox: CrmSandbox, prefix: str, count: int) -> list[str]:
+    """A deployment whose workers ingest in `PROCESSES` processes, "acme" set up, `count` bookers seeded."""
+    deployment.extra_env["CRM_SYNC_INGEST_PROCESSES"] = str(PROCESSES)
+    bookers = [f"{prefix}{i}@buyer.example" for i in range(count)]
+    seed(sandbox, bookers)
+    configure(deployment, "acme")
+    return bookers
+
+
+def full_pool(worker: WorkerProcess, what: str = "the ingest processes") -> list[int]:
+    return wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30, what=what)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -50,17 +63,13 @@ def alive(pid: int) -> bool:
 def test_ingest_processes_plan_what_the_worker_would(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
-    deployment.extra_env["CRM_SYNC_INGEST_PROCESSES"] = str(PROCESSES)
-    bookers = [f"proc{i}@buyer.example" for i in range(12)]
-    seed(sandbox, bookers)
-    configure(deployment, "acme")
+    bookers = pooled(deployment, sandbox, "proc", 12)
     publish(deployment, [booking("acme", b) for b in bookers[:10]])
     raw = Producer({"bootstrap.servers": deployment.bootstrap})
     raw.produce(deployment.topics.meetings, key=b"acme", value=b"\xde\xad not avro")
     raw.flush(10)
     worker = start_worker(deployment, workers, tmp_path)
-    assert len(wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30,
-                        what="the ingest processes")) == PROCESSES
+    full_pool(worker)
 
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 10 and len(sandbox.hubspot.list_meetings()) == 10, 60,
              what="10 Tasks and 10 meetings planned in the ingest processes")
@@ -89,13 +98,9 @@ def test_ingest_processes_plan_what_the_worker_would(
 def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_behind(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
-    deployment.extra_env["CRM_SYNC_INGEST_PROCESSES"] = str(PROCESSES)
-    bookers = [f"kill{i}@buyer.example" for i in range(8)]
-    seed(sandbox, bookers)
-    configure(deployment, "acme")
+    bookers = pooled(deployment, sandbox, "kill", 8)
     worker = start_worker(deployment, workers, tmp_path)
-    first = wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30,
-                     what="the ingest processes")
+    first = full_pool(worker)
     publish(deployment, [booking("acme", b) for b in bookers[:4]])
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 4, 60, what="the first four Tasks")
 
@@ -103,8 +108,7 @@ def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_beh
     publish(deployment, [booking("acme", b) for b in bookers[4:]])
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 8 and len(sandbox.hubspot.list_meetings()) == 8, 90,
              what="the bookings published after an ingest process was killed")
-    replaced = wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30,
-                        what="a full pool again")
+    replaced = full_pool(worker, "a full pool again")
     assert first[0] not in replaced
     assert not alive(first[1]), "the broken pool's other process outlived it"
     assert sorted(t["WhoId"] for t in sandbox.salesforce.list_tasks()) == sorted(set(t["WhoId"] for t in sandbox.salesforce.list_tasks()))
