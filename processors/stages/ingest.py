@@ -89,10 +89,14 @@ def prepare(
         except RegistryUnavailableError as exc:
             return out, str(exc)
         except Exception as exc:
-            log.exception("ingest failed", extra={"source_topic": source.topic, "source_offset": source.offset})
-            letter = dead_letter(stage="plan", error_class=errors.error_class(exc), message=str(exc), source=source, now_ms=now)
-            out.append(Prepared(now, letter=letter))
+            out.append(Prepared(now, letter=failed(source, exc, now)))
     return out, None
+
+
+def failed(source: Source, exc: Exception, now: int) -> dict[str, Any]:
+    """The dead letter of a valid record that could not be planned or sent (logged with its trace)."""
+    log.exception("ingest failed", extra={"source_topic": source.topic, "source_offset": source.offset})
+    return dead_letter(stage="plan", error_class=errors.error_class(exc), message=str(exc), source=source, now_ms=now)
 
 
 def _prepare_one(codec: Codec, settings: SettingsView, source: Source, now: int, delay_ms: int) -> Prepared:
@@ -211,9 +215,7 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
                     try:
                         await emit(source, done, acks, planned)
                     except Exception as exc:
-                        log.exception("ingest failed", extra={"source_topic": source.topic, "source_offset": source.offset})
-                        letter = dead_letter(stage="plan", error_class=errors.error_class(exc), message=str(exc), source=source, now_ms=now_ms())
-                        acks.append(await ctx.dead_letter(letter))
+                        acks.append(await ctx.dead_letter(failed(source, exc, now_ms())))
         finally:
             _abandon([prepared for _, prepared in chunks])
         for (crm, event_type), count in planned.items():
