@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -239,7 +239,7 @@ class Codec:
             seen.add(key)
             what = f"reference {reference.name} ({reference.subject} v{reference.version})"
             registered = _ask_registry(
-                functools.partial(registry.get_version, reference.subject, reference.version), what
+                functools.partial(registry.get_version, *key), what
             )
             self._parse_references(registered.schema, named, seen)
             _parse_registered(registered.schema, named, what)
@@ -252,7 +252,8 @@ class Codec:
                               schema_name=short, encoding=encoding)
         stream = io.BytesIO(body)
         try:
-            value = schemaless_reader(stream, writer.schema, None if writer.current else reader)
+            # A record schema reads into a dict.
+            value = cast(dict[str, Any], schemaless_reader(stream, writer.schema, None if writer.current else reader))
         except SchemaResolutionError as exc:
             raise DecodeError(f"writer schema of {short} does not resolve to ours: {exc}", code="incompatible_schema",
                               schema_name=short, encoding=encoding) from None

@@ -98,8 +98,9 @@ def new_meeting_type(company_id: str, meeting_type_id: str, now_ms: int, by: str
 
 def set_connected(doc: CompanySettings, crm: Crm, on: bool, now_ms: int, by: str | None = None) -> CompanySettings:
     """Rule 3: only the company flag changes; meeting-type documents are untouched and resume as they were."""
-    field = "salesforce_connected" if crm is Crm.SALESFORCE else "hubspot_connected"
-    return replace(doc, **{field: on}, updated_at=now_ms, updated_by=by)
+    if crm is Crm.SALESFORCE:
+        return replace(doc, salesforce_connected=on, updated_at=now_ms, updated_by=by)
+    return replace(doc, hubspot_connected=on, updated_at=now_ms, updated_by=by)
 
 
 def set_paused(doc: CompanySettings, paused: bool, now_ms: int, by: str | None = None) -> CompanySettings:

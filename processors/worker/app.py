@@ -79,6 +79,7 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
     ctx = attach(rt, send, history_partitions)
     releasers = make_releasers(ctx)
     pool = IngestPool(cfg, cfg.ingest_processes) if cfg.ingest_processes > 0 else None
+    rt.ingest_pool = pool
     rt.stages = [*make_ingest(ctx, pool), *make_deliver(ctx, rt.deliverer), *releasers]
 
     @app.task

@@ -10,7 +10,8 @@ before it has read that topic to its end.
 
 A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
 pool is made anew (the broken pool's other processes are terminated) and the stage's supervisor
-re-reads the batch from its commit. The processes ignore SIGINT (the worker stops them after its
+re-reads the batch from its commit. The worker is not ready (`/health/ready`) until every process
+of its current pool has read its settings table. The processes ignore SIGINT (the worker stops them after its
 stages drained) and leave on their own when the worker is gone (kill -9), so none outlives it.
 """
 
@@ -26,6 +27,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.sharedctypes import Synchronized
 from typing import Sequence
 
 from processors.codec import Codec
@@ -56,6 +58,12 @@ class IngestPool:
         self._config = config
         self.processes = processes
         self._executor: ProcessPoolExecutor | None = None
+        self._ready: Synchronized[int] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Every process of the current pool has read its settings table to the end."""
+        return self._ready is not None and self._ready.value >= self.processes
 
     def start(self) -> None:
         self._executor = self._spawn()
@@ -64,11 +72,13 @@ class IngestPool:
     def _spawn(self) -> ProcessPoolExecutor:
         """All the processes now (each loads its settings table), not one by one as batches come."""
         # spawn, not fork: the worker has librdkafka and settings threads a fork would copy half-way.
+        context = multiprocessing.get_context("spawn")
+        self._ready = context.Value("i", 0)
         executor = ProcessPoolExecutor(
             max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_init,
-            initargs=(self._config, os.getpid()),
+            initargs=(self._config, os.getpid(), self._ready),
         )
         for _ in range(self.processes):
             executor.submit(_ready)
@@ -107,7 +117,7 @@ class IngestPool:
             child.kill()
 
 
-def _init(config: Config, parent_pid: int) -> None:
+def _init(config: Config, parent_pid: int, ready: Synchronized[int]) -> None:
     """In each ingest process: logs as the worker's, its own codec and settings table, read to the end."""
     global _codec, _settings, _delay_ms
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
@@ -119,6 +129,9 @@ def _init(config: Config, parent_pid: int) -> None:
     _settings.start()
     while not _settings.wait_ready(SETTINGS_WAIT_LOG_SECONDS):
         log.warning("ingest process still waiting for the settings table: nothing is planned")
+    log.info("ingest process ready", extra={"pid": os.getpid()})
+    with ready.get_lock():
+        ready.value += 1
 
 
 def _leave_when_orphaned(parent_pid: int) -> None:

@@ -44,9 +44,16 @@ class Stage(Protocol):
     async def run(self) -> None: ...
 
 
+class Readiness(Protocol):
+    """A part the worker is not ready without (the ingest pool)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+
 @dataclass
 class Runtime:
-    """The worker's long-lived parts; `stages` and `context` are attached by `build_app`."""
+    """The worker's long-lived parts; `stages`, `context` and `ingest_pool` are attached by `build_app`."""
 
     config: Config
     codec: Codec
@@ -55,6 +62,7 @@ class Runtime:
     deliverer: Deliverer
     context: StageContext | None = None
     stages: list[Stage] = field(default_factory=list)
+    ingest_pool: Readiness | None = None
 
 
 def make_codec(config: Config) -> Codec:

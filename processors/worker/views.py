@@ -19,17 +19,24 @@ from processors.state.history import history_from_topic
 from processors.worker.runtime import Runtime
 
 
-def readiness(*, settings_ready: bool, stages_running: bool) -> dict[str, bool]:
-    """Ready = the settings table was read to its end (read_committed) and every stage's consumer
-    has joined its group. Holding partitions is not required: a worker that the group gave none
-    (more workers than partitions) is a ready standby."""
-    return {"ready": settings_ready and stages_running, "settings_ready": settings_ready, "stages_running": stages_running}
+def readiness(*, settings_ready: bool, stages_running: bool, ingest_processes_ready: bool = True) -> dict[str, bool]:
+    """Ready = the settings table was read to its end (read_committed), so was every ingest process's
+    (`CRM_SYNC_INGEST_PROCESSES`; true without them), and every stage's consumer has joined its
+    group. Holding partitions is not required: a worker that the group gave none (more workers than
+    partitions) is a ready standby."""
+    return {
+        "ready": settings_ready and stages_running and ingest_processes_ready,
+        "settings_ready": settings_ready,
+        "stages_running": stages_running,
+        "ingest_processes_ready": ingest_processes_ready,
+    }
 
 
 def app_readiness(rt: Runtime) -> dict[str, bool]:
     return readiness(
         settings_ready=rt.settings.ready,
         stages_running=bool(rt.stages) and all(stage.running for stage in rt.stages),
+        ingest_processes_ready=rt.ingest_pool is None or rt.ingest_pool.ready,
     )
 
 

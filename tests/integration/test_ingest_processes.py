@@ -5,6 +5,7 @@ duplicate, and no process left behind by a worker killed with kill -9."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from confluent_kafka import Producer
 
 from connectors.sandbox.server import CrmSandbox
 from tests.integration.conftest import start_worker
-from tests.integration.harness import Deployment, WorkerProcess, wait_for
+from tests.integration.harness import Deployment, WorkerProcess, http_ok, wait_for
 from tests.integration.test_sinks import booking, configure, dead_letters, publish, seed
 from tests.integration.test_trust import metric
 
@@ -45,6 +46,12 @@ def full_pool(worker: WorkerProcess, what: str = "the ingest processes") -> list
     return wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30, what=what)
 
 
+def processes_ready(worker: WorkerProcess) -> int:
+    """How many ingest processes said they read their settings table (their log lines)."""
+    lines = [json.loads(line) for line in worker.log_text().splitlines() if line.startswith("{")]
+    return sum(1 for line in lines if line["msg"] == "ingest process ready")
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -69,6 +76,8 @@ def test_ingest_processes_plan_what_the_worker_would(
     raw.produce(deployment.topics.meetings, key=b"acme", value=b"\xde\xad not avro")
     raw.flush(10)
     worker = start_worker(deployment, workers, tmp_path)
+    # Ready (start_worker waited for it) only once every process has read its settings table.
+    assert processes_ready(worker) == PROCESSES, worker.log_tail()
     full_pool(worker)
 
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 10 and len(sandbox.hubspot.list_meetings()) == 10, 60,
@@ -109,6 +118,8 @@ def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_beh
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 8 and len(sandbox.hubspot.list_meetings()) == 8, 90,
              what="the bookings published after an ingest process was killed")
     replaced = full_pool(worker, "a full pool again")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{worker.port}/health/ready"), 30, what="ready again with the new pool")
+    assert processes_ready(worker) == 2 * PROCESSES
     assert first[0] not in replaced
     assert not alive(first[1]), "the broken pool's other process outlived it"
     assert sorted(t["WhoId"] for t in sandbox.salesforce.list_tasks()) == sorted(set(t["WhoId"] for t in sandbox.salesforce.list_tasks()))

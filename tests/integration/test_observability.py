@@ -448,7 +448,7 @@ def test_liveness_and_readiness(run: Run) -> None:
     assert run.get("/health/live") == (200, {"status": "ok"})
     status, ready = run.get("/health/ready")
     assert status == 200
-    assert ready == {"ready": True, "settings_ready": True, "stages_running": True}
+    assert ready == {"ready": True, "settings_ready": True, "stages_running": True, "ingest_processes_ready": True}
     assert run.metric("crm_sync_worker_ready") == 1
 
 
