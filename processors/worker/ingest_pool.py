@@ -11,8 +11,9 @@ before it has read that topic to its end.
 A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
 pool is made anew (the broken pool's other processes are terminated) and the stage's supervisor
 re-reads the batch from its commit. The worker is not ready (`/health/ready`) until every process
-of its current pool has read its settings table. The processes ignore SIGINT (the worker stops them after its
-stages drained) and leave on their own when the worker is gone (kill -9), so none outlives it.
+of its current pool has read its settings table. The processes ignore SIGINT (the worker stops
+them after its stages drained) and leave on their own when the worker is gone (kill -9), so none
+outlives it.
 """
 
 from __future__ import annotations
