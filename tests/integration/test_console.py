@@ -146,12 +146,25 @@ class Page:
 
     def submit(self, element_id: str | None = None, element: Any = None) -> None:
         """Click a form's button and wait for the next page (the old one's message must not be read as the new one's)."""
-        from selenium.webdriver.support import expected_conditions
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
         old = self.d.find_element("tag name", "html")
         (element if element is not None else self.d.find_element("id", element_id)).click()
-        WebDriverWait(self.d, 20).until(expected_conditions.staleness_of(old))
+
+        def replaced(driver: Any) -> bool:
+            try:
+                old.is_enabled()
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as exc:
+                # Chromium may answer for a node of the page being replaced with this inspector error instead
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
+            return False
+
+        WebDriverWait(self.d, 20).until(replaced)
 
     def text(self, element_id: str) -> str:
         return self.d.find_element("id", element_id).text
