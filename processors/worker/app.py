@@ -116,6 +116,12 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         rt.metrics.held.set(sum(r.held for r in releasers))
         rt.metrics.settings_ready.set(1 if rt.settings.ready else 0)
 
+    if pool is not None:
+
+        @app.timer(interval=1.0)
+        async def heal_ingest_pool() -> None:
+            pool.heal()
+
     register_lag(app, rt)
     register_views(app, rt)
     return app

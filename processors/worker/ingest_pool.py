@@ -9,8 +9,8 @@ keeps its own settings table (the same `SettingsStore` over the settings topic) 
 before it has read that topic to its end.
 
 A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
-pool is made anew (the broken pool's other processes are terminated) and the stage's supervisor
-re-reads the batch from its commit. The worker is not ready (`/health/ready`) until every process
+pool is made anew within a second, batch or not (the broken pool's other processes are
+terminated), and the stage's supervisor re-reads the batch from its commit. The worker is not ready (`/health/ready`) until every process
 of its current pool has read its settings table. The processes ignore SIGINT (the worker stops
 them after its stages drained) and leave on their own when the worker is gone (kill -9), so none
 outlives it.
@@ -97,11 +97,27 @@ class IngestPool:
         try:
             return await asyncio.wrap_future(executor.submit(_prepare, list(sources)))
         except BrokenProcessPool:
-            if self._executor is executor:
-                log.error("an ingest process died: its batch is read again by a new pool", extra={"processes": self.processes})
-                self._executor = self._spawn()
-                executor.shutdown(wait=False, cancel_futures=True)
+            self._replace(executor)
             raise
+
+    def heal(self) -> None:
+        """Called every second: a pool that lost a process is replaced now, not when the next batch
+        meets it, so a worker without input does not stay unready on a broken pool."""
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            executor.submit(_ready)  # a broken pool refuses any task
+        except BrokenProcessPool:
+            self._replace(executor)
+
+    def _replace(self, executor: ProcessPoolExecutor) -> None:
+        """Once per broken pool, whoever meets it first (a batch or `heal`)."""
+        if self._executor is not executor:
+            return
+        log.error("an ingest process died: a new pool takes over; a batch under way is read again", extra={"processes": self.processes})
+        self._executor = self._spawn()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         """After the stages drained: the processes finish what they hold and leave; one that does not

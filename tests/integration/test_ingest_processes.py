@@ -46,6 +46,12 @@ def full_pool(worker: WorkerProcess, what: str = "the ingest processes") -> list
     return wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30, what=what)
 
 
+def new_pool(worker: WorkerProcess, old: list[int]) -> list[int] | None:
+    """The worker's ingest processes once they are a full pool with none of `old` in it."""
+    now = ingest_processes(worker)
+    return now if len(now) == PROCESSES and not set(now) & set(old) else None
+
+
 def processes_ready(worker: WorkerProcess) -> int:
     """How many ingest processes said they read their settings table (their log lines)."""
     lines = [json.loads(line) for line in worker.log_text().splitlines() if line.startswith("{")]
@@ -113,15 +119,16 @@ def test_a_killed_ingest_process_is_replaced_and_a_killed_worker_leaves_none_beh
     publish(deployment, [booking("acme", b) for b in bookers[:4]])
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 4, 60, what="the first four Tasks")
 
+    # No input meets the broken pool: it is replaced all the same, and the worker is ready again.
     os.kill(first[0], signal.SIGKILL)
+    replaced = wait_for(lambda: new_pool(worker, first), 30, what="a new pool without a batch to find the broken one")
+    wait_for(lambda: processes_ready(worker) == 2 * PROCESSES and http_ok(f"http://127.0.0.1:{worker.port}/health/ready"), 30,
+             what="ready again once the new pool read its settings")
+    assert not alive(first[1]), "the broken pool's other process outlived it"
     publish(deployment, [booking("acme", b) for b in bookers[4:]])
     wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 8 and len(sandbox.hubspot.list_meetings()) == 8, 90,
              what="the bookings published after an ingest process was killed")
-    replaced = full_pool(worker, "a full pool again")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{worker.port}/health/ready"), 30, what="ready again with the new pool")
-    assert processes_ready(worker) == 2 * PROCESSES
-    assert first[0] not in replaced
-    assert not alive(first[1]), "the broken pool's other process outlived it"
+    assert set(ingest_processes(worker)) == set(replaced)
     assert sorted(t["WhoId"] for t in sandbox.salesforce.list_tasks()) == sorted(set(t["WhoId"] for t in sandbox.salesforce.list_tasks()))
     assert dead_letters(deployment) == []
 
