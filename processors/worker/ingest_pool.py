@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.sharedctypes import Synchronized
 from typing import Sequence
@@ -60,6 +60,7 @@ class IngestPool:
         self.processes = processes
         self._executor: ProcessPoolExecutor | None = None
         self._ready: Synchronized[int] | None = None
+        self._probe: Future[int] | None = None
 
     @property
     def ready(self) -> bool:
@@ -75,6 +76,7 @@ class IngestPool:
         # spawn, not fork: the worker has librdkafka and settings threads a fork would copy half-way.
         context = multiprocessing.get_context("spawn")
         self._ready = context.Value("i", 0)
+        self._probe = None
         executor = ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=context,
@@ -102,13 +104,20 @@ class IngestPool:
 
     def heal(self) -> None:
         """Called every second: a pool that lost a process is replaced now, not when the next batch
-        meets it, so a worker without input does not stay unready on a broken pool."""
-        executor = self._executor
-        if executor is None:
-            return
-        try:
-            executor.submit(_ready)  # a broken pool refuses any task
-        except BrokenProcessPool:
+        meets it, so a worker without input does not stay unready on a broken pool.
+
+        The probe is a no-op task, one at a time: a broken pool fails the one it holds and refuses
+        a new one."""
+        executor, probe = self._executor, self._probe
+        if executor is None or (probe is not None and not probe.done()):
+            return  # still queued: the processes are busy, or still reading their settings tables
+        broken = probe is not None and isinstance(probe.exception(), BrokenProcessPool)
+        if not broken:
+            try:
+                self._probe = executor.submit(_ready)
+            except BrokenProcessPool:
+                broken = True
+        if broken:
             self._replace(executor)
 
     def _replace(self, executor: ProcessPoolExecutor) -> None:
