@@ -10,10 +10,10 @@ before it has read that topic to its end.
 
 A process that dies (OOM-killed, say) breaks the pool: the batch under way fails uncommitted, the
 pool is made anew within a second, batch or not (the broken pool's other processes are
-terminated), and the stage's supervisor re-reads the batch from its commit. The worker is not ready (`/health/ready`) until every process
-of its current pool has read its settings table. The processes ignore SIGINT (the worker stops
-them after its stages drained) and leave on their own when the worker is gone (kill -9), so none
-outlives it.
+terminated), and the stage's supervisor re-reads the batch from its commit. The worker is not
+ready (`/health/ready`) until every process of its current pool has read its settings table. The
+processes ignore SIGINT (the worker stops them after its stages drained) and leave on their own
+when the worker is gone (kill -9), so none outlives it.
 """
 
 from __future__ import annotations
@@ -59,13 +59,13 @@ class IngestPool:
         self._config = config
         self.processes = processes
         self._executor: ProcessPoolExecutor | None = None
-        self._ready: Synchronized[int] | None = None
+        self._ready_count: Synchronized[int] | None = None
         self._probe: Future[int] | None = None
 
     @property
     def ready(self) -> bool:
         """Every process of the current pool has read its settings table to the end."""
-        return self._ready is not None and self._ready.value >= self.processes
+        return self._ready_count is not None and self._ready_count.value >= self.processes
 
     def start(self) -> None:
         self._executor = self._spawn()
@@ -75,13 +75,13 @@ class IngestPool:
         """All the processes now (each loads its settings table), not one by one as batches come."""
         # spawn, not fork: the worker has librdkafka and settings threads a fork would copy half-way.
         context = multiprocessing.get_context("spawn")
-        self._ready = context.Value("i", 0)
+        self._ready_count = context.Value("i", 0)
         self._probe = None
         executor = ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=context,
             initializer=_init,
-            initargs=(self._config, os.getpid(), self._ready),
+            initargs=(self._config, os.getpid(), self._ready_count),
         )
         for _ in range(self.processes):
             executor.submit(_ready)
@@ -111,14 +111,13 @@ class IngestPool:
         executor, probe = self._executor, self._probe
         if executor is None or (probe is not None and not probe.done()):
             return  # still queued: the processes are busy, or still reading their settings tables
-        broken = probe is not None and isinstance(probe.exception(), BrokenProcessPool)
-        if not broken:
+        if probe is None or not isinstance(probe.exception(), BrokenProcessPool):
             try:
                 self._probe = executor.submit(_ready)
+                return
             except BrokenProcessPool:
-                broken = True
-        if broken:
-            self._replace(executor)
+                pass
+        self._replace(executor)
 
     def _replace(self, executor: ProcessPoolExecutor) -> None:
         """Once per broken pool, whoever meets it first (a batch or `heal`)."""

@@ -42,14 +42,14 @@ def pooled(deployment: Deployment, sandbox: CrmSandbox, prefix: str, count: int)
     return bookers
 
 
-def full_pool(worker: WorkerProcess, what: str = "the ingest processes") -> list[int]:
-    return wait_for(lambda: ingest_processes(worker) if len(ingest_processes(worker)) == PROCESSES else None, 30, what=what)
-
-
 def new_pool(worker: WorkerProcess, old: list[int]) -> list[int] | None:
     """The worker's ingest processes once they are a full pool with none of `old` in it."""
     now = ingest_processes(worker)
     return now if len(now) == PROCESSES and not set(now) & set(old) else None
+
+
+def full_pool(worker: WorkerProcess) -> list[int]:
+    return wait_for(lambda: new_pool(worker, []), 30, what="the ingest processes")
 
 
 def processes_ready(worker: WorkerProcess) -> int:
