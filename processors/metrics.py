@@ -7,10 +7,20 @@ never a person, an e-mail, or a company id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
+from processors import version
 from processors.domain.model import Crm, EventType, ObjectType
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -19,13 +29,6 @@ OBJECTS = {Crm.SALESFORCE: (ObjectType.TASK,), Crm.HUBSPOT: (ObjectType.MEETING,
 OUTCOMES = ("created", "skipped", "failed", "duplicate", "deferred")
 DEAD_LETTERS = (("decode", "DecodeError"), ("validate", "ValidationError"), ("deliver", "PermanentError"), ("deliver", "AuthError"))
 SKIP_REASONS = {"any": ("no_settings",), **{crm.value: ("integration_disabled", "contact_not_found") for crm in Crm}}
-
-
-def _version() -> str:
-    try:
-        return metadata.version("crm-sync")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass
@@ -58,7 +61,14 @@ class Metrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "Metrics":
+        # `_created` series double every counter's series count and no dashboard or alert reads them.
+        disable_created_metrics()
         r = registry or CollectorRegistry()
+        if registry is None:
+            # The process_* (CPU, RSS, open fds) and python_* (GC, version) families SREs expect beside
+            # the worker's own; registered only on the worker's own registry, never twice.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
         metrics = cls(
             registry=r,
             ingested=Counter("crm_sync_records_ingested_total", "Input records read", ["topic"], registry=r),
@@ -112,7 +122,7 @@ class Metrics:
                 "crm_sync_crm_tenants_near_quota", "Tenants that used 80% or more of their daily CRM API quota", ["crm"], registry=r
             ),
         )
-        metrics.build_info.labels(_version()).set(1)
+        metrics.build_info.labels(version()).set(1)
         metrics._zero_known_series()
         return metrics
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, Sequence
 
 from authlib.deprecate import AuthlibDeprecationWarning
 
+from processors import version
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
@@ -106,6 +107,7 @@ def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crm-sync", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"crm-sync {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     _command(sub, "worker", "run the processor (ingest, delay, sinks)")

@@ -94,6 +94,13 @@ def test_help_on_every_command_exits_zero(cli: Cli) -> None:
         assert done.stderr == ""
 
 
+def test_version_prints_the_installed_package_version(cli: Cli) -> None:
+    from importlib import metadata
+
+    done = cli.run("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"crm-sync {metadata.version('crm-sync')}\n", "")
+
+
 def test_every_settings_command_changes_what_show_prints(cli: Cli) -> None:
     company = f"acme-{uuid.uuid4().hex[:6]}"
     c = ("--company", company)

@@ -98,7 +98,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     queries = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         for target in panel.get("targets", []):
-            queries.append((panel["title"], target["expr"].replace("$__rate_interval", RATE_INTERVAL)))
+            expr = target["expr"].replace("$__rate_interval", RATE_INTERVAL)
+            queries.append((panel["title"], expr.replace("$job", "crm-sync").replace("$namespace", ".*")))
     return queries
 
 
@@ -131,13 +132,34 @@ def data_queries(expr: str) -> list[str]:
                 continue
         i += 1
     parts.append(expr[start:])
-    return [_COMPARISON.sub("", part).strip() for part in parts]
+    stripped = [_COMPARISON.sub("", part).strip() for part in parts]
+    # absent(x) fires when x has no data: it is x that must return data while the worker runs.
+    return [m.group(1) if (m := re.fullmatch(r"absent\((.*)\)", part)) else part for part in stripped]
 
 
 def test_data_queries_strip_thresholds_and_split_conditions() -> None:
     assert data_queries('up{job="crm-sync"} == 0') == ['up{job="crm-sync"}']
     assert data_queries("sum by (t) (deriv(x[10m])) > 0 and sum by (t) (x) > 1000") == ["sum by (t) (deriv(x[10m]))", "sum by (t) (x)"]
     assert data_queries('a{l="x and y"} / b > 0.1') == ['a{l="x and y"} / b']
+    assert data_queries('absent(up{job="crm-sync"})') == ['up{job="crm-sync"}']
+
+
+_SELECTOR = re.compile(r"\b(up|crm_sync_[a-z_]+|process_[a-z_]+|python_[a-z_]+)\b(\{[^}]*\})?")
+
+
+def test_every_dashboard_query_is_scoped_by_the_job_and_namespace_variables() -> None:
+    """One Grafana serves many clusters and namespaces: a panel without the variables would mix them."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "namespace"} <= variables
+    unscoped = [
+        (panel["title"], m.group(0))
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for m in _SELECTOR.finditer(target["expr"])
+        if not (m.group(2) and 'job=~"$job"' in m.group(2) and 'namespace=~"$namespace"' in m.group(2))
+    ]
+    assert unscoped == []
 
 
 def test_the_dashboard_covers_what_issue_6_lists() -> None:
@@ -441,6 +463,15 @@ def test_history_endpoint_and_cli_show_the_counts_the_crm_sandbox_agrees_with(ru
 
     assert run.get(f"/history?company={COMPANY}&days=9")[0] == 400
     assert run.get("/history?days=1")[0] == 400
+
+
+@pytest.mark.integration
+def test_the_worker_exports_process_and_python_metrics_and_no_created_series(run: Run) -> None:
+    text = run.worker.metrics()
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "python_info"} <= names
+    assert any(name.startswith("python_gc_") for name in names)
+    assert not [name for name in names if name.endswith("_created")]
 
 
 @pytest.mark.integration

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 
 def by_kind(kind: str) -> dict[str, Any]:
-    [doc] = [doc for doc in manifests().values() if doc["kind"] == kind]
+    """The worker's one manifest of that kind (the dashboard's ConfigMap is Grafana's, not the worker's)."""
+    [doc] = [doc for name, doc in manifests().items() if doc["kind"] == kind and name != "grafana-dashboard.yaml"]
     return doc
 
 
@@ -146,17 +148,62 @@ def test_the_service_monitor_scrapes_the_metrics_service_as_job_crm_sync() -> No
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
-def test_the_prometheus_rule_is_generated_from_the_alert_rules() -> None:
-    spec = importlib.util.spec_from_file_location("generate_prometheusrule", K8S / "generate_prometheusrule.py")
+def _generator() -> Any:
+    spec = importlib.util.spec_from_file_location("generate", K8S / "generate.py")
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
+    return generator
+
+
+def test_the_prometheus_rule_is_generated_from_the_alert_rules() -> None:
+    generator = _generator()
     alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
-    assert (K8S / "prometheusrule.yaml").read_text() == generator.render(alerts), "run deploy/k8s/generate_prometheusrule.py"
+    assert (K8S / "prometheusrule.yaml").read_text() == generator.render(alerts), "run deploy/k8s/generate.py"
     rule = by_kind("PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(alerts)["groups"]
     # A changed alert changes the rendering (the comparison above is not vacuous).
     assert generator.render(alerts.replace("for: 2m", "for: 3m", 1)) != generator.render(alerts)
+
+
+def test_runbook_links_can_be_made_absolute_for_an_overlay() -> None:
+    generator = _generator()
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    rendered = yaml.safe_load(generator.render(alerts, "https://git.example/crm-sync/blob/main/"))
+    urls = [r["annotations"]["runbook_url"] for g in rendered["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(u.startswith("https://git.example/crm-sync/blob/main/deploy/OPERATIONS.md#") for u in urls)
+
+
+def test_the_dashboard_configmap_is_generated_from_the_dashboard_and_the_grafana_sidecar_finds_it() -> None:
+    generator = _generator()
+    dashboard = (ROOT / "deploy" / "grafana" / "crm-sync.json").read_text()
+    assert (K8S / "grafana-dashboard.yaml").read_text() == generator.render_dashboard(dashboard), "run deploy/k8s/generate.py"
+    config_map = manifests()["grafana-dashboard.yaml"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # kube-prometheus-stack's sidecar label
+    assert json.loads(config_map["data"]["crm-sync.json"]) == json.loads(dashboard)
+    [provider] = yaml.safe_load(config_map["data"]["crm-sync-provider.yaml"])["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_kube_prometheus_stack_selects_the_monitor_and_the_rules_by_a_release_label_set_in_the_kustomization() -> None:
+    """The operator's default selectors match `release: <helm release>`; without it nothing is scraped."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    [patch] = [p for p in kustomization["patches"] if p["target"].get("group") == "monitoring.coreos.com"]
+    ops = yaml.safe_load(patch["patch"])
+    assert {"op": "add", "path": "/metadata/labels/release", "value": "kube-prometheus-stack"} in ops
+    custom = [doc for doc in manifests().values() if doc["apiVersion"] in CRDS]
+    assert len(custom) == 2
+    for doc in custom:  # `add` to /metadata/labels/release needs the labels map to exist
+        assert isinstance(doc["metadata"].get("labels"), dict)
+
+
+def test_the_keda_example_scales_only_on_groups_whose_lag_means_load() -> None:
+    """The delay and retry groups carry lag on purpose (every action waits there)."""
+    example = yaml.safe_load((K8S / "examples" / "keda-scaledobject.yaml").read_text())
+    assert example["kind"] == "ScaledObject" and example["spec"]["scaleTargetRef"]["name"] == by_kind("StatefulSet")["metadata"]["name"]
+    groups = {t["metadata"]["consumerGroup"] for t in example["spec"]["triggers"]}
+    assert groups == {"crm-sync-ingest", "crm-sync-sink-salesforce", "crm-sync-sink-hubspot"}
+    assert example["spec"]["maxReplicaCount"] <= int(by_kind("ConfigMap")["data"]["CRM_SYNC_TOPIC_PARTITIONS"])
 
 
 def test_compose_builds_kafka_from_the_jars_of_the_pinned_version() -> None:
