@@ -325,7 +325,7 @@ def attempt(conf: dict[str, Any], op: str, topic: str) -> KafkaError | None:
             # describe the topic is refused there, so no DeleteRecords request is ever sent.
             return admin.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics[topic].error
         return error
-    elif op == "alter_configs":
+    if op == "alter_configs":
         resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
             ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET),
         ])
