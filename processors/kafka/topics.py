@@ -95,7 +95,7 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
         if refused is None:
             raise
         missing = ", ".join(name for name in t.inputs if name not in partitions)
-        raise clients.BrokerRefused(f"{refused}: the input topics {missing} do not exist, and their owner creates them") from exc
+        raise clients.BrokerRefused(f"{refused}: the input topics {missing} are missing (or not readable by it); their owner creates them") from exc
     check_ledgers(config, partitions)
     return partitions
 
