@@ -79,9 +79,23 @@ def create_missing(config: Config, names: list[str] | None = None, timeout: floa
 def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
     """The worker's start: every topic it uses exists and the ledgers match their due topics.
 
-    The audit topic is the admins' (`SettingsAdmin` creates it): the worker neither reads nor writes it.
+    The worker creates the topics it owns. The audit topic is the admins' (`SettingsAdmin` creates
+    it): the worker neither reads nor writes it. The input topics are the upstream's: the worker only
+    reads them, so a secured broker does not let it create them (`processors.ops.acls`) and their
+    owner creates them first; a missing one is then a one-line refusal naming it. A broker without
+    ACLs (development) lets the worker create them.
     """
-    partitions = create_missing(config, [name for name in topic_specs(config) if name != config.topics.audit], timeout=timeout)
+    t = config.topics
+    own = [name for name in topic_specs(config) if name != t.audit and name not in t.inputs]
+    partitions = create_missing(config, own, timeout=timeout)
+    try:
+        partitions |= create_missing(config, list(t.inputs), timeout=timeout)
+    except KafkaException as exc:
+        refused = clients.refusal(config, exc)
+        if refused is None:
+            raise
+        missing = ", ".join(name for name in t.inputs if name not in partitions)
+        raise clients.BrokerRefused(f"{refused}: the input topics {missing} are missing (or not readable by it); their owner creates them") from exc
     check_ledgers(config, partitions)
     return partitions
 

@@ -8,12 +8,15 @@ output of `crm-sync acls print` for the defaults, and a unit test checks that it
 Roles and what they need, no more:
 - worker: reads the inputs, the settings and its internal topics, writes its internal topics, the
   dead letters and the history, creates the topics it needs at start, and uses the groups
-  `<app id>-*`. It uses no transactions (its producer is idempotent, which needs only WRITE).
+  `<app id>-*`. It uses no transactions (its producer is idempotent, which needs only WRITE). It
+  does not create the input topics: they are the upstream's, and their owner creates them.
 - admin: reads and writes the settings topic through transactions `crm-sync-admin-*`; for
   `crm-sync dlq` it reads the dead letters and writes their statuses, the retry topic (retries),
   the input topics (re-ingesting a record that never became an action) and the history; it reads
   the history for `crm-sync history`.
 - publisher: writes its input topics only.
+- nobody: deletes records or topics, adds partitions or changes topic configs. That stays with the
+  platform's super user.
 - SRE (optional): describes topics, their configs and the worker's groups (lag); reads nothing,
   so it sees no personal data.
 """
@@ -56,7 +59,7 @@ def grants(config: Config) -> list[Grant]:
     def topic(role: str, names: Iterable[str], ops: tuple[str, ...], why: str) -> None:
         out.extend(Grant(role, "topic", name, False, ops, why) for name in names)
 
-    topic("worker", t.inputs, ("READ", "CREATE"), "ingest")
+    topic("worker", t.inputs, ("READ",), "ingest (the upstream creates them)")
     topic("worker", [t.settings], ("READ", "CREATE"), "the settings table")
     topic("worker", internal, ("READ", "WRITE", "CREATE"), "delay, retry, due topics and ledgers")
     topic("worker", [t.dead_letter], ("WRITE", "CREATE"), "dead letters")

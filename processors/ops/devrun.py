@@ -43,9 +43,11 @@ def start_broker(env: dict[str, str]) -> bool:
 
 
 def start_secure_broker(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    """The secured broker on 127.0.0.1:9093 with a SCRAM user per role and the ACLs applied;
+    """The secured broker on 127.0.0.1:9093 with a SCRAM user per role, the ACLs applied and the
+    input topics made by the super user, as their owner would (the worker may only read them);
     returns each role's KAFKA_* variables (the passwords stay in .run/kafka-secure, mode 600)."""
     from processors.config import Config
+    from processors.kafka.topics import create_missing
     from processors.ops import acls
 
     script = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -65,7 +67,9 @@ def start_secure_broker(env: dict[str, str]) -> dict[str, dict[str, str]]:
         )
     broker = dict(line.split("=", 1) for line in (data / "client.env").read_text().split())
     roles = {role: {**broker, "KAFKA_SASL_USERNAME": role, "KAFKA_SASL_PASSWORD": password} for role, password in json.loads(users.read_text()).items()}
-    acls.apply(Config.from_env({**env, **broker}), {role: [role] for role in roles})
+    superuser = Config.from_env({**env, **broker})
+    acls.apply(superuser, {role: [role] for role in roles})
+    create_missing(superuser, list(superuser.topics.inputs))
     return roles
 
 

@@ -65,6 +65,10 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         web_port=cfg.metrics_port,
         web_bind=cfg.http_bind,
         web_in_thread=False,
+        # Faust's own views show the app's tables and key routing to anyone on the port: the
+        # worker serves its own views only (processors.worker.views).
+        web_router_enabled=False,
+        web_tables_enabled=False,
         broker_session_timeout=clients.SESSION_TIMEOUT_S,
         broker_heartbeat_interval=clients.HEARTBEAT_INTERVAL_S,
     )

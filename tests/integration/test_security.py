@@ -9,14 +9,16 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
 
 from connectors.sandbox.server import CrmSandbox
-from processors.config import Config
+from processors.config import TOPIC_ENV, Config
 from processors.kafka import clients
-from processors.kafka.read import read_to_end
+from processors.kafka.read import READER_GROUP_PREFIX, read_to_end
 from processors.kafka.topics import create_missing
 from processors.ops import acls
 from processors.ops.publisher import EventPublisher
@@ -43,6 +45,8 @@ def secured(secure_kafka: SecureBroker, sandbox: CrmSandbox, tmp_path: Path) -> 
         extra_env=secure_kafka.env("worker"),
     )
     acls.apply(as_user(deployment, secure_kafka, "broker"), ROLES)
+    # The upstream's topics are the upstream's: the platform (here the super user) creates them.
+    create_missing(as_user(deployment, secure_kafka, "broker"), list(deployment.topics.inputs))
     return deployment
 
 
@@ -185,3 +189,162 @@ def test_no_secret_of_any_kind_reaches_the_log_or_metrics(
     for kind, value in secrets.items():
         assert value not in text, f"the {kind} secret is in the log or /metrics"
     assert "leak.booker@buyer.example" not in text
+
+
+def test_faust_s_own_router_and_table_views_are_not_served(secured: Deployment, tmp_path: Path) -> None:
+    """Faust is the runtime only: its built-in views would show internals to anyone on the port."""
+    import urllib.error
+    import urllib.request
+
+    worker = WorkerProcess(secured, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(90)
+        for path in ("/router/", "/table/", "/table/settings/", "/router/settings/acme/"):
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(f"http://127.0.0.1:{worker.port}{path}", timeout=10)
+            assert answer.value.code == 404, path
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/health/live", timeout=10) as live:
+            assert live.status == 200  # the server that said 404 is up and serving its own views
+    finally:
+        worker.stop()
+
+
+def test_the_worker_does_not_create_the_upstream_input_topics(secure_kafka: SecureBroker, tmp_path: Path) -> None:
+    """A missing input topic is its owner's to create: the worker says so in one line and stops."""
+    deployment = Deployment(
+        bootstrap=secure_kafka.bootstrap, topics=unique_topics("noin"), secrets_dir=tmp_path / "secrets", ca_file=secure_kafka.ca_file,
+        extra_env=secure_kafka.env("worker"),
+    )
+    deployment.secrets_dir.mkdir()
+    acls.apply(as_user(deployment, secure_kafka, "broker"), ROLES)
+    run = cli(deployment, secure_kafka, "worker", "worker")
+    assert run.returncode != 0
+    [line] = [line for line in run.stderr.splitlines() if line.startswith("crm-sync: error:")]
+    assert "the broker refused User:worker" in line and deployment.topics.meetings in line, line
+    broker = AdminClient(clients.librdkafka(as_user(deployment, secure_kafka, "broker")))
+    existing = set(broker.list_topics(timeout=30).topics)
+    assert not existing & set(deployment.topics.inputs)
+    assert deployment.topics.delay in existing  # its own topics it did create
+
+
+# The broker ACL matrix: each principal as a plain librdkafka client (no transactional id unless
+# the case is the admin's), against every operation that must stay the platform's or the admin's.
+REQUEST_TIMEOUT_S = 30.0
+ALL_TOPICS = tuple(TOPIC_ENV)
+PUBLISHER_MAY_NOT_READ = ("delay", "due_salesforce", "due_hubspot", "ledger_salesforce", "ledger_hubspot", "history", "dead_letter", "audit")
+
+
+def matrix_cases() -> list[tuple[str, str, str, int]]:
+    """(role, operation, topic attribute, the authorization error the broker answers with)."""
+    topic_refused = KafkaError.TOPIC_AUTHORIZATION_FAILED
+    cases = []
+    for role in ("worker", "publisher", "sre"):
+        cases += [(role, op, topic, topic_refused) for op in ("produce", "delete_records") for topic in ("settings", "audit")]
+        cases.append((role, "alter_configs", "audit", topic_refused))
+        cases += [(role, op, topic, topic_refused) for op in ("create_partitions", "delete_topics") for topic in ALL_TOPICS]
+        cases.append((role, "init_transactions", "-", KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+    cases += [("publisher", "read", topic, topic_refused) for topic in PUBLISHER_MAY_NOT_READ]
+    # The SRE may describe every topic, so its reads reach the fetch: the READ grant itself is what refuses.
+    cases += [("sre", "read", topic, topic_refused) for topic in ALL_TOPICS]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def matrix(secure_kafka: SecureBroker, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """One deployment for the whole matrix: every topic made by the super user, holding a record."""
+    deployment = Deployment(
+        bootstrap=secure_kafka.bootstrap, topics=unique_topics("acl"), secrets_dir=tmp_path_factory.mktemp("acl") / "secrets",
+        ca_file=secure_kafka.ca_file,
+    )
+    broker = as_user(deployment, secure_kafka, "broker")
+    acls.apply(broker, ROLES)
+    create_missing(broker)
+    producer = Producer(clients.librdkafka(broker))
+    for name in ALL_TOPICS:
+        producer.produce(getattr(deployment.topics, name), key=b"acme", value=b"a record")
+    assert producer.flush(30) == 0
+    return deployment
+
+
+def error_of(future: Any) -> KafkaError | None:
+    try:
+        future.result()
+    except KafkaException as exc:
+        return exc.args[0]
+    return None
+
+
+def read_refusal(conf: dict[str, Any], topic: str) -> KafkaError | None:
+    """What a reader does, step by step: the topic's metadata, its end offsets, then a fetch from
+    the beginning. Returns the first refusal; None when a record arrived."""
+    consumer = Consumer({**conf, "group.id": f"{READER_GROUP_PREFIX}acl-matrix", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics[topic]
+        if meta.error is not None:
+            return meta.error  # not even allowed to describe it: no leader to fetch from
+        try:
+            consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=REQUEST_TIMEOUT_S, cached=False)
+        except KafkaException as exc:
+            return exc.args[0]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            # librdkafka wants a group id even for assigned partitions, and its coordinator lookup
+            # is refused for a principal with no group grant: that says nothing about the topic.
+            if msg is not None and not (msg.error() and msg.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED):
+                return msg.error()  # a record (None) is a read let through
+        return KafkaError(KafkaError._TIMED_OUT)
+    finally:
+        consumer.close()
+
+
+def attempt(conf: dict[str, Any], op: str, topic: str) -> KafkaError | None:
+    """Runs one operation as a raw client; the broker's error, or None when it was let through."""
+    if op == "produce":
+        outcome: list[KafkaError | None] = []
+        producer = Producer(conf)
+        producer.produce(topic, key=b"company/acme", value=b"forged", on_delivery=lambda err, msg: outcome.append(err))
+        producer.flush(REQUEST_TIMEOUT_S)
+        return outcome[0] if outcome else KafkaError(KafkaError._TIMED_OUT)
+    if op == "init_transactions":
+        producer = Producer({**conf, "transactional.id": f"{acls.ADMIN_TRANSACTIONAL_PREFIX}forged"})
+        try:
+            producer.init_transactions(REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            return exc.args[0]
+        return None
+    if op == "read":
+        return read_refusal(conf, topic)
+    admin = AdminClient(conf)
+    if op == "delete_records":
+        [future] = admin.delete_records([TopicPartition(topic, 0, OFFSET_END)], request_timeout=REQUEST_TIMEOUT_S).values()
+        error = error_of(future)
+        if error is not None and error.code() == KafkaError._NOENT:
+            # librdkafka first asks for the partition leaders; a principal that may not even
+            # describe the topic is refused there, so no DeleteRecords request is ever sent.
+            return admin.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics[topic].error
+        return error
+    if op == "alter_configs":
+        resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+            ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET),
+        ])
+        [future] = admin.incremental_alter_configs([resource], request_timeout=REQUEST_TIMEOUT_S).values()
+    elif op == "create_partitions":
+        [future] = admin.create_partitions([NewPartitions(topic, 3)], request_timeout=REQUEST_TIMEOUT_S).values()
+    elif op == "delete_topics":
+        [future] = admin.delete_topics([topic], request_timeout=REQUEST_TIMEOUT_S).values()
+    else:
+        raise AssertionError(op)
+    return error_of(future)
+
+
+@pytest.mark.parametrize(("role", "op", "topic", "refusal"), matrix_cases(), ids=lambda v: KafkaError(v).name() if isinstance(v, int) else v)
+def test_the_broker_refuses_what_the_role_must_not_do(
+    matrix: Deployment, secure_kafka: SecureBroker, role: str, op: str, topic: str, refusal: int
+) -> None:
+    conf = clients.librdkafka(as_user(matrix, secure_kafka, role))
+    name = getattr(matrix.topics, topic) if topic != "-" else topic
+    error = attempt(conf, op, name)
+    assert error is not None, f"User:{role} was let through: {op} {name}"
+    assert error.code() == refusal, f"User:{role} {op} {name}: {error.name()} ({error.str()}), not {KafkaError(refusal).name()}"

@@ -45,3 +45,18 @@ def test_grants_follow_the_configured_names_and_app_id() -> None:
     assert "WRITE" in ops("admin", "eu.settings", config) and "READ" in ops("worker", "eu.settings", config)
     assert len(acls.bindings(config, {"publisher": ["User:a", "b"]})) == 3 * 2
     assert {b.principal for b in acls.bindings(config, {"publisher": ["User:a", "b"]})} == {"User:a", "User:b"}
+
+
+def test_the_worker_reads_the_upstream_inputs_but_does_not_own_them() -> None:
+    """Creating a topic is owning it; the inputs belong to the upstream, which creates them."""
+    for name in Config().topics.inputs:
+        assert ops("worker", name) == {"READ"}, name
+    creators = {g.role for g in acls.grants(Config()) if g.name in Config().topics.inputs and "CREATE" in g.operations}
+    assert creators == set()
+
+
+def test_no_role_may_delete_alter_or_repartition_any_topic() -> None:
+    """delete_records, delete_topics, create_partitions and config changes stay with the platform's super user."""
+    destructive = {"DELETE", "ALTER", "ALTER_CONFIGS", "ALL", "CLUSTER_ACTION"}
+    assert [g for g in acls.grants(Config()) if destructive & set(g.operations)] == []
+    assert [g for g in acls.grants(Config()) if g.resource == "transactional-id" and g.role != "admin"] == []

@@ -212,3 +212,90 @@ def test_compose_builds_kafka_from_the_jars_of_the_pinned_version() -> None:
     version = subprocess.run(["bash", str(ROOT / "deploy" / "kafka" / "kafka.sh"), "version"], capture_output=True, text=True, check=True).stdout.strip()
     kafka = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["kafka"]
     assert f"/kafka-{version}/libs" in kafka["build"]["additional_contexts"]["libs"]
+
+
+def secret_volumes() -> dict[str, dict[str, Any]]:
+    pod = by_kind("StatefulSet")["spec"]["template"]["spec"]
+    return {v["name"]: v for v in pod["volumes"] if "secret" in v or "projected" in v}
+
+
+def test_secret_files_are_mounted_0400_and_readable_by_the_image_user_s_group() -> None:
+    """0400 leaves a file to its owner, root: the kubelet adds the group's read bit for the pod's
+    fsGroup, so the worker (uid/gid 10001, the image's user) reads it and no other user does."""
+    volumes = secret_volumes()
+    assert set(volumes) == {"credentials", "kafka-ca"}
+    for name, volume in volumes.items():
+        source = volume.get("secret") or volume["projected"]
+        assert source["defaultMode"] == 0o400, name
+        for item in (i for s in volume.get("projected", {}).get("sources", []) for i in s["secret"].get("items", [])):
+            assert item.get("mode", 0o400) == 0o400, item
+    [(uid, gid)] = re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    security = by_kind("StatefulSet")["spec"]["template"]["spec"]["securityContext"]
+    assert (str(security["runAsUser"]), str(security["fsGroup"])) == (uid, gid)
+    mounts = {m["name"]: m for m in worker_container()["volumeMounts"]}
+    assert all(mounts[name]["readOnly"] is True for name in volumes)
+
+
+def network_policy() -> dict[str, Any]:
+    return by_kind("NetworkPolicy")
+
+
+def allows(rule: dict[str, Any], port: int, protocol: str = "TCP") -> bool:
+    return any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in rule["ports"])
+
+
+def test_the_network_policy_selects_the_worker_pods_and_denies_both_directions_by_default() -> None:
+    policy = network_policy()
+    pod_labels = by_kind("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    # Every rule names its ports: nothing is open on every port, in either direction.
+    assert all(rule.get("ports") for rule in policy["spec"]["ingress"] + policy["spec"]["egress"])
+
+
+def test_ingress_is_only_the_metrics_port_from_monitoring_and_the_console_port() -> None:
+    metrics = int(by_kind("ConfigMap")["data"]["CRM_SYNC_METRICS_PORT"])
+    console = Config().console_port
+    rules = network_policy()["spec"]["ingress"]
+    ports = sorted(p["port"] for rule in rules for p in rule["ports"])
+    assert ports == sorted([metrics, console])
+    [scrape] = [rule for rule in rules if allows(rule, metrics)]
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_egress_is_only_dns_kafka_the_registry_and_https_to_public_addresses() -> None:
+    import ipaddress
+
+    rules = network_policy()["spec"]["egress"]
+    kafka_port = int(by_kind("ConfigMap")["data"]["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":", 1)[1])
+    [dns] = [rule for rule in rules if allows(rule, 53, "UDP")]
+    assert allows(dns, 53, "TCP")
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    [kafka] = [rule for rule in rules if allows(rule, kafka_port)]
+    assert all("podSelector" in peer for peer in kafka["to"])
+    [registry] = [rule for rule in rules if any("registry" in str(peer) for peer in rule["to"])]
+    assert all("podSelector" in peer for peer in registry["to"])
+    [crm] = [rule for rule in rules if allows(rule, 443)]
+    assert [p["port"] for p in crm["ports"]] == [443]
+    blocks = [peer["ipBlock"] for peer in crm["to"]]
+
+    def reachable(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(
+            ip.version == ipaddress.ip_network(b["cidr"]).version and ip in ipaddress.ip_network(b["cidr"])
+            and not any(ip in ipaddress.ip_network(e) for e in b.get("except", []) if ipaddress.ip_network(e).version == ip.version)
+            for b in blocks
+        )
+
+    assert reachable("13.110.0.1") and reachable("104.18.0.1") and reachable("2606:4700::1")  # Salesforce, HubSpot (Cloudflare)
+    private = ["10.0.0.1", "172.16.0.1", "172.31.255.254", "192.168.1.1", "169.254.169.254", "100.64.0.1", "127.0.0.1",
+               "fd00::1", "fe80::1", "::1"]
+    assert [a for a in private if reachable(a)] == []
+    assert len(rules) == 4, "an egress rule beside DNS, Kafka, the registry and the CRMs"
+
+
+def test_the_validator_does_reject_a_broken_network_policy() -> None:
+    broken = copy.deepcopy(network_policy())
+    broken["spec"]["egress"][0]["to"][0]["ipBlok"] = {"cidr": "0.0.0.0/0"}  # a misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
