@@ -101,6 +101,8 @@ class Topics:
     surveys: str = _env("CRM_SYNC_TOPIC_SURVEYS", "scheduling.surveys.v1")
     settings: str = _env("CRM_SYNC_TOPIC_SETTINGS", "crm-sync.settings.v1")
     dead_letter: str = _env("CRM_SYNC_TOPIC_DEAD_LETTER", "crm-sync.dead-letter.v1")
+    # Compacted: the latest state of every dead letter by id, so `dlq show ID` reads one partition.
+    dead_letter_index: str = _env("CRM_SYNC_TOPIC_DEAD_LETTER_INDEX", "crm-sync.dead-letter-index.v1")
     delay: str = _env("CRM_SYNC_TOPIC_DELAY", "crm-sync.actions.delay.v1")
     due_salesforce: str = _env("CRM_SYNC_TOPIC_DUE_SALESFORCE", "crm-sync.actions.salesforce.v1")
     due_hubspot: str = _env("CRM_SYNC_TOPIC_DUE_HUBSPOT", "crm-sync.actions.hubspot.v1")

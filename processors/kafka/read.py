@@ -27,6 +27,8 @@ class NotCaughtUp(TimeoutError):
 # DESCRIBE on it, which `processors.ops.acls` grants on this prefix (no offsets are ever committed).
 READER_GROUP_PREFIX = "crm-sync-reader-"
 _REFUSED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED})
+# A partition's leader not known yet (librdkafka does not mark these retriable for offset lookups).
+_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 class TopicReader:
@@ -44,6 +46,7 @@ class TopicReader:
             }
         )
         self._assigned: list[TopicPartition] = []
+        self._starts: dict[int, int] = {}
         # The end to reach is the high watermark: under read_committed the consumer's own watermark
         # query answers the last stable offset, which an open transaction holds back — reading to
         # it would pass for caught up while the transaction's records are still unseen.
@@ -58,10 +61,33 @@ class TopicReader:
             return []
         return sorted(meta.partitions)
 
-    def assign(self, partitions: Iterable[int]) -> None:
-        """Read these partitions from their beginning."""
+    def assign(self, partitions: Iterable[int], since_ms: int | None = None, timeout: float = 10.0) -> None:
+        """Read these partitions from their beginning, or from their first record stamped at or
+        after `since_ms`: the broker's time index finds it, so an old tail is never read."""
         self._assigned = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions]
+        self._starts = {}
+        if since_ms is not None and self._assigned:
+            wanted = [TopicPartition(self.topic, tp.partition, since_ms) for tp in self._assigned]
+            found = self._offsets_for_times(wanted, timeout)
+            for tp in found:
+                if tp.offset < 0:  # nothing at or after that time: start at the end
+                    tp.offset = self._probe.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout, cached=False)[1]
+                self._starts[tp.partition] = tp.offset
+            self._assigned = [TopicPartition(self.topic, tp.partition, tp.offset) for tp in found]
         self._consumer.assign(self._assigned)
+
+    def _offsets_for_times(self, wanted: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        """The broker's time-index lookup; a leader still moving (a topic just made, a broker
+        restarting) is asked again until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return list(self._consumer.offsets_for_times(wanted, timeout=max(1.0, deadline - time.monotonic())))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not (error.retriable() or error.code() in _MOVING) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def read_to_end(self, on_record: OnRecord, timeout: float = 30.0) -> int:
         """Feed every record up to the end of the assigned partitions to `on_record`; returns how many.
@@ -72,7 +98,7 @@ class TopicReader:
             tp.partition: self._probe.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout, cached=False)[1]
             for tp in self._assigned
         }
-        position = {p: 0 for p in ends}
+        position = {p: self._starts.get(p, 0) for p in ends}
         deadline = time.monotonic() + timeout
         count = 0
         while any(position[p] < ends[p] for p in ends):
@@ -124,11 +150,12 @@ def read_to_end(
     on_record: OnRecord,
     *,
     partitions: Iterable[int] | None = None,
+    since_ms: int | None = None,
     timeout: float = 30.0,
     isolation: str = "read_committed",
 ) -> int:
-    """One-shot: every record now on `topic` (or on some of its partitions), oldest first per
-    partition. A missing topic reads as empty."""
+    """One-shot: every record now on `topic` (or on some of its partitions, from `since_ms`),
+    oldest first per partition. A missing topic reads as empty."""
     with TopicReader(kafka_config, topic, isolation=isolation) as reader:
-        reader.assign(reader.partitions(timeout) if partitions is None else partitions)
+        reader.assign(reader.partitions(timeout) if partitions is None else partitions, since_ms, timeout)
         return reader.read_to_end(on_record, timeout)

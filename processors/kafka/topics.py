@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 SEVEN_DAYS_MS = str(7 * 24 * 3600 * 1000)
 AUDIT_RETENTION_MS = 2 * 365 * 24 * 3600 * 1000
+DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 def topic_specs(config: Config) -> dict[str, dict[str, str]]:
@@ -26,6 +27,9 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
     repeat after a crash replaces the first); it keeps 8 days so that 7 whole days in any company
     time zone can be re-read from it.
 
+    The dead-letter index holds each dead letter's latest state under its id (compacted), as long
+    as the dead letters themselves.
+
     The settings audit is append-only (never compacted) and kept two years.
     """
     t = config.topics
@@ -35,7 +39,8 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.research: {},
         t.surveys: {},
         t.settings: {"cleanup.policy": "compact"},
-        t.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
+        t.dead_letter: {"retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+        t.dead_letter_index: {"cleanup.policy": "compact,delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
         t.delay: {"retention.ms": SEVEN_DAYS_MS},
         t.due_salesforce: {"retention.ms": SEVEN_DAYS_MS},
         t.due_hubspot: {"retention.ms": SEVEN_DAYS_MS},

@@ -61,11 +61,17 @@ def _event(text: str) -> EventType:
     return events[0]
 
 
+_SPAN_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
 def _since(text: str) -> int:
+    """An ISO-8601 time, or a span back from now: 30m, 1h, 7d."""
+    if text[:-1].isdigit() and text[-1:] in _SPAN_UNITS:
+        return int((datetime.now(timezone.utc).timestamp() - int(text[:-1]) * _SPAN_UNITS[text[-1]]) * 1000)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}")
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time or a span like 1h or 7d: {text!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp() * 1000)
@@ -103,6 +109,12 @@ def _delays(text: str) -> list[int]:
 def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
     """A subcommand whose `--help` starts with the same sentence the parent's list shows."""
     return sub.add_parser(name, help=text, description=text)
+
+
+# `dlq list` reads this far back unless told otherwise: the range asked for, never all 30 days.
+DLQ_LIST_SINCE = "7d"
+# A bulk retry or resolve of more failures than this asks first (--yes skips the question).
+CONFIRM_ABOVE = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,17 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = _command(ds, name, text)
         if name != "list":
             p.add_argument("id", nargs="?", help="a dead_letter_id (omit to select by filter)")
-        p.add_argument("--company")
+        p.add_argument("--company", help="that company's failures (reads its partition only)")
         p.add_argument("--crm", choices=CRMS)
         p.add_argument("--error-class")
-        p.add_argument("--since", type=_since, help="ISO-8601 time")
+        since_help = "ISO-8601 time, or a span back from now (30m, 1h, 7d)"
+        p.add_argument("--since", type=_since, help=f"{since_help}; default {DLQ_LIST_SINCE}" if name == "list" else since_help)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "list":
             p.add_argument("--all", action="store_true", help="include resolved failures")
-            p.add_argument("--json", action="store_true")
+        else:
+            p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+            p.add_argument("--yes", action="store_true", help=f"no confirmation for more than {CONFIRM_ABOVE} failures")
         if name == "resolve":
             p.add_argument("--note", help="why it is resolved (kept with the failure)")
     p = _command(ds, "show", "show one failure, with its retries and resolution")
     p.add_argument("id")
+    p = _command(ds, "reindex", "rebuild the dead-letter index from the whole dead-letter topic (after an upgrade)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
     acls.add_argument("acls_command", choices=("print", "apply"), help="print a table, or create them on the broker")
@@ -326,25 +344,27 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
 
 def _run_dlq(args: argparse.Namespace, config: Config) -> None:
     from processors.codec import Codec
-    from processors.ops.dlq import FailureAdmin, filter_failures, read_dead_letters
+    from processors.ops.dlq import FailureAdmin, filter_failures, find_failure, read_dead_letters, reindex
 
     codec = Codec()
-    failures = read_dead_letters(config, codec)
+    if args.dlq_command == "reindex":
+        n = reindex(config, codec)
+        print(json.dumps({"indexed": n}) if args.json else f"{n} dead letter(s) indexed")
+        return
     if args.dlq_command == "show":
-        match = [f for f in failures if f.dead_letter_id == args.id]
-        if not match:
-            raise CliError(f"no failure with id {args.id}")
-        record = dict(match[-1].record)
+        found = find_failure(config, codec, args.id)
+        if found is None:
+            raise CliError(_not_found(args.id))
+        record = dict(found.record)
         record["original_value"] = record["original_value"].hex() if record.get("original_value") else None
         record["original_key"] = record["original_key"].decode(errors="replace") if record.get("original_key") else None
-        record["statuses"] = match[-1].statuses
+        record["statuses"] = found.statuses
         print(json.dumps(record, ensure_ascii=False, indent=2, default=str))
         return
-    selected = filter_failures(
-        failures, company_id=args.company, crm=args.crm, error_class=args.error_class, since_ms=args.since,
-        include_resolved=getattr(args, "all", False),
-    )
     if args.dlq_command == "list":
+        since = args.since if args.since is not None else _since(DLQ_LIST_SINCE)
+        failures = read_dead_letters(config, codec, company_id=args.company, since_ms=since)
+        selected = filter_failures(failures, crm=args.crm, error_class=args.error_class, include_resolved=args.all)
         for f in selected:
             r = f.record
             when = datetime.fromtimestamp(r["created_at"] / 1000, tz=timezone.utc).isoformat(timespec="seconds")
@@ -356,17 +376,63 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
                 print(f"{f.dead_letter_id}  {when}  {r['stage']:<8} {r.get('crm') or '-':<10} {r.get('company_id') or '-':<12} {r['error_class']}  {r.get('error_code') or ''}  {r['message']}  [{state}]")
         return
     if args.id:
-        selected = [f for f in failures if f.dead_letter_id == args.id][-1:]
-        if not selected:
-            raise CliError(f"no failure with id {args.id}")
+        one = find_failure(config, codec, args.id)
+        if one is None:
+            raise CliError(_not_found(args.id))
+        selected = [one]
     elif not (args.company or args.crm or args.error_class or args.since):
         raise CliError("give a failure id or a filter (--company, --crm, --error-class, --since)")
-    admin = FailureAdmin(config, codec, actor=_actor(args, config), timezone_of=_timezones(config, codec))
-    if args.dlq_command == "resolve":
-        print(f"{admin.resolve(selected, args.note)} failure(s) marked resolved")
+    else:
+        failures = read_dead_letters(config, codec, company_id=args.company, since_ms=args.since)
+        selected = filter_failures(failures, crm=args.crm, error_class=args.error_class)
+    verb = "retry" if args.dlq_command == "retry" else "resolve"
+    if args.dry_run:
+        _report_dlq(args, verb, [f.dead_letter_id for f in selected], [], dry_run=True)
         return
-    sent = admin.retry(selected, lambda f, why: print(f"{f.dead_letter_id}: not retried: {why}", file=sys.stderr))
-    print(f"{sent} failure(s) sent for retry")
+    if len(selected) > CONFIRM_ABOVE and not args.yes:
+        _confirm(f"{verb} {len(selected)} failures?")
+    admin = FailureAdmin(config, codec, actor=_actor(args, config), timezone_of=_timezones(config, codec))
+    if verb == "resolve":
+        done = [f.dead_letter_id for f in selected if not f.resolved]
+        admin.resolve(selected, args.note)
+        _report_dlq(args, verb, done, [])
+        return
+    skipped: list[dict[str, str]] = []
+    sent_before = {f.dead_letter_id for f in selected}
+
+    def on_skip(f: Any, why: str) -> None:
+        skipped.append({"dead_letter_id": f.dead_letter_id, "reason": why})
+        if not args.json:
+            print(f"{f.dead_letter_id}: not retried: {why}", file=sys.stderr)
+
+    admin.retry(selected, on_skip)
+    _report_dlq(args, verb, sorted(sent_before - {s["dead_letter_id"] for s in skipped}), skipped)
+
+
+def _not_found(dead_letter_id: str) -> str:
+    return f"no failure with id {dead_letter_id} in the dead-letter index (one from before the index: run `crm-sync dlq reindex` once)"
+
+
+def _confirm(question: str) -> None:
+    """Bulk changes ask first; without a terminal to ask, they need --yes."""
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Pass --yes to confirm (no terminal to ask), or --dry-run to see them")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CliError("not confirmed; nothing changed")
+
+
+def _report_dlq(args: argparse.Namespace, verb: str, ids: list[str], skipped: list[dict[str, str]], dry_run: bool = False) -> None:
+    done = "would be " + ("sent for retry" if verb == "retry" else "marked resolved") if dry_run else (
+        "sent for retry" if verb == "retry" else "marked resolved"
+    )
+    if args.json:
+        key = {"retry": "retried", "resolve": "resolved"}[verb]
+        print(json.dumps({"dry_run": dry_run, key: ids, "count": len(ids), "skipped": skipped}, ensure_ascii=False))
+        return
+    if dry_run:
+        for dead_letter_id in ids:
+            print(dead_letter_id)
+    print(f"{len(ids)} failure(s) {done}")
 
 
 def _timezones(config: Config, codec: Any) -> Any:

@@ -10,6 +10,12 @@ The dead-letter topic holds the dead letters and, beside them, what admins did a
 - A failure from before planning (decode, validate, plan) is retried by re-ingesting the original
   record on its original topic, once its cause is fixed.
 - Retries and resolutions are counted in sync history.
+
+Reads take only the range asked for. Dead letters are keyed by company, so one company's are on
+one partition; `--since` starts each partition at the broker's time index (`offsets_for_times`);
+and the compacted dead-letter index (`processors.domain.deadletter_index`) finds one dead letter by
+id in one partition of the index plus a short stretch of its company's partition. A call never
+reads the whole 30 days unless it asks for them.
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ from confluent_kafka import Message, Producer
 
 from processors.codec import Codec, DecodeError
 from processors.config import Config
+from processors.domain.deadletter_index import IndexEntry, entry_of, parse_entry
 from processors.domain.history import DEFAULT_TIMEZONE, HistoryRecord, local_day
 from processors.domain.records import action_from_record, action_headers, action_to_record
 from processors.kafka import clients
 from processors.kafka.producer import partition_for
-from processors.kafka.read import read_to_end
+from processors.kafka.read import TopicReader
 
 RE_INGEST_STAGES = frozenset({"decode", "validate", "plan"})
+# How far before an index entry's created_at its dead letter may be stamped by the broker (the
+# worker sets created_at just before it sends; the record's timestamp is the send's).
+LOOKUP_MARGIN_MS = 5 * 60 * 1000
 
 
 def now_ms() -> int:
@@ -52,9 +62,12 @@ class Failure:
         return sum(1 for s in self.statuses if s["status"] == "retried")
 
 
-def read_dead_letters(config: Config, codec: Codec, timeout: float = 30.0) -> list[Failure]:
-    """The whole failure history, oldest first; one entry per dead-letter id (its latest record),
-    with what admins did about it."""
+def read_dead_letters(
+    config: Config, codec: Codec, *, company_id: str | None = None, since_ms: int | None = None, timeout: float = 30.0
+) -> list[Failure]:
+    """The failure history in the range asked for, oldest first; one entry per dead-letter id (its
+    latest record), with what admins did about it. `company_id` reads that company's partition
+    only; `since_ms` starts every partition at that time."""
     latest: dict[str, Failure] = {}
     statuses: dict[str, list[dict[str, Any]]] = {}
 
@@ -69,10 +82,89 @@ def read_dead_letters(config: Config, codec: Codec, timeout: float = 30.0) -> li
         elif decoded.schema_name == "DeadLetter":
             latest[record["dead_letter_id"]] = Failure(record["dead_letter_id"], record, msg.offset(), msg.partition())
 
-    read_to_end(clients.librdkafka(config), config.topics.dead_letter, add, timeout=timeout, isolation="read_uncommitted")
+    topic = config.topics.dead_letter
+    with TopicReader(clients.librdkafka(config), topic, isolation="read_uncommitted") as reader:
+        partitions = reader.partitions(timeout)
+        if company_id is not None and partitions:
+            partitions = [partition_for(company_id.encode(), len(partitions))]
+        # A dead letter stamped just before `since` may carry a created_at after it: read a margin more.
+        reader.assign(partitions, None if since_ms is None else since_ms - LOOKUP_MARGIN_MS, timeout)
+        reader.read_to_end(add, timeout)
     for failure in latest.values():
         failure.statuses = statuses.get(failure.dead_letter_id, [])
-    return sorted(latest.values(), key=lambda f: (f.record.get("created_at", 0), f.dead_letter_id))
+    found = [f for f in latest.values() if company_id is None or f.record.get("company_id") == company_id]
+    if since_ms is not None:
+        found = [f for f in found if f.record.get("created_at", 0) >= since_ms]
+    return sorted(found, key=lambda f: (f.record.get("created_at", 0), f.dead_letter_id))
+
+
+class _Found(Exception):
+    """Ends a read early: the record looked for was seen, or the stretch it could be in has passed."""
+
+
+def lookup(config: Config, dead_letter_id: str, timeout: float = 30.0) -> IndexEntry | None:
+    """The index entry of one dead letter: one partition of the compacted index is read."""
+    entry: IndexEntry | None = None
+
+    def add(msg: Message) -> None:
+        nonlocal entry
+        if msg.key() == dead_letter_id.encode():
+            entry = parse_entry(msg.key(), msg.value())  # the latest one wins (a tombstone clears it)
+
+    topic = config.topics.dead_letter_index
+    with TopicReader(clients.librdkafka(config), topic, isolation="read_uncommitted") as reader:
+        partitions = reader.partitions(timeout)
+        if not partitions:
+            return None
+        reader.assign([partition_for(dead_letter_id.encode(), len(partitions))])
+        reader.read_to_end(add, timeout)
+    return entry
+
+
+def find_failure(config: Config, codec: Codec, dead_letter_id: str, timeout: float = 30.0) -> Failure | None:
+    """One dead letter by id: its index entry, then a short stretch of its company's partition read
+    from its time. None when the index does not know it (see `reindex`)."""
+    entry = lookup(config, dead_letter_id, timeout)
+    if entry is None:
+        return None
+    found: Failure | None = None
+
+    def add(msg: Message) -> None:
+        nonlocal found
+        if msg.timestamp()[1] > entry.created_at + LOOKUP_MARGIN_MS:
+            raise _Found
+        try:
+            decoded = codec.decode(msg.value())
+        except DecodeError:
+            return
+        if decoded.schema_name == "DeadLetter" and decoded.value["dead_letter_id"] == dead_letter_id:
+            found = Failure(dead_letter_id, decoded.value, msg.offset(), msg.partition(), list(entry.statuses))
+
+    topic = config.topics.dead_letter
+    with TopicReader(clients.librdkafka(config), topic, isolation="read_uncommitted") as reader:
+        partitions = reader.partitions(timeout)
+        if not partitions:
+            return None
+        reader.assign([partition_for((entry.company_id or "").encode(), len(partitions))], entry.created_at - LOOKUP_MARGIN_MS, timeout)
+        try:
+            reader.read_to_end(add, timeout)
+        except _Found:
+            pass
+    return found
+
+
+def reindex(config: Config, codec: Codec, timeout: float = 120.0) -> int:
+    """Rebuild the index from the whole dead-letter topic (after an upgrade from a version without
+    it, or to repair it); idempotent. Returns how many entries were written."""
+    failures = read_dead_letters(config, codec, timeout=timeout)
+    producer = Producer({**clients.librdkafka(config), "enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"})
+    for failure in failures:
+        entry = entry_of(failure.record, tuple(failure.statuses))
+        producer.produce(config.topics.dead_letter_index, key=entry.key, value=entry.to_json())
+        producer.poll(0)
+    if producer.flush(60) != 0:
+        raise RuntimeError("some index entries were not acknowledged by the broker")
+    return len(failures)
 
 
 def filter_failures(
@@ -156,6 +248,9 @@ class FailureAdmin:
         doc = {"dead_letter_id": failure.dead_letter_id, "status": status, "at": at, "by": self._actor, "note": note}
         key = (failure.record.get("company_id") or "").encode()
         self._producer.produce(self._config.topics.dead_letter, key=key, value=self._codec.encode("DeadLetterStatus", doc))
+        failure.statuses = [*failure.statuses, doc]
+        entry = entry_of(failure.record, tuple(failure.statuses))
+        self._producer.produce(self._config.topics.dead_letter_index, key=entry.key, value=entry.to_json())
         company = failure.record.get("company_id")
         if company:
             action = failure.record.get("action") or {}

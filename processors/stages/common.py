@@ -19,6 +19,7 @@ from connectors.retry import RetryPolicy
 from processors.codec import Codec, RegistryUnavailableError
 from processors.config import Config
 from processors.domain.deadletter import Source
+from processors.domain.deadletter_index import entry_of
 from processors.domain.history import HistoryRecord, company_timezone, local_day
 from processors.kafka.producer import Ack, Send, partition_for
 from processors.metrics import Metrics
@@ -63,7 +64,10 @@ class StageContext:
             },
         )
         key = (letter["company_id"] or "").encode()
-        return await self.send(self.config.topics.dead_letter, key, self.codec.encode("DeadLetter", letter))
+        sent = await self.send(self.config.topics.dead_letter, key, self.codec.encode("DeadLetter", letter))
+        entry = entry_of(letter)
+        indexed = await self.send(self.config.topics.dead_letter_index, entry.key, entry.to_json())
+        return asyncio.gather(sent, indexed)
 
     async def history(
         self,

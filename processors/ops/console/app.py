@@ -39,6 +39,8 @@ SESSION_COOKIE, LOGIN_COOKIE, FLASH_COOKIE, LANG_COOKIE = "crm_sync_session", "c
 EVENTS = list(EventType)
 CRMS = list(Crm)
 OPEN_PATHS = ("/login", "/static/", "/lang/", "/favicon.ico")
+# The failures page reads this far back unless its filter says since when (the CLI's default too).
+FAILURES_WINDOW_DAYS = 7
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -333,6 +335,14 @@ class Console:
             breakdown=views.breakdown(body), tab="history",
         )
 
+    def _dead_letters(self, company_id: str, chosen: dict[str, Any]) -> list[Failure]:
+        """The company's failures in the page's window: its partition from `since` (default: the
+        last FAILURES_WINDOW_DAYS days), never the whole topic."""
+        since_ms = chosen["since_ms"]
+        if since_ms is None:
+            since_ms = int((time.time() - FAILURES_WINDOW_DAYS * 86400) * 1000)
+        return read_dead_letters(self.config, self.codec, company_id=company_id, since_ms=since_ms)
+
     def _failure_filter(self, query: Any, tz: str) -> dict[str, Any]:
         crm = query.get("crm") or None
         error_class = query.get("error_class") or None
@@ -356,8 +366,8 @@ class Console:
             company = store.company(company_id)
             tz = company.timezone if company is not None else DEFAULT_TIMEZONE
             chosen = self._failure_filter(request.query, tz)
-            everything = [f for f in read_dead_letters(self.config, self.codec) if f.record.get("company_id") == company_id]
-            shown = filter_failures(everything, **{k: v for k, v in chosen.items() if k != "since"})
+            everything = self._dead_letters(company_id, chosen)
+            shown = filter_failures(everything, **{k: v for k, v in chosen.items() if k not in ("since", "since_ms")})
             records = read_records(self.config, company_id) if any(f.retries for f in shown) else []
             rows = [self._failure_row(f, records, tz) for f in reversed(shown)]
             classes = sorted({f.record["error_class"] for f in everything})
@@ -401,11 +411,11 @@ class Console:
             store = self.admin(request).load()
             company = store.company(company_id)
             tz = company.timezone if company is not None else DEFAULT_TIMEZONE
-            everything = [f for f in read_dead_letters(self.config, self.codec) if f.record.get("company_id") == company_id]
+            query = {k: v[-1] for k, v in parse_qs(_text(form.get("query"))).items()}
+            chosen = self._failure_filter(query, tz)
+            everything = self._dead_letters(company_id, chosen)
             if scope == "all":
-                query = {k: v[-1] for k, v in parse_qs(_text(form.get("query"))).items()}
-                chosen = self._failure_filter(query, tz)
-                selected = filter_failures(everything, **{k: v for k, v in chosen.items() if k != "since"})
+                selected = filter_failures(everything, **{k: v for k, v in chosen.items() if k not in ("since", "since_ms")})
             else:
                 ids = set(form.getall("id", [])) if scope == "selected" else {scope}
                 selected = [f for f in everything if f.dead_letter_id in ids]
