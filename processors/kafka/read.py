@@ -159,3 +159,29 @@ def read_to_end(
     with TopicReader(kafka_config, topic, isolation=isolation) as reader:
         reader.assign(reader.partitions(timeout) if partitions is None else partitions, since_ms, timeout)
         return reader.read_to_end(on_record, timeout)
+
+
+def read_one(kafka_config: dict[str, Any], topic: str, partition: int, offset: int, timeout: float = 30.0) -> Message | None:
+    """The one record at `topic`/`partition`/`offset` (read_uncommitted), or None when there is none."""
+    consumer = Consumer({**kafka_config, "group.id": f"{READER_GROUP_PREFIX}{uuid.uuid4().hex}", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None or partition not in meta.partitions:
+            return None
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+        if not low <= offset < high:
+            return None
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                raise KafkaException(msg.error())
+            return msg if msg.offset() == offset else None  # compacted or a transaction marker: not there
+        raise NotCaughtUp(f"record {topic}:{partition}:{offset} not read within {timeout:.0f}s")
+    finally:
+        consumer.close()

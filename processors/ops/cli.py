@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -210,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(ds, "show", "show one failure, with its retries and resolution")
     p.add_argument("id")
     p = _command(ds, "reindex", "rebuild the dead-letter index from the whole dead-letter topic (after an upgrade)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(sub, "preview", "print exactly what delivery would do with one event under the current settings (creates nothing)")
+    p.add_argument("--company", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--event", metavar="FILE", help="an event as JSON (the publisher's record) or Avro bytes; - reads stdin")
+    source.add_argument("--from-topic", metavar="TOPIC:PARTITION:OFFSET", help="a record already on an input topic")
+    p.add_argument("--resolve", action="store_true", help="also look up the contact and owner in the CRM (read-only)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
@@ -468,6 +477,53 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
 
 
+def _run_preview(args: argparse.Namespace, config: Config) -> None:
+    from processors.domain.model import Crm
+    from processors.kafka.read import read_one
+    from processors.ops.admin import SettingsAdmin
+    from processors.ops.preview import CrmResolver, PreviewError, decode_event, format_text, preview
+    from processors.worker.runtime import make_codec
+
+    codec = make_codec(config)
+    if args.from_topic:
+        topic, _, rest = args.from_topic.rpartition(":")
+        topic, _, partition = topic.rpartition(":")
+        if not (topic and partition.isdigit() and rest.isdigit()):
+            raise CliError(f"--from-topic must be TOPIC:PARTITION:OFFSET, not {args.from_topic!r}")
+        msg = read_one(clients.librdkafka(config), topic, int(partition), int(rest))
+        if msg is None or msg.value() is None:
+            raise CliError(f"no record at {args.from_topic}")
+        raw = msg.value()
+    else:
+        try:
+            raw = sys.stdin.buffer.read() if args.event == "-" else open(args.event, "rb").read()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.event}: {exc.strerror}") from None
+    store = SettingsAdmin(config, codec).load()
+    id_fields: dict[Crm, str | None] = {Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property}
+    resolver = None
+    if args.resolve:
+        from connectors.credentials import CredentialStore
+        from processors.ops import crm
+
+        creds = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials)
+        found: dict[Crm, Any] = {}
+        for c in Crm:
+            try:
+                found[c] = crm.clients_for(creds, args.company, c.value, config.ca_bundle)
+                own = creds.salesforce(args.company).action_id_field if c is Crm.SALESFORCE else creds.hubspot(args.company).action_id_property
+                id_fields[c] = own or id_fields[c]
+            except Exception:  # no credentials for that CRM: its actions cannot be resolved, which the output says
+                continue
+        resolver = CrmResolver(found)
+    try:
+        shown = preview(decode_event(raw, codec), args.company, store, int(time.time() * 1000), int(config.delay_seconds * 1000),
+                        resolver, id_fields)
+    except PreviewError as exc:
+        raise CliError(str(exc)) from None
+    print(shown.to_json() if args.json else format_text(shown))
+
+
 def _run_acls(args: argparse.Namespace, config: Config) -> None:
     from processors.ops import acls
 
@@ -533,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_dlq(args, config)
         elif args.command == "history":
             _run_history(args, config)
+        elif args.command == "preview":
+            _run_preview(args, config)
         elif args.command == "acls":
             _run_acls(args, config)
         elif args.command == "crm":
