@@ -3,8 +3,12 @@
 import warnings
 from importlib import metadata
 
-# confluent-kafka's schema-registry client imports authlib's httpx integration, which warns on import.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+from authlib.deprecate import AuthlibDeprecationWarning
+
+# confluent-kafka's schema-registry client imports authlib's httpx integration, which warns on
+# import. authlib puts an "always" filter for its warnings first when `authlib.deprecate` is
+# imported, so ours must come after that import to win.
+warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
 
 
 def version() -> str:

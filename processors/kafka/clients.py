@@ -26,6 +26,18 @@ MAX_POLL_INTERVAL_MS = 300_000
 LIBRDKAFKA_LOG = logging.getLogger("crm_sync.librdkafka")
 
 
+class _TransientNotices(logging.Filter):
+    """librdkafka logs some conditions it retries by itself at warning level: a transaction
+    coordinator still loading after a broker start ("Coordinator load in progress: retrying") is
+    not worth a line on every start. Anything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "load in progress: retrying" not in record.getMessage()
+
+
+LIBRDKAFKA_LOG.addFilter(_TransientNotices())
+
+
 def librdkafka(config: Config) -> dict[str, Any]:
     """confluent-kafka settings shared by every librdkafka client."""
     conf: dict[str, Any] = {

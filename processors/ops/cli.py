@@ -11,22 +11,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, NoReturn, Sequence
-
-from authlib.deprecate import AuthlibDeprecationWarning
 
 from processors import version
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
 
-# confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
-# (it installs an "always" filter on import, hence the import above): noise for an admin that would
-# also break the one-line error contract.
-warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
 
 EVENTS = [e.value for e in EventType]
 CRMS = [c.value for c in Crm]
