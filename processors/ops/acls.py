@@ -75,7 +75,7 @@ def grants(config: Config) -> list[Grant]:
     topic("admin", [t.dead_letter], ("READ", "WRITE"), "dlq list/show, and retry/resolve statuses")
     topic("admin", [t.dead_letter_index], ("READ", "WRITE"), "dlq show/retry/resolve by id; their states")
     topic("admin", [t.retry], ("WRITE",), "dlq retry of an action")
-    topic("admin", t.inputs, ("WRITE",), "dlq retry of a record that never became an action")
+    topic("admin", t.inputs, ("READ", "WRITE"), "dlq retry of a record that never became an action; backfill reads and re-sends")
     topic("admin", [t.history], ("READ", "WRITE"), "crm-sync history; retries and resolutions counted")
 
     topic("publisher", t.inputs, ("WRITE",), "upstream events")

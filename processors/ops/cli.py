@@ -107,8 +107,10 @@ def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
 
 # `dlq list` reads this far back unless told otherwise: the range asked for, never all 30 days.
 DLQ_LIST_SINCE = "7d"
-# A bulk retry or resolve of more failures than this asks first (--yes skips the question).
+# A bulk retry or resolve, or a backfill, of more than this asks first (--yes skips the question).
 CONFIRM_ABOVE = 100
+# Events a backfill re-sends per second: far below what ingest takes, so live traffic stays on time.
+BACKFILL_RATE = 200.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--event", metavar="FILE", help="an event as JSON (the publisher's record) or Avro bytes; - reads stdin")
     source.add_argument("--from-topic", metavar="TOPIC:PARTITION:OFFSET", help="a record already on an input topic")
     p.add_argument("--resolve", action="store_true", help="also look up the contact and owner in the CRM (read-only)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(sub, "backfill", "re-ingest a company's past events under the current settings; what was delivered is never created again")
+    p.add_argument("--company", required=True)
+    p.add_argument("--since", required=True, type=_since, help="ISO-8601 time, or a span back from now (7d); at most the input topics' retention")
+    p.add_argument("--until", type=_since, help="ISO-8601 time or span (default: now)")
+    p.add_argument("--event-types", type=_events, help="comma-separated event types (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="report what it would do, send nothing")
+    p.add_argument("--rate", type=float, default=BACKFILL_RATE, help=f"events re-sent per second (default {BACKFILL_RATE:g}), so live traffic keeps its lateness")
+    p.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="follow the deliveries this long (0: do not wait)")
+    p.add_argument("--yes", action="store_true", help=f"no confirmation for more than {CONFIRM_ABOVE} events")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
@@ -470,6 +483,28 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
 
 
+def _run_backfill(args: argparse.Namespace, config: Config) -> None:
+    import uuid
+
+    from processors.ops import backfill
+    from processors.ops.admin import SettingsAdmin
+    from processors.worker.runtime import make_codec
+
+    if args.rate <= 0:
+        raise CliError("--rate must be above 0")
+    codec = make_codec(config)
+    settings = SettingsAdmin(config, codec).load()
+    now = int(time.time() * 1000)
+    common = dict(run_id=uuid.uuid4().hex, rate=args.rate, wait_seconds=args.wait, now_ms=now)
+    if not args.dry_run and not args.yes:
+        probe = backfill.backfill(config, codec, settings, args.company, args.since, args.until, args.event_types, dry_run=True, **common)  # type: ignore[arg-type]
+        if probe.to_deliver > CONFIRM_ABOVE:
+            _confirm(f"backfill {probe.events} events of {args.company} ({probe.to_deliver} actions to deliver)?")
+    report = backfill.backfill(config, codec, settings, args.company, args.since, args.until, args.event_types,
+                               dry_run=args.dry_run, **common)  # type: ignore[arg-type]
+    print(json.dumps(report.as_dict(), ensure_ascii=False) if args.json else backfill.format_report(args.company, report))
+
+
 def _run_preview(args: argparse.Namespace, config: Config) -> None:
     from processors.domain.model import Crm
     from processors.kafka.read import read_one
@@ -582,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_dlq(args, config)
         elif args.command == "history":
             _run_history(args, config)
+        elif args.command == "backfill":
+            _run_backfill(args, config)
         elif args.command == "preview":
             _run_preview(args, config)
         elif args.command == "acls":
