@@ -73,6 +73,13 @@ def test_backfill_delivers_a_newly_connected_company_s_bookings_once(
     again = backfill(deployment, "--company", "newco", "--since", "1h", "--wait", "5")
     assert (again["already_delivered"], again["to_deliver"], again["sent"]) == (3, 0, 0)
     assert len(sf.list_tasks()) == 3
+    text = subprocess.run([sys.executable, "-m", "processors.ops.cli", "backfill", "--company", "newco", "--since", "1h"],
+                          cwd=ROOT, env=deployment.env(), capture_output=True, text=True, timeout=180)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        "backfill of newco", "  events found:       3  (meeting_booked 3)", "  actions planned:    3",
+        "  already delivered:  3", "  to deliver:         0", "  events re-sent:     0",
+    ]
 
 
 def _ingested(worker: WorkerProcess) -> float:
