@@ -144,6 +144,9 @@ class Config:
     topics: Topics = field(default_factory=Topics)  # each topic has its own variable (TOPIC_ENV)
     topic_partitions: _Count = _env("CRM_SYNC_TOPIC_PARTITIONS", 6)
     replication_factor: _Count = _env("CRM_SYNC_REPLICATION_FACTOR", 1)
+    # Off for platforms that forbid app-created topics: the worker then only checks that its topics
+    # exist (made from `crm-sync topics print`) and stops with the list of those missing.
+    create_topics: bool = _env("CRM_SYNC_CREATE_TOPICS", True)
     secrets_dir: Path = _env("CRM_SYNC_SECRETS_DIR", Path("./secrets"))
     metrics_port: _Port = _env("CRM_SYNC_METRICS_PORT", 9464)
     # The worker's HTTP server listens here; company data on it needs the token off loopback.

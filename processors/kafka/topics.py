@@ -52,11 +52,58 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
     }
 
 
+def min_insync_replicas(replication_factor: int) -> int:
+    """2 of 3 (or more) replicas must have a write before it is acknowledged (acks=all): one broker
+    may be down without losing data or stopping writes. With fewer replicas there is no margin."""
+    return 2 if replication_factor >= 3 else 1
+
+
+def internal_specs(config: Config) -> dict[str, dict[str, str]]:
+    """The topics crm-sync owns (everything but the upstream inputs), with `min.insync.replicas`."""
+    isr = {"min.insync.replicas": str(min_insync_replicas(config.replication_factor))}
+    inputs = set(config.topics.inputs)
+    return {name: {**spec, **isr} for name, spec in topic_specs(config).items() if name not in inputs}
+
+
+def manifest(config: Config, fmt: str, cluster: str = "my-cluster") -> str:
+    """Every topic crm-sync owns, for platform teams that create topics themselves: Strimzi
+    `KafkaTopic` resources, or `kafka-topics.sh --create` commands. The upstream inputs are not in
+    it: their owner makes them."""
+    specs = internal_specs(config)
+    if fmt == "kafka-topics":
+        lines = []
+        for name, spec in specs.items():
+            flags = "".join(f" --config {k}={v}" for k, v in spec.items())
+            lines.append(f"kafka-topics.sh --bootstrap-server \"$BOOTSTRAP\" --create --if-not-exists --topic {name} "
+                         f"--partitions {config.topic_partitions} --replication-factor {config.replication_factor}{flags}")
+        return "\n".join(lines) + "\n"
+    if fmt == "strimzi":
+        import yaml
+
+        docs = [
+            {
+                "apiVersion": "kafka.strimzi.io/v1beta2",
+                "kind": "KafkaTopic",
+                "metadata": {"name": name.replace(".", "-").replace("_", "-").lower(), "labels": {"strimzi.io/cluster": cluster}},
+                "spec": {"topicName": name, "partitions": config.topic_partitions, "replicas": config.replication_factor, "config": spec},
+            }
+            for name, spec in specs.items()
+        ]
+        return yaml.safe_dump_all(docs, sort_keys=False)
+    raise ValueError(f"unknown format {fmt!r}: strimzi or kafka-topics")
+
+
+def missing_topics(config: Config, names: list[str], timeout: float = 30.0) -> list[str]:
+    admin = AdminClient(clients.librdkafka(config))
+    existing = {name for name, meta in admin.list_topics(timeout=timeout).topics.items() if meta.error is None}
+    return [name for name in names if name not in existing]
+
+
 def create_missing(config: Config, names: list[str] | None = None, timeout: float = 30.0) -> dict[str, int]:
     """Create the named topics (default: all of them) that are missing, with their configs;
     returns every topic's partition count. A race with another creator is no error."""
     admin = AdminClient(clients.librdkafka(config))
-    specs = topic_specs(config)
+    specs = {**topic_specs(config), **internal_specs(config)}
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [
         NewTopic(name, num_partitions=config.topic_partitions, replication_factor=config.replication_factor, config=specs[name])
@@ -92,7 +139,13 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
     """
     t = config.topics
     own = [name for name in topic_specs(config) if name != t.audit and name not in t.inputs]
-    partitions = create_missing(config, own, timeout=timeout)
+    if not config.create_topics:
+        if missing := missing_topics(config, [*own, *t.inputs], timeout):
+            raise TopicsMissing(
+                f"topic creation is off (CRM_SYNC_CREATE_TOPICS=false) and these topics are missing: {', '.join(missing)}; "
+                "create them from `crm-sync topics print` (the inputs: their owner)"
+            )
+    partitions = create_missing(config, own, timeout=timeout) if config.create_topics else _partitions(config, [*own, *t.inputs], timeout)
     try:
         partitions |= create_missing(config, list(t.inputs), timeout=timeout)
     except KafkaException as exc:
@@ -103,6 +156,15 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
         raise clients.BrokerRefused(f"{refused}: the input topics {missing} are missing (or not readable by it); their owner creates them") from exc
     check_ledgers(config, partitions)
     return partitions
+
+
+class TopicsMissing(ValueError):
+    """The worker may not create topics and some it needs are not there."""
+
+
+def _partitions(config: Config, names: list[str], timeout: float) -> dict[str, int]:
+    admin = AdminClient(clients.librdkafka(config))
+    return {name: len(meta.partitions) for name, meta in admin.list_topics(timeout=timeout).topics.items() if name in names}
 
 
 def check_ledgers(config: Config, partitions: dict[str, int]) -> None:

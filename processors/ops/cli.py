@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help=f"no confirmation for more than {CONFIRM_ABOVE} events")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    topics = _command(sub, "topics", "the topics crm-sync owns, for platforms where applications may not create topics")
+    ts = topics.add_subparsers(dest="topics_command", required=True)
+    p = _command(ts, "print", "print them as Strimzi KafkaTopic resources or kafka-topics.sh commands (partitions, replicas, configs)")
+    p.add_argument("--format", choices=("strimzi", "kafka-topics"), default="strimzi")
+    p.add_argument("--cluster", default="my-cluster", help="the Strimzi Kafka cluster's name (label strimzi.io/cluster)")
+
     acls = _command(sub, "acls", "the broker ACLs each role needs (least privilege): print or apply them")
     acls.add_argument("acls_command", choices=("print", "apply"), help="print a table, or create them on the broker")
     for role in ("worker", "admin", "publisher", "sre"):
@@ -590,7 +596,7 @@ def _uses_broker(args: argparse.Namespace) -> bool:
     return not (
         getattr(args, "acls_command", None) == "print"
         or getattr(args, "url", None)
-        or args.command in ("crm", "health")
+        or args.command in ("crm", "health", "topics")
         or getattr(args, "hash_password", False)
     )
 
@@ -623,6 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_preview(args, config)
         elif args.command == "acls":
             _run_acls(args, config)
+        elif args.command == "topics":
+            from processors.kafka.topics import manifest
+
+            print(manifest(config, args.format, args.cluster), end="")
         elif args.command == "crm":
             _run_crm(args, config)
         elif args.command == "console":
