@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,6 +49,8 @@ _CONFLUENT_MAGIC = 0
 _CONFLUENT_HEADER = 5
 
 _T = TypeVar("_T")
+
+SUBJECT_RECHECK_SECONDS = 60.0  # a schema refused under a subject is asked about again after this
 
 # Confluent's subject name strategies: (topic, writer's full record name) → the subject it must be under.
 SUBJECT_NAME_STRATEGIES: dict[str, Callable[[str, str], str]] = {
@@ -124,7 +127,8 @@ class Codec:
         self._current_fingerprints = {name: schema_fingerprint(schema) for name, schema in self._declared.items()}
         self._writers_by_id: dict[int, _Writer] = {}
         self._refused_ids: dict[int, DecodeError] = {}  # schema id → why it was refused: checked once
-        self._subjects: dict[tuple[int, str], DecodeError | None] = {}  # (id, subject) → refusal or None
+        # (id, subject) → None once accepted, or a refusal and when to ask again (it may be registered later)
+        self._subjects: dict[tuple[int, str], tuple[DecodeError, float] | None] = {}
         self._registered_ids: dict[tuple[str, str], int] = {}
 
     @property
@@ -283,23 +287,26 @@ class Codec:
     def _check_subject(self, schema_id: int, writer: _Writer, subject: str, topic: str) -> None:
         """Asked once per (id, subject): is this schema registered under the subject the topic names?"""
         key = (schema_id, subject)
-        if key not in self._subjects:
+        known = self._subjects.get(key, ())
+        if known is None:
+            return
+        if not known or known[1] <= monotonic():
             registry = self._registry
             assert registry is not None and writer.registered is not None
             registered = writer.registered
             try:
                 _ask_registry(lambda: registry.lookup_schema(subject, registered), f"schema id {schema_id}")
             except DecodeError:  # a 404: not under this subject
-                self._subjects[key] = DecodeError(
+                refusal = DecodeError(
                     f"schema id {schema_id} ({writer.full_name}) is not registered under subject {subject}, "
                     f"the one topic {topic} reads from", code="wrong_subject",
                     schema_name=short_name(writer.full_name), encoding=CONFLUENT,
                 )
+                self._subjects[key] = known = (refusal, monotonic() + SUBJECT_RECHECK_SECONDS)
             else:
                 self._subjects[key] = None
-        refused = self._subjects[key]
-        if refused is not None:
-            raise _again(refused)
+                return
+        raise _again(known[0])
 
     def _parse_references(self, schema: Schema, named: dict[str, Any], seen: set[tuple[str, int]]) -> None:
         """Writers may reference types registered under other subjects: parse those first."""
@@ -334,9 +341,6 @@ class Codec:
             raise DecodeError(f"corrupt {short} body ({_summary(exc)})", code="corrupt_body",
                               schema_name=short, encoding=encoding) from None
         trailing = len(body) - stream.tell()
-        if trailing < 0:  # a skipped field claimed more bytes than there are
-            raise DecodeError(f"corrupt {short} body (truncated)", code="truncated", schema_name=short,
-                              encoding=encoding)
         if trailing:
             raise DecodeError(f"corrupt {short} body ({trailing} bytes after the record)", code="trailing_bytes",
                               schema_name=short, encoding=encoding)
