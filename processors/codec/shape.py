@@ -8,12 +8,12 @@ per schema id, and the records themselves are read at fastavro's speed:
 - no named type may refer to itself, directly or through others, so the nesting of a value is the
   schema's, and at most ``MAX_DEPTH``;
 - every array item and map entry takes at least one byte, so a block can claim no more items than
-  the bytes left (fastavro stops at the end of the bytes); and the work one item costs is at most
-  ``MAX_NODES_PER_ITEM_BYTE`` schema nodes per byte it takes;
+  the bytes left (fastavro stops at the end of the bytes); and one item's own nodes (those outside
+  the arrays and maps inside it) are at most ``MAX_NODES_PER_ITEM_BYTE`` per byte it takes at least;
 - a schema (its named types counted each time they are used) has at most ``MAX_NODES`` nodes.
 
-A body of n bytes therefore costs at most ``MAX_NODES + MAX_NODES_PER_ITEM_BYTE * n`` steps of
-fastavro's, whatever it claims. ``resolution_problem`` checks, also once per id, that the writer
+Each item's own bytes are its alone, so a body of n bytes costs at most
+``MAX_NODES + MAX_NODES_PER_ITEM_BYTE * n`` steps of fastavro's, whatever it claims. ``resolution_problem`` checks, also once per id, that the writer
 resolves to our reader, the way Confluent's compatibility check does (every union branch must).
 """
 
@@ -45,7 +45,8 @@ class _Refused(Exception):
 @dataclass(frozen=True)
 class _Shape:
     min_bytes: int  # the fewest bytes a value of this type can be written in
-    nodes: int  # schema nodes decoded for one value, arrays' and maps' items counted once
+    nodes: int  # schema nodes, named types counted each time they are used
+    own: int  # nodes decoded for one value outside its arrays' and maps' items
     height: int  # nesting levels of a value
 
 
@@ -88,10 +89,10 @@ class _Walk:
             if not branches:
                 raise _Refused("a union without branches")
             return _Shape(1 + min(b.min_bytes for b in branches), 1 + sum(b.nodes for b in branches),
-                          1 + max(b.height for b in branches))
+                          1 + sum(b.own for b in branches), 1 + max(b.height for b in branches))
         if isinstance(schema, str):
             if schema in _PRIMITIVE_MIN_BYTES:
-                return _Shape(_PRIMITIVE_MIN_BYTES[schema], 1, 1)
+                return _Shape(_PRIMITIVE_MIN_BYTES[schema], 1, 1, 1)
             return self._named_type(schema, None)
         if not isinstance(schema, Mapping):
             raise _Refused(f"not a schema: {type(schema).__name__}")
@@ -100,12 +101,12 @@ class _Walk:
             return self._named_type(str(schema.get("name")), schema)
         if kind == "array":
             items = self.visit(schema.get("items"))
-            self._check_items("array", schema.get("items"), items.min_bytes, items.nodes)
-            return _Shape(1, 1 + items.nodes, 1 + items.height)
+            self._check_items("array", schema.get("items"), items.min_bytes, items.own)
+            return _Shape(1, 1 + items.nodes, 1, 1 + items.height)
         if kind == "map":
             values = self.visit(schema.get("values"))
-            self._check_items("map", schema.get("values"), 1 + values.min_bytes, values.nodes)
-            return _Shape(1, 1 + values.nodes, 1 + values.height)
+            self._check_items("map", schema.get("values"), 1 + values.min_bytes, 1 + values.own)
+            return _Shape(1, 1 + values.nodes, 1, 1 + values.height)
         return self.visit(kind)  # {"type": "long"} and the like
 
     def _named_type(self, name: str, definition: Mapping[str, Any] | None) -> _Shape:
@@ -129,20 +130,20 @@ class _Walk:
     def _named_shape(self, schema: Mapping[str, Any]) -> _Shape:
         kind = schema["type"]
         if kind == "enum":
-            return _Shape(1, 1, 1)
+            return _Shape(1, 1, 1, 1)
         if kind == "fixed":
-            return _Shape(int(schema.get("size", 0)), 1, 1)
+            return _Shape(int(schema.get("size", 0)), 1, 1, 1)
         fields = [self.visit(field.get("type")) for field in schema.get("fields", [])]
         return _Shape(sum(f.min_bytes for f in fields), 1 + sum(f.nodes for f in fields),
-                      1 + max((f.height for f in fields), default=0))
+                      1 + sum(f.own for f in fields), 1 + max((f.height for f in fields), default=0))
 
     @staticmethod
-    def _check_items(kind: str, items: Any, min_bytes: int, nodes: int) -> None:
+    def _check_items(kind: str, items: Any, min_bytes: int, own: int) -> None:
         if min_bytes == 0:
             raise _Refused(f"{kind} of {_label(items)}: its items take no bytes, so a few bytes could claim "
                            "any number of them")
-        if nodes > MAX_NODES_PER_ITEM_BYTE * min_bytes:
-            raise _Refused(f"{kind} of {_label(items)}: {nodes} schema nodes per item for {min_bytes} byte(s), "
+        if own > MAX_NODES_PER_ITEM_BYTE * min_bytes:
+            raise _Refused(f"{kind} of {_label(items)}: {own} schema nodes per item for {min_bytes} byte(s), "
                            f"more than {MAX_NODES_PER_ITEM_BYTE} per byte")
 
 
