@@ -25,7 +25,7 @@ from typing import Any
 
 MAX_DEPTH = 32
 MAX_NODES = 5_000
-MAX_NODES_PER_ITEM_BYTE = 32
+MAX_NODES_PER_ITEM_BYTE = 8
 MAX_JSON_DEPTH = 4 * MAX_DEPTH  # the raw document, checked before any parser recurses into it
 
 _PRIMITIVE_MIN_BYTES = {

@@ -71,6 +71,9 @@ ACCEPTED = [
     ("map of null (each entry has a key)", record("R", ("m", {"type": "map", "values": "null"}))),
     ("a named type used twice", record("R", ("p", record("P", ("x", "int"))), ("q", "P"))),
     ("nullable string", record("R", ("s", ["null", "string"]))),
+    ("items holding wide items (each counted against its own bytes)",
+     record("R", ("a", {"type": "array", "items": record("I", ("n", "int"), ("inner", {"type": "array", "items": record(
+         "J", *((f"f{i}", "int") for i in range(30)))}))}))),
     ("just under the depth", nested(MAX_DEPTH - 2)),
 ]
 
