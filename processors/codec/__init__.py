@@ -214,7 +214,7 @@ class Codec:
         except Exception as exc:
             raise _unavailable(exc, f"registering {short} under {subject}") from exc
         self._registered_ids[(subject, name)] = schema_id
-        self._writers_by_id[schema_id] = _Writer(name, self._readers[name])
+        self._writers_by_id[schema_id] = _Writer(name, self._readers[name], registered=schema)
         self._subjects[(schema_id, subject)] = None
         return schema_id
 

@@ -218,6 +218,9 @@ def test_a_schema_we_registered_ourselves_needs_no_lookup() -> None:
     registry = mock_registry()
     codec = Codec(registry)
     data = codec.encode_confluent("MeetingBooked", MEETING, SUBJECT)
+    with pytest.raises(DecodeError) as raised:
+        codec.decode(data, topic="another.topic")
+    assert raised.value.code == "wrong_subject"
     registry.lookup_schema = None  # type: ignore[assignment,method-assign]
     assert codec.decode(data, topic=TOPIC).value["event_id"] == "e-1"
 
