@@ -92,20 +92,30 @@ def register(client: SchemaRegistryClient, subject: str, schema: dict[str, Any])
     return client.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
 
 
+class _NoSettings:
+    """Decoding comes before any settings are looked at."""
+
+    def company(self, company_id: str) -> None:
+        return None
+
+    def meeting_type(self, company_id: str, meeting_type_id: str) -> None:
+        return None
+
+
+NO_SETTINGS: Any = _NoSettings()
+
+
 PREPARE_IN_A_SUBPROCESS = """
 import json, sys
 from processors.codec import Codec, registry_client
 from processors.domain.deadletter import Source
 from processors.stages.ingest import prepare
-
-class NoSettings:
-    def company(self, company_id): return None
-    def meeting_type(self, company_id, meeting_type_id): return None
+from tests.integration.test_hostile_schemas import NO_SETTINGS
 
 url, user_info, topic, path = sys.argv[1:5]
 data = open(path, "rb").read()
 codec = Codec(registry_client(url, basic_auth_user_info=user_info))
-prepared, unavailable = prepare(codec, NoSettings(), [Source(topic, 0, 7, b"k", data)], 600_000)
+prepared, unavailable = prepare(codec, NO_SETTINGS, [Source(topic, 0, 7, b"k", data)], 600_000)
 [done] = prepared
 print(json.dumps({"unavailable": unavailable, "message": done.letter and done.letter["message"],
                   "error_code": done.letter and done.letter["error_code"], "reason": done.invalid_reason}))
@@ -211,17 +221,6 @@ def test_a_writer_that_does_not_resolve_to_our_reader_is_refused_by_its_schema(
     assert "company_id" in done.letter["message"]
 
 
-class _NoSettings:
-    def company(self, company_id: str) -> None:
-        return None
-
-    def meeting_type(self, company_id: str, meeting_type_id: str) -> None:
-        return None
-
-
-NO_SETTINGS: Any = _NoSettings()
-
-
 def test_the_worker_dead_letters_hostile_records_and_delivers_the_next_good_one(
     deployment: Deployment, sandbox: CrmSandbox, schema_registry: SchemaRegistryServer,
     client: SchemaRegistryClient, workers: list[WorkerProcess], tmp_path: Path,
@@ -247,7 +246,11 @@ def test_the_worker_dead_letters_hostile_records_and_delivers_the_next_good_one(
     good.publish_meeting_booked(booking(booker="after@buyer.example", host=HOST, start=START))
     good.flush()
 
-    [task] = wait_for(lambda: tasks_for(sandbox, 1), 60, what="the Task of the good record after the hostile ones")
+    def delivered() -> list[dict[str, Any]]:
+        assert worker.proc is not None and worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}"
+        return tasks_for(sandbox, 1)
+
+    [task] = wait_for(delivered, 60, what="the Task of the good record after the hostile ones")
     assert task["WhoId"] == people["contact"]
     letters = wait_for(lambda: read_all(deployment.bootstrap, deployment.topics.dead_letter, Codec()) or None, 30,
                        what="the dead letters of the hostile records")
