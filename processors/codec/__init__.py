@@ -119,7 +119,7 @@ class Codec:
     ) -> None:
         catalog = load_catalog(schema_dir)
         self._registry = registry
-        self._subject_for = SUBJECT_NAME_STRATEGIES[subject_name_strategy]
+        self._strategy = SUBJECT_NAME_STRATEGIES[subject_name_strategy]
         self._declared = {name: dict(f.schema) for name, f in catalog.current.items()}
         self._conformers = {name: compile_conform(expand_schema(schema)) for name, schema in self._declared.items()}
         self._readers = {name: _parse_raw(schema) for name, schema in self._declared.items()}
@@ -140,6 +140,10 @@ class Codec:
     def schema_names(self) -> tuple[str, ...]:
         """Short names of the record schemas this codec can encode."""
         return tuple(short_name(name) for name, schema in self._declared.items() if schema["type"] == "record")
+
+    def subject_for(self, topic: str, schema_name: str) -> str:
+        """The subject a record of `schema_name` on `topic` is registered under (the one place that says so)."""
+        return self._strategy(topic, full_name(schema_name))
 
     def fingerprint(self, schema_name: str) -> bytes:
         """The 8-byte single-object fingerprint of a current schema."""
@@ -238,7 +242,7 @@ class Codec:
         schema_id = int.from_bytes(raw[1:_CONFLUENT_HEADER], "big")
         writer = self._writer_for_id(schema_id)
         if topic is not None:
-            self._check_subject(schema_id, writer, self._subject_for(topic, writer.full_name), topic)
+            self._check_subject(schema_id, writer, self.subject_for(topic, writer.full_name), topic)
         return self._read(raw[_CONFLUENT_HEADER:], writer, CONFLUENT)
 
     def _writer_for_id(self, schema_id: int) -> _Writer:

@@ -265,3 +265,13 @@ def test_the_dead_letter_names_the_schema_id_and_the_reason() -> None:
     assert done.letter["message"].startswith(f"schema id {schema_id} (crmsync.v1.MeetingBooked) refused: array of null")
     assert done.letter["original_value"] == data
 
+
+
+@pytest.mark.parametrize(("strategy", "subject"), [
+    ("TopicNameStrategy", f"{TOPIC}-value"),
+    ("RecordNameStrategy", "crmsync.v1.MeetingBooked"),
+    ("TopicRecordNameStrategy", f"{TOPIC}-crmsync.v1.MeetingBooked"),
+])
+def test_subject_name_strategies(strategy: str, subject: str) -> None:
+    """The publisher registers under, and the worker checks, the same subject."""
+    assert Codec(subject_name_strategy=strategy).subject_for(TOPIC, "MeetingBooked") == subject
