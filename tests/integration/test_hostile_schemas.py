@@ -221,13 +221,14 @@ def test_a_writer_that_does_not_resolve_to_our_reader_is_refused_by_its_schema(
     assert "company_id" in done.letter["message"]
 
 
+@pytest.mark.parametrize("ingest_processes", [0, 1], ids=["in the worker", "in an ingest process"])
 def test_the_worker_dead_letters_hostile_records_and_delivers_the_next_good_one(
     deployment: Deployment, sandbox: CrmSandbox, schema_registry: SchemaRegistryServer,
-    client: SchemaRegistryClient, workers: list[WorkerProcess], tmp_path: Path,
+    client: SchemaRegistryClient, workers: list[WorkerProcess], tmp_path: Path, ingest_processes: int,
 ) -> None:
     people = seed_people(sandbox, booker="after@buyer.example", host=HOST)
     configure(deployment)
-    deployment.extra_env.update(schema_registry.env())
+    deployment.extra_env.update(schema_registry.env(), CRM_SYNC_INGEST_PROCESSES=str(ingest_processes))
     worker = start_worker(deployment, workers, tmp_path)
     assert worker.proc is not None
     pid = worker.proc.pid
