@@ -50,6 +50,7 @@ _CONFLUENT_HEADER = 5
 
 _T = TypeVar("_T")
 
+MAX_REFERENCES = 64  # schema references one writer schema may pull in, all told
 SUBJECT_RECHECK_SECONDS = 60.0  # a schema refused under a subject is asked about again after this
 
 # Confluent's subject name strategies: (topic, writer's full record name) → the subject it must be under.
@@ -270,7 +271,12 @@ class Codec:
         if (schema.schema_type or "AVRO") != "AVRO":
             raise DecodeError(f"{what} is {schema.schema_type}, not AVRO", code="not_avro", encoding=CONFLUENT)
         named: dict[str, Any] = {}
-        self._parse_references(schema, named, set())
+        try:
+            self._parse_references(schema, named, set())
+        except DecodeError as exc:
+            if exc.code != "unsafe_schema":
+                raise
+            raise DecodeError(f"{what} refused: {exc.reason}", code=exc.code, encoding=CONFLUENT) from None
         parsed = _parse_registered(schema, named, what)
         if not isinstance(parsed, dict) or parsed.get("type") != "record":
             raise DecodeError(f"{what} is not an Avro record schema", code="not_record", encoding=CONFLUENT)
@@ -320,6 +326,9 @@ class Codec:
             key = (str(reference.subject), int(reference.version or 0))
             if key in seen:
                 continue
+            if len(seen) >= MAX_REFERENCES:  # each one is a registry request, and chains recurse
+                raise DecodeError(f"more than {MAX_REFERENCES} schema references", code="unsafe_schema",
+                                  encoding=CONFLUENT)
             seen.add(key)
             what = f"reference {reference.name} ({reference.subject} v{reference.version})"
             registered = _ask_registry(

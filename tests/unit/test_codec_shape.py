@@ -12,11 +12,11 @@ from time import monotonic
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
 
 import processors.codec as codec_module
-from processors.codec import Codec, DecodeError
+from processors.codec import MAX_REFERENCES, Codec, DecodeError
 from processors.codec.shape import MAX_DEPTH, MAX_NODES, json_depth_problem, resolution_problem, shape_problem
 from processors.domain.deadletter import Source
 from processors.stages.ingest import prepare
@@ -275,3 +275,19 @@ def test_the_dead_letter_names_the_schema_id_and_the_reason() -> None:
 def test_subject_name_strategies(strategy: str, subject: str) -> None:
     """The publisher registers under, and the worker checks, the same subject."""
     assert Codec(subject_name_strategy=strategy).subject_for(TOPIC, "MeetingBooked") == subject
+
+
+def test_a_chain_of_references_is_cut_short() -> None:
+    """Each reference is a registry request and a level of recursion: a long chain is refused, once."""
+    registry = mock_registry()
+    previous: list[SchemaReference] = []
+    for i in range(MAX_REFERENCES + 1):
+        subject = f"link-{i}"
+        registry.register_schema(subject, Schema(json.dumps({"type": "fixed", "name": f"crmsync.v1.F{i}", "size": 1}),
+                                                 "AVRO", previous))
+        previous = [SchemaReference(f"crmsync.v1.F{i}", subject, 1)]
+    schema_id = registry.register_schema(SUBJECT, Schema(json.dumps(load_schema("MeetingBooked")), "AVRO", previous))
+    with pytest.raises(DecodeError) as raised:
+        Codec(registry).decode(frame(schema_id, body_of(MEETING)), topic=TOPIC)
+    assert raised.value.code == "unsafe_schema"
+    assert str(raised.value) == f"schema id {schema_id} refused: more than {MAX_REFERENCES} schema references"
