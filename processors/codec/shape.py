@@ -132,7 +132,10 @@ class _Walk:
         if kind == "enum":
             return _Shape(1, 1, 1, 1)
         if kind == "fixed":
-            return _Shape(int(schema.get("size", 0)), 1, 1, 1)
+            size = schema.get("size")
+            if type(size) is not int or size < 0:
+                raise _Refused(f"fixed {schema.get('name')} with size {size!r}")
+            return _Shape(size, 1, 1, 1)
         fields = [self.visit(field.get("type")) for field in schema.get("fields", [])]
         return _Shape(sum(f.min_bytes for f in fields), 1 + sum(f.nodes for f in fields),
                       1 + sum(f.own for f in fields), 1 + max((f.height for f in fields), default=0))

@@ -56,6 +56,7 @@ REFUSED = [
     ("array of empty fixed", record("R", ("f", {"type": "array", "items": {"type": "fixed", "name": "F", "size": 0}})), "take no bytes"),
     ("array of arrays of null", record("R", ("a", {"type": "array", "items": {"type": "array", "items": "null"}})), "array of null"),
     ("much work per byte", record("R", ("wide", {"type": "array", "items": WIDE_ITEM})), "42 schema nodes per item for 1 byte(s)"),
+    ("a negative fixed size", record("R", ("f", {"type": "fixed", "name": "F", "size": -1})), "fixed F with size -1"),
     ("too many nodes", record("R", *((f"f{i}", "int") for i in range(MAX_NODES + 1))), f"more than {MAX_NODES}"),
 ]
 
