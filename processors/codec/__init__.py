@@ -10,6 +10,11 @@ would silently read them as the machine's local time.
 Schema evolution: every ``.avsc`` under ``schemas/`` (current and ``schemas/history/``) contributes a
 fingerprint; a record is always resolved from its writer schema to the *current* schema of the same full
 name, so older and newer writers decode to today's shape (added fields get their defaults).
+
+Writer schemas from a registry are anyone's who may register one, so each is checked once per id
+before any record is read with it (``processors.codec.shape``): bounded shape, no recursion, and it
+resolves to our reader. Given the topic, a writer is also accepted only if it is registered under the
+subject the topic's subject name strategy names (``<topic>-value`` by default).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +36,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
 
 from processors.codec.conform import Invalid, compile_conform, without_logical_types
+from processors.codec.shape import json_depth_problem, resolution_problem, shape_problem
 from processors.domain.errors import Undecodable
 from schemas import SCHEMA_DIR, SchemaCatalog, full_name, load_catalog, short_name
 
@@ -42,6 +49,16 @@ _CONFLUENT_MAGIC = 0
 _CONFLUENT_HEADER = 5
 
 _T = TypeVar("_T")
+
+MAX_REFERENCES = 64  # schema references one writer schema may pull in, all told
+SUBJECT_RECHECK_SECONDS = 60.0  # a schema refused under a subject is asked about again after this
+
+# Confluent's subject name strategies: (topic, writer's full record name) → the subject it must be under.
+SUBJECT_NAME_STRATEGIES: dict[str, Callable[[str, str], str]] = {
+    "TopicNameStrategy": lambda topic, record: f"{topic}-value",
+    "RecordNameStrategy": lambda topic, record: record,
+    "TopicRecordNameStrategy": lambda topic, record: f"{topic}-{record}",
+}
 
 
 class CodecError(Exception):
@@ -86,6 +103,7 @@ class _Writer:
     full_name: str
     schema: Any
     current: bool = False  # the writer is today's schema: read without resolution (a fifth cheaper)
+    registered: Schema | None = None  # as the registry gave it, to ask under which subject it is
 
 
 def schema_fingerprint(schema: Any) -> bytes:
@@ -96,15 +114,22 @@ def schema_fingerprint(schema: Any) -> bytes:
 class Codec:
     """Encodes and decodes every schema in ``schemas/``; give it a registry to use the Confluent format."""
 
-    def __init__(self, registry: SchemaRegistryClient | None = None, *, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(
+        self, registry: SchemaRegistryClient | None = None, *, schema_dir: Path = SCHEMA_DIR,
+        subject_name_strategy: str = "TopicNameStrategy",
+    ) -> None:
         catalog = load_catalog(schema_dir)
         self._registry = registry
+        self._strategy = SUBJECT_NAME_STRATEGIES[subject_name_strategy]
         self._declared = {name: dict(f.schema) for name, f in catalog.current.items()}
         self._conformers = {name: compile_conform(expand_schema(schema)) for name, schema in self._declared.items()}
         self._readers = {name: _parse_raw(schema) for name, schema in self._declared.items()}
         self._fingerprints = _fingerprints(catalog)
         self._current_fingerprints = {name: schema_fingerprint(schema) for name, schema in self._declared.items()}
         self._writers_by_id: dict[int, _Writer] = {}
+        self._refused_ids: dict[int, DecodeError] = {}  # schema id → why it was refused: checked once
+        # (id, subject) → None once accepted, or a refusal and when to ask again (it may be registered later)
+        self._subjects: dict[tuple[int, str], tuple[DecodeError, float] | None] = {}
         self._registered_ids: dict[tuple[str, str], int] = {}
 
     @property
@@ -116,6 +141,10 @@ class Codec:
     def schema_names(self) -> tuple[str, ...]:
         """Short names of the record schemas this codec can encode."""
         return tuple(short_name(name) for name, schema in self._declared.items() if schema["type"] == "record")
+
+    def subject_for(self, topic: str, schema_name: str) -> str:
+        """The subject a record of `schema_name` on `topic` is registered under (the one place that says so)."""
+        return self._strategy(topic, full_name(schema_name))
 
     def fingerprint(self, schema_name: str) -> bytes:
         """The 8-byte single-object fingerprint of a current schema."""
@@ -133,15 +162,19 @@ class Codec:
         schema_id = self._register(name, subject)
         return bytes([_CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big") + body
 
-    def decode(self, data: bytes | bytearray | memoryview | None) -> Decoded:
-        """Detect the encoding from the first bytes and read the record into the current schema."""
+    def decode(self, data: bytes | bytearray | memoryview | None, *, topic: str | None = None) -> Decoded:
+        """Detect the encoding from the first bytes and read the record into the current schema.
+
+        With ``topic`` (the input topics do), a Confluent record's writer schema must be registered
+        under the subject that topic's strategy names: a schema registered elsewhere is refused.
+        """
         if not data:
             raise DecodeError("empty record", code="empty")
         raw = bytes(data)
         if raw[:2] == _SINGLE_OBJECT_MAGIC:
             return self._decode_single_object(raw)
         if raw[0] == _CONFLUENT_MAGIC:
-            return self._decode_confluent(raw)
+            return self._decode_confluent(raw, topic)
         raise DecodeError(f"unknown magic byte 0x{raw[0]:02x}", code="unknown_magic")
 
     def _record_name(self, schema_name: str) -> str:
@@ -186,7 +219,8 @@ class Codec:
         except Exception as exc:
             raise _unavailable(exc, f"registering {short} under {subject}") from exc
         self._registered_ids[(subject, name)] = schema_id
-        self._writers_by_id[schema_id] = _Writer(name, self._readers[name])
+        self._writers_by_id[schema_id] = _Writer(name, self._readers[name], registered=schema)
+        self._subjects[(schema_id, subject)] = None
         return schema_id
 
     def _decode_single_object(self, raw: bytes) -> Decoded:
@@ -200,19 +234,36 @@ class Codec:
                               encoding=SINGLE_OBJECT)
         return self._read(raw[_SINGLE_OBJECT_HEADER:], writer, SINGLE_OBJECT)
 
-    def _decode_confluent(self, raw: bytes) -> Decoded:
+    def _decode_confluent(self, raw: bytes, topic: str | None) -> Decoded:
         if self._registry is None:
             raise DecodeError("confluent wire format but no schema registry configured", code="no_registry",
                               encoding=CONFLUENT)
         if len(raw) < _CONFLUENT_HEADER:
             raise DecodeError(f"truncated confluent header ({len(raw)} bytes)", code="truncated", encoding=CONFLUENT)
         schema_id = int.from_bytes(raw[1:_CONFLUENT_HEADER], "big")
-        return self._read(raw[_CONFLUENT_HEADER:], self._writer_for_id(schema_id), CONFLUENT)
+        writer = self._writer_for_id(schema_id)
+        if topic is not None:
+            self._check_subject(schema_id, writer, self.subject_for(topic, writer.full_name), topic)
+        return self._read(raw[_CONFLUENT_HEADER:], writer, CONFLUENT)
 
     def _writer_for_id(self, schema_id: int) -> _Writer:
+        """The checked writer schema of an id; a refusal is remembered, so the registry is asked once."""
         cached = self._writers_by_id.get(schema_id)
         if cached is not None:
             return cached
+        refused = self._refused_ids.get(schema_id)
+        if refused is not None:
+            raise _again(refused)
+        try:
+            writer = self._load_writer(schema_id)
+        except DecodeError as exc:
+            if exc.code != "unknown_schema_id":  # an id that exists is refused for good; one not yet may come
+                self._refused_ids[schema_id] = exc
+            raise
+        self._writers_by_id[schema_id] = writer
+        return writer
+
+    def _load_writer(self, schema_id: int) -> _Writer:
         registry = self._registry
         assert registry is not None
         what = f"schema id {schema_id}"
@@ -220,13 +271,52 @@ class Codec:
         if (schema.schema_type or "AVRO") != "AVRO":
             raise DecodeError(f"{what} is {schema.schema_type}, not AVRO", code="not_avro", encoding=CONFLUENT)
         named: dict[str, Any] = {}
-        self._parse_references(schema, named, set())
+        try:
+            self._parse_references(schema, named, set())
+        except DecodeError as exc:
+            if exc.code != "unsafe_schema":
+                raise
+            raise DecodeError(f"{what} refused: {exc.reason}", code=exc.code, encoding=CONFLUENT) from None
         parsed = _parse_registered(schema, named, what)
         if not isinstance(parsed, dict) or parsed.get("type") != "record":
             raise DecodeError(f"{what} is not an Avro record schema", code="not_record", encoding=CONFLUENT)
-        writer = _Writer(str(parsed["name"]), parsed)
-        self._writers_by_id[schema_id] = writer
-        return writer
+        name = str(parsed["name"])
+        short = short_name(name)
+        problem = shape_problem(parsed, named)
+        if problem is not None:
+            raise DecodeError(f"{what} ({name}) refused: {problem}", code="unsafe_schema", schema_name=short,
+                              encoding=CONFLUENT)
+        reader = self._readers.get(name)
+        if reader is not None:
+            problem = resolution_problem(parsed, reader, named, reader.get("__named_schemas", {}))
+            if problem is not None:
+                raise DecodeError(f"{what}: writer schema of {short} does not resolve to ours: {problem}",
+                                  code="incompatible_schema", schema_name=short, encoding=CONFLUENT)
+        return _Writer(name, parsed, registered=schema)
+
+    def _check_subject(self, schema_id: int, writer: _Writer, subject: str, topic: str) -> None:
+        """Asked once per (id, subject): is this schema registered under the subject the topic names?"""
+        key = (schema_id, subject)
+        known = self._subjects.get(key, ())
+        if known is None:
+            return
+        if not known or known[1] <= monotonic():
+            registry = self._registry
+            assert registry is not None and writer.registered is not None
+            registered = writer.registered
+            try:
+                _ask_registry(lambda: registry.lookup_schema(subject, registered), f"schema id {schema_id}")
+            except DecodeError:  # a 404: not under this subject
+                refusal = DecodeError(
+                    f"schema id {schema_id} ({writer.full_name}) is not registered under subject {subject}, "
+                    f"the one topic {topic} reads from", code="wrong_subject",
+                    schema_name=short_name(writer.full_name), encoding=CONFLUENT,
+                )
+                self._subjects[key] = known = (refusal, monotonic() + SUBJECT_RECHECK_SECONDS)
+            else:
+                self._subjects[key] = None
+                return
+        raise _again(known[0])
 
     def _parse_references(self, schema: Schema, named: dict[str, Any], seen: set[tuple[str, int]]) -> None:
         """Writers may reference types registered under other subjects: parse those first."""
@@ -236,6 +326,9 @@ class Codec:
             key = (str(reference.subject), int(reference.version or 0))
             if key in seen:
                 continue
+            if len(seen) >= MAX_REFERENCES:  # each one is a registry request, and chains recurse
+                raise DecodeError(f"more than {MAX_REFERENCES} schema references", code="unsafe_schema",
+                                  encoding=CONFLUENT)
             seen.add(key)
             what = f"reference {reference.name} ({reference.subject} v{reference.version})"
             registered = _ask_registry(
@@ -351,10 +444,23 @@ def _unavailable(exc: Exception, what: str) -> RegistryUnavailableError:
 
 def _parse_registered(schema: Schema, named: dict[str, Any], what: str) -> Any:
     try:
-        return _parse_raw(json.loads(schema.schema_str or ""), named)
+        document = json.loads(schema.schema_str or "")
+    except Exception as exc:  # RecursionError too: the document is nested beyond reason
+        raise DecodeError(f"{what} is not a valid Avro schema ({type(exc).__name__})", code="invalid_schema",
+                          encoding=CONFLUENT) from None
+    problem = json_depth_problem(document)
+    if problem is not None:
+        raise DecodeError(f"{what} refused: {problem}", code="unsafe_schema", encoding=CONFLUENT)
+    try:
+        return _parse_raw(document, named)
     except Exception as exc:
         raise DecodeError(f"{what} is not a valid Avro schema ({type(exc).__name__}: {exc})", code="invalid_schema",
                           encoding=CONFLUENT) from None
+
+
+def _again(refused: DecodeError) -> DecodeError:
+    """A remembered refusal, raised afresh (one exception object raised again would grow its traceback)."""
+    return DecodeError(refused.reason, code=refused.code, schema_name=refused.schema_name, encoding=refused.encoding)
 
 
 def _summary(exc: Exception) -> str:

@@ -39,7 +39,8 @@ def ingest(
     """Bad input is data, not an exception: it comes back as a dead letter so the stream goes on."""
 
     def reject(stage: str, error_class: str, reason: str, message: str) -> Ingested:
-        letter = dead_letter(stage=stage, error_class=error_class, message=message, source=source, now_ms=now_ms)
+        letter = dead_letter(stage=stage, error_class=error_class, message=message, source=source, now_ms=now_ms,
+                             error_code=reason)
         return Ingested(dead_letter=letter, invalid_reason=reason)
 
     if source.value is None:

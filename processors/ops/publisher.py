@@ -124,7 +124,7 @@ class EventPublisher:
                 f"invalid {decoded.schema_name}: {exc}", code="invalid_event", schema_name=decoded.schema_name
             ) from None
         if self.encoding == CONFLUENT:
-            value = self._codec.encode_confluent(schema_name, record, subject=f"{topic}-value")
+            value = self._codec.encode_confluent(schema_name, record, subject=self._codec.subject_for(topic, schema_name))
         self._produce(topic, decoded.value["company_id"].encode("utf-8"), value)
 
     def flush(self, timeout: float = 30.0) -> None:

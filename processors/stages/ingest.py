@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
@@ -100,7 +101,7 @@ def failed(source: Source, exc: Exception, now: int) -> dict[str, Any]:
 
 
 def _prepare_one(codec: Codec, settings: SettingsView, source: Source, now: int, delay_ms: int) -> Prepared:
-    result = ingest(codec.decode, source, settings, now, delay_ms)
+    result = ingest(functools.partial(codec.decode, topic=source.topic), source, settings, now, delay_ms)
     if result.dead_letter is not None:
         return Prepared(now, letter=result.dead_letter, invalid_reason=result.invalid_reason or "invalid")
     assert result.event is not None and result.plan is not None

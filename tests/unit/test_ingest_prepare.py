@@ -95,7 +95,7 @@ def test_a_registry_outage_stops_at_the_record_it_hit() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        def decode(self, data: bytes) -> Any:
+        def decode(self, data: bytes, *, topic: str | None = None) -> Any:
             self.calls += 1
             if self.calls == 2:
                 raise RegistryUnavailableError("registry down", code="registry_unavailable")
