@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 import pytest
+from confluent_kafka import KafkaException
 
 from processors.domain.model import Crm, EventType
 from processors.kafka.topics import ensure_topics
@@ -147,7 +148,15 @@ def deployment(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
 def company(deployment: Deployment) -> str:
     company_id = f"co-{uuid.uuid4().hex[:6]}"
     admin = SettingsAdmin(deployment.config(), actor="test-setup")
-    admin.set_connected(company_id, Crm.SALESFORCE, True)
+
+    def connected() -> bool:  # fresh topics: their leaders may not be elected yet
+        try:
+            admin.set_connected(company_id, Crm.SALESFORCE, True)
+        except KafkaException:
+            return False
+        return True
+
+    wait_for(connected, 60, 0.5, "the settings topic")
     for mt in ("intro", "demo"):
         admin.set_content(company_id, mt, meeting_type_name=f"{mt} (30分)")
     admin.set_toggle(company_id, "intro", Crm.SALESFORCE, EventType.MEETING_BOOKED, True)
