@@ -252,6 +252,8 @@ def test_a_non_ascii_csrf_value_is_refused_not_a_crash() -> None:
         for raw in (b"paused=1&csrf=%FF%FE", "paused=1&csrf=é".encode("latin-1")):  # not UTF-8 at all
             answer = await client.post("/c/acme/pause", data=raw, headers={"Content-Type": "application/x-www-form-urlencoded"})
             assert answer.status in (400, 403), raw
+        broken = await client.post("/c/acme/pause", data=b"--zz\r\nbad", headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        assert broken.status == 400
         client.session.cookie_jar.clear()
         junk = {"Cookie": "crm_sync_session=é.ü; crm_sync_login=é.ü; crm_sync_flash=é.ü"}
         assert (await client.get("/c/acme", headers=junk, allow_redirects=False)).status == 303

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from processors.codec import Codec, DecodeError
 from processors.config import Config, ConfigError
@@ -120,7 +121,7 @@ class Console:
         if request.method == "POST":
             try:
                 await request.post()  # parsed once here; a handler's own call returns the same form
-            except ValueError:  # not UTF-8, or a broken multipart body
+            except (ValueError, HttpProcessingError):  # not UTF-8, or a broken multipart body
                 return self._message(request, 400, "bad_request", None)
         if not request.path.startswith(OPEN_PATHS):
             if self.sso is not None and not self.sso.from_proxy(request.remote):
