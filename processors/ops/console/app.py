@@ -14,8 +14,9 @@ import re
 import ssl
 import time
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
 from zoneinfo import ZoneInfo
 
@@ -59,8 +60,8 @@ HASH_CONCURRENCY, HASH_QUEUE = 2, 16
 # The console's own pages, the only places a `next` may send the browser back to.
 _PAGE = re.compile(r"/(?:c/[A-Za-z0-9._~%!$'()*+,;=:@-]+(?:/(?:apply|history|failures|log))?)?|/login")
 _QUERY = re.compile(r"[A-Za-z0-9._~%!$'()*+,;=:@/?&-]*")
-_DOTS = re.compile(r"/c/\.{1,2}(?:/|$)")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+E = TypeVar("E", bound=Enum)
 
 
 class Console:
@@ -566,7 +567,7 @@ def _texts(form: Any, name: str) -> list[str]:
     return [v for v in form.getall(name, []) if isinstance(v, str)]
 
 
-def _choice(kind: Any, value: Any) -> Any:
+def _choice(kind: type[E], value: Any) -> E | None:
     """`value` as a member of the enum `kind`, or None when it names none."""
     try:
         return kind(_text(value))
@@ -581,7 +582,7 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return "/"
     path, sep, query = target.partition("?")
-    if not _PAGE.fullmatch(path) or _DOTS.match(path):
+    if not _PAGE.fullmatch(path):
         return "/"
     return target if sep and _QUERY.fullmatch(query) else path
 
