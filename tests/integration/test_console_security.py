@@ -175,6 +175,7 @@ def start(deployment: Deployment, tmp_path: Path) -> Iterator[Any]:
 
     def go(users: Path | None = None, ca: str | None = None, **env: str) -> Console:
         users = users or write_users(tmp_path / f"users-{len(started)}.json", alice=("admin", ADMIN[1]), vera=("viewer", VIEWER[1]))
+        env = {"CRM_SYNC_STATE_DIR": str(tmp_path / "state"), **env}  # this test's own logouts file
         c = Console(deployment.env(), users, tmp_path / f"console-{len(started)}.log", env, ca)
         started.append(c)
         return c.start()
@@ -189,7 +190,7 @@ def console(deployment: Deployment, company: str, tmp_path_factory: pytest.TempP
     home = tmp_path_factory.mktemp("console")
     users = write_users(home / "users.json", alice=("admin", ADMIN[1]), vera=("viewer", VIEWER[1]))
     c = Console(deployment.env(), users, home / "console.log", {
-        "CRM_SYNC_CONSOLE_LOGIN_USER_ATTEMPTS": "1000", "CRM_SYNC_CONSOLE_LOGIN_ADDRESS_ATTEMPTS": "1000",
+        "CRM_SYNC_STATE_DIR": str(home / "state"), "CRM_SYNC_CONSOLE_LOGIN_USER_ATTEMPTS": "1000", "CRM_SYNC_CONSOLE_LOGIN_ADDRESS_ATTEMPTS": "1000",
     }).start()
     yield c
     c.stop()
@@ -226,6 +227,18 @@ def test_logout_ends_the_session_for_a_copied_cookie_too(console: Console, compa
         again = console.call("GET", f"/c/{company}", cookies=cookies)
         assert again.status == 303 and again.headers["Location"].startswith("/login")
     assert console.call("GET", f"/c/{company}", cookies=console.session(ADMIN)).status == 200
+
+
+def test_a_logout_still_holds_after_the_console_restarts(start: Any, tmp_path: Path, company: str) -> None:
+    users = write_users(tmp_path / "users.json", alice=("admin", ADMIN[1]))
+    c = start(users)
+    copied = c.session(ADMIN)
+    csrf = c.call("GET", "/", cookies=copied).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert c.call("POST", "/logout", {"csrf": csrf}, copied).status == 303
+    c.stop()
+    again = start(users)  # the same secret and state directory
+    assert again.call("GET", f"/c/{company}", cookies=copied).status == 303
+    assert again.call("GET", f"/c/{company}", cookies=again.session(ADMIN)).status == 200
 
 
 def test_a_changed_role_or_password_ends_the_old_sessions(start: Any, tmp_path: Path, company: str) -> None:

@@ -24,7 +24,7 @@ from processors.config import Config
 from processors.ops.cli import main
 from processors.ops.console.app import LOGIN_COOKIE, SESSION_COOKIE, Console
 from processors.ops.console.auth import (
-    LoginThrottle, Sessions, TrustedHeaders, User, Users, client_address, hash_password, hash_problem, password_problem,
+    LoginThrottle, Logouts, Sessions, TrustedHeaders, User, Users, client_address, hash_password, hash_problem, password_problem,
 )
 
 ALICE, VERA = "alice-passphrase-1", "vera-passphrase-1"
@@ -103,6 +103,28 @@ def test_logout_ends_every_session_of_the_user_even_a_copied_cookie(tmp_path: Pa
         assert await _probe(client, _cookie(client)) == 200  # a new login works
 
     _run(_console(users), check)
+
+
+def test_a_logout_is_remembered_across_a_restart_and_by_another_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state" / "console-logouts.json"
+    first = Sessions("k" * 40, logouts=Logouts(path))
+    cookie, _ = first.issue(User("alice", "admin"), "h", now=1000)
+    other, _ = first.issue(User("vera", "viewer"), "h", now=1000)
+    first.end(User("alice", "admin"), now=1001)
+    restarted = Sessions("k" * 40, logouts=Logouts(path))
+    assert restarted.read(cookie, now=1002) is None and restarted.read(other, now=1002) is not None
+    again, _ = restarted.issue(User("alice", "admin"), "h", now=1003)
+    assert restarted.read(again, now=1004) is not None
+    restarted.end(User("vera", "viewer"), now=1005)  # the first process sees the second's logout
+    assert first.read(other, now=1006) is None and first.read(again, now=1006) is not None
+    assert set(json.loads(path.read_text())) == {"alice", "vera"}
+
+    (tmp_path / "a-file").write_text("")  # a read-only mount, as far as writing goes
+    unwritable = Sessions("k" * 40, logouts=Logouts(tmp_path / "a-file" / "logouts.json"))
+    cookie, _ = unwritable.issue(User("alice", "admin"), "h", now=1000)
+    unwritable.end(User("alice", "admin"), now=1001)  # not kept across a restart, but still ended here
+    assert unwritable.read(cookie, now=1002) is None
+    assert "console logouts file not written" in caplog.text
 
 
 def test_a_changed_password_or_role_or_a_removed_user_ends_the_old_sessions(tmp_path: Path) -> None:

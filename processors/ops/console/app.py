@@ -33,7 +33,7 @@ from processors.domain.rules import SettingsError
 from processors.ops.admin import SettingsAdmin
 from processors.ops.console import views
 from processors.ops.console.auth import (
-    MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, LoginThrottle, Session, Sessions, TrustedHeaders, User, Users, client_address, csrf_ok,
+    MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, LoginThrottle, Logouts, Session, Sessions, TrustedHeaders, User, Users, client_address, csrf_ok,
     password_problem,
 )
 from processors.ops.console.labels import LANGUAGES, label
@@ -598,7 +598,8 @@ def serve(config: Config) -> None:
     logs.setup(config.log_level)  # the worker's JSON lines (redacted); no access log: URLs name companies
     sso = TrustedHeaders(config.console_proxy_networks, config.console_group_role_map) if config.console_trusted_headers else None
     users = None if sso is not None or config.console_users_file is None else Users.load(config.console_users_file)
-    console = Console(config, users, Sessions(config.console_secret, config.console_idle_seconds), sso=sso)
+    logouts = Logouts(config.state_dir / "console-logouts.json")
+    console = Console(config, users, Sessions(config.console_secret, config.console_idle_seconds, logouts), sso=sso)
     context = None
     if config.console_tls_cert is not None and config.console_tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

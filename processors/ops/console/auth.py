@@ -280,6 +280,57 @@ class LoginThrottle:
             del self._failures[min(self._failures, key=lambda k: self._failures[k][-1])]
 
 
+class Logouts:
+    """When each user last logged out (microseconds). Kept in a file when given one, so a restart,
+    or another console process sharing the volume, still ends the sessions from before a logout;
+    the file is read again whenever it changes. Entries older than a session's 8 hours are dropped."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._at: dict[str, int] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        if self._path is None:
+            return
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            raw = json.loads(self._path.read_text())
+            for name, at in raw.items():  # another process's logouts too; the later one counts
+                self._at[str(name)] = max(int(at), self._at.get(str(name), -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            log.warning("console logouts file unreadable, keeping what this process knows", extra={"path": str(self._path)})
+
+    def of(self, name: str) -> int:
+        with self._lock:
+            self._refresh()
+            return self._at.get(name, -1)
+
+    def record(self, name: str, at: int) -> None:
+        with self._lock:
+            self._refresh()
+            oldest = at - SESSION_SECONDS * 1_000_000
+            self._at = {k: v for k, v in self._at.items() if v > oldest}
+            self._at[name] = max(at, self._at.get(name, -1))
+            if self._path is None:
+                return
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+                temporary.write_text(json.dumps(self._at))
+                os.replace(temporary, self._path)
+            except OSError as exc:
+                log.warning("console logouts file not written: a restart forgets this logout", extra={"reason": str(exc)})
+
+
 @dataclass(frozen=True)
 class Session:
     user: User
@@ -292,14 +343,14 @@ class Session:
 
 class Sessions:
     """Stateless sessions: the cookie carries user, role, CSRF token, expiry, last activity and the
-    user's generation, HMAC-signed. A logout is remembered per user (in this process), and ends
-    every session of that user issued before it."""
+    user's generation, HMAC-signed. A logout is remembered per user (`Logouts`), and ends every
+    session of that user issued before it."""
 
-    def __init__(self, secret: str | None, idle_seconds: float = SESSION_SECONDS) -> None:
+    def __init__(self, secret: str | None, idle_seconds: float = SESSION_SECONDS, logouts: Logouts | None = None) -> None:
         # Without a configured secret, sessions last as long as the process.
         self._key = (secret or secrets.token_hex(32)).encode()
         self.idle_seconds = idle_seconds
-        self._logged_out: dict[str, int] = {}
+        self._logouts = logouts or Logouts()
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
@@ -340,13 +391,13 @@ class Sessions:
             return None
         if session.expires < at or session.user.role not in ROLES or at - session.active > self.idle_seconds:
             return None
-        if session.issued <= self._logged_out.get(session.user.name, -1):
+        if session.issued <= self._logouts.of(session.user.name):
             return None
         return session
 
     def end(self, user: User, now: float | None = None) -> None:
         """Logout: every session of `user` issued until now is over."""
-        self._logged_out[user.name] = int((time.time() if now is None else now) * 1e6)
+        self._logouts.record(user.name, int((time.time() if now is None else now) * 1e6))
 
     def seal(self, text: str) -> str:
         """`text` signed (not secret): a one-shot message carried by a cookie across a redirect."""
