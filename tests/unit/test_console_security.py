@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from processors.config import Config
 from processors.ops.cli import main
@@ -336,6 +337,14 @@ SSO = TrustedHeaders((NET("127.0.0.1/32"), NET("10.0.0.0/8")), {"crm-admins": "a
 )
 def test_the_proxy_headers_name_the_user_and_the_groups_give_the_role(headers: dict[str, str], user: User | None) -> None:
     assert SSO.user(headers) == user
+    assert SSO.user(CIMultiDict(headers)) == user
+
+
+def test_a_header_smuggled_beside_the_proxys_is_refused() -> None:
+    twice = CIMultiDict([("X-Forwarded-User", "eve"), ("X-Forwarded-User", "alice"), ("X-Forwarded-Groups", "crm-admins")])
+    assert SSO.user(twice) is None
+    groups_twice = CIMultiDict([("X-Forwarded-User", "eve"), ("X-Forwarded-Groups", "crm-admins"), ("X-Forwarded-Groups", "staff")])
+    assert SSO.user(groups_twice) is None
 
 
 @pytest.mark.parametrize(
@@ -391,6 +400,7 @@ def test_cookies_are_secure_when_the_console_is_served_over_tls(config: Config) 
             headers={"Cookie": f"{LOGIN_COOKIE}={page.cookies[LOGIN_COOKIE].value}"}, allow_redirects=False,
         )
         assert login.status == 303 and login.cookies[SESSION_COOKIE]["secure"] and login.cookies[SESSION_COOKIE]["httponly"]
+        assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
         assert (await client.get("/lang/en", allow_redirects=False)).cookies["crm_sync_lang"]["secure"]
 
     _run(_console(users, config), check)
@@ -398,7 +408,8 @@ def test_cookies_are_secure_when_the_console_is_served_over_tls(config: Config) 
 
 def test_cookies_are_not_secure_on_plain_loopback() -> None:
     async def check(client: TestClient) -> None:
-        assert not (await client.get("/login")).cookies[LOGIN_COOKIE]["secure"]
+        page = await client.get("/login")
+        assert not page.cookies[LOGIN_COOKIE]["secure"] and "Strict-Transport-Security" not in page.headers
 
     _run(_console(Users({"alice": ("admin", hash_password(ALICE))})), check)
 

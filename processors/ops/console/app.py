@@ -147,6 +147,8 @@ class Console:
                     return self._message(request, 403, "forbidden", session)
         response = await handler(request)
         response.headers.update(HEADERS)
+        if self.secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         if COOKIE_KEY in request and not response.cookies.get(SESSION_COOKIE):
             self._set_cookie(response, SESSION_COOKIE, request[COOKIE_KEY], path="/")
         return response

@@ -200,6 +200,14 @@ def _in(address: str | None, networks: Iterable[ipaddress.IPv4Network | ipaddres
     return any(ip in net for net in networks)
 
 
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a header (a request's headers are a multidict; a plain mapping has one)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    return [headers[name]] if name in headers else []
+
+
 def _printable(text: str) -> bool:
     return bool(text) and len(text) <= MAX_NAME_LENGTH and text.isprintable()
 
@@ -217,11 +225,15 @@ class TrustedHeaders:
         return _in(remote, self.proxies)
 
     def user(self, headers: Mapping[str, str]) -> User | None:
-        """The user the proxy names, with a role; None when it names nobody or no group has a role."""
-        name = (headers.get("X-Forwarded-User") or headers.get("X-Forwarded-Email") or "").strip()
+        """The user the proxy names, with a role; None when it names nobody, names twice (a
+        header the client smuggled beside the proxy's) or no group has a role."""
+        values = {name: _all(headers, name) for name in ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups")}
+        if any(len(v) > 1 for v in values.values()):
+            return None
+        name = ((values["X-Forwarded-User"] or values["X-Forwarded-Email"] or [""])[0]).strip()
         if not _printable(name):
             return None
-        groups = {g.strip() for g in headers.get("X-Forwarded-Groups", "").split(",")}
+        groups = {g.strip() for g in (values["X-Forwarded-Groups"] or [""])[0].split(",")}
         found = {self.roles[g] for g in groups if g in self.roles}
         role = next((r for r in ROLES if r in found), None)
         return User(name, role) if role else None
