@@ -24,6 +24,7 @@ from processors.domain.model import Crm
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+CONSOLE_ROLES = ("admin", "viewer")  # admin may change, viewer may only look
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,7 @@ _LEVEL = _choice("DEBUG", "INFO", "WARNING", "ERROR")
 # Field types: the constraint and its wording travel together; attributes keep their plain types.
 _Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False), _form("a number of seconds (>= 0)")]
 _Hours = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of hours (> 0)")]
+_PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of seconds (> 0)")]
 _Rate = Annotated[float, Field(gt=0, allow_inf_nan=False), _form("a number of calls per second (> 0)")]
 _Count = Annotated[int, Field(ge=1), _form("a whole number (>= 1)")]
 _Processes = Annotated[int, Field(ge=0, le=64), _form("a number of processes (0..64)")]
@@ -190,22 +192,92 @@ class Config:
     console_bind: str = _env("CRM_SYNC_CONSOLE_BIND", "127.0.0.1")
     console_port: _Port = _env("CRM_SYNC_CONSOLE_PORT", 8470)
     console_secret: str | None = _env("CRM_SYNC_CONSOLE_SECRET", None, repr=False)
+    # A session ends after this long without a request (and after 8 hours in any case).
+    console_idle_seconds: _PositiveSeconds = _env("CRM_SYNC_CONSOLE_IDLE_SECONDS", 1800.0)
+    # The console's own TLS (PEM files); with them it serves HTTPS only and its cookies are Secure.
+    console_tls_cert: Path | None = _env("CRM_SYNC_CONSOLE_TLS_CERT", None)
+    console_tls_key: Path | None = _env("CRM_SYNC_CONSOLE_TLS_KEY", None)
+    # A TLS-terminating proxy (on loopback, e.g. a sidecar) serves the console: its cookies are Secure.
+    console_behind_tls: _Flag = _env("CRM_SYNC_CONSOLE_BEHIND_TLS", False)
+    # Single sign-on: oauth2-proxy authenticates and names the user in X-Forwarded-* headers,
+    # believed only from these addresses; the role comes from the groups (`group=role,…`).
+    console_trusted_headers: _Flag = _env("CRM_SYNC_CONSOLE_TRUSTED_HEADERS", False)
+    console_trusted_proxies: str = _env("CRM_SYNC_CONSOLE_TRUSTED_PROXIES", "127.0.0.1,::1")
+    console_group_roles: str = _env("CRM_SYNC_CONSOLE_GROUP_ROLES", "")
+    # Failed logins allowed per user name and per client address within the window.
+    console_login_user_attempts: _Count = _env("CRM_SYNC_CONSOLE_LOGIN_USER_ATTEMPTS", 5)
+    console_login_address_attempts: _Count = _env("CRM_SYNC_CONSOLE_LOGIN_ADDRESS_ATTEMPTS", 20)
+    console_login_window_seconds: _PositiveSeconds = _env("CRM_SYNC_CONSOLE_LOGIN_WINDOW_SECONDS", 900.0)
 
     @property
     def http_loopback(self) -> bool:
         """Only this machine can reach the HTTP server (then company data needs no token)."""
-        if self.http_bind == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.http_bind).is_loopback
-        except ValueError:
-            return False
+        return _loopback(self.http_bind)
+
+    @property
+    def console_tls(self) -> bool:
+        """The console serves HTTPS itself."""
+        return self.console_tls_cert is not None and self.console_tls_key is not None
+
+    @property
+    def console_secure_cookies(self) -> bool:
+        """The browser reaches the console over TLS (its own, or a proxy's)."""
+        return self.console_tls or self.console_behind_tls
 
     def http_problems(self) -> list[str]:
         """Why the worker must not serve HTTP this way: company data open to the network."""
         if self.http_loopback or self.http_token:
             return []
         return [f"CRM_SYNC_HTTP_TOKEN: expected a token (CRM_SYNC_HTTP_BIND is {self.http_bind}, not loopback), got nothing"]
+
+    @property
+    def console_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """CRM_SYNC_CONSOLE_TRUSTED_PROXIES as networks (ValueError when one is not an address or CIDR)."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in self.console_trusted_proxies.split(",") if part.strip())
+
+    @property
+    def console_group_role_map(self) -> dict[str, str]:
+        """CRM_SYNC_CONSOLE_GROUP_ROLES as group -> role (ValueError on a part that is not `group=role`)."""
+        mapping: dict[str, str] = {}
+        for part in self.console_group_roles.split(","):
+            if part.strip():
+                group, sep, role = part.rpartition("=")
+                if not sep or not group.strip() or role.strip() not in CONSOLE_ROLES:
+                    raise ValueError(part)
+                mapping[group.strip()] = role.strip()
+        return mapping
+
+    def console_problems(self) -> list[str]:
+        """Why the console must not serve this way: passwords or sessions in clear on the network,
+        half a TLS or single sign-on setup. Checked at start, like http_problems for the worker."""
+        problems = []
+        if (self.console_tls_cert is None) != (self.console_tls_key is None):
+            missing = "CRM_SYNC_CONSOLE_TLS_KEY" if self.console_tls_key is None else "CRM_SYNC_CONSOLE_TLS_CERT"
+            problems.append(f"{missing}: expected a PEM file (the other of CRM_SYNC_CONSOLE_TLS_CERT/_KEY is set), got nothing")
+        for var, path in (("CRM_SYNC_CONSOLE_TLS_CERT", self.console_tls_cert), ("CRM_SYNC_CONSOLE_TLS_KEY", self.console_tls_key)):
+            if path is not None and not path.is_file():
+                problems.append(f"{var}: expected a readable PEM file, got {str(path)!r}")
+        if not (_loopback(self.console_bind) or self.console_tls or self.console_trusted_headers):
+            problems.append(
+                f"CRM_SYNC_CONSOLE_TLS_CERT: expected a certificate or CRM_SYNC_CONSOLE_TRUSTED_HEADERS=true "
+                f"(CRM_SYNC_CONSOLE_BIND is {self.console_bind}, not loopback: passwords and sessions would cross the network in clear), got nothing"
+            )
+        try:
+            if self.console_trusted_headers and not self.console_proxy_networks:
+                raise ValueError(self.console_trusted_proxies)
+        except ValueError:
+            problems.append(f"CRM_SYNC_CONSOLE_TRUSTED_PROXIES: expected addresses or CIDRs, comma-separated, got {self.console_trusted_proxies!r}")
+        if self.console_trusted_headers:
+            try:
+                if not self.console_group_role_map:
+                    raise ValueError(self.console_group_roles)
+            except ValueError:
+                problems.append(f"CRM_SYNC_CONSOLE_GROUP_ROLES: expected group=admin|viewer, comma-separated, got {self.console_group_roles!r}")
+        if self.console_secret is not None and (len(self.console_secret) < 32 or len(set(self.console_secret)) < 8):
+            problems.append("CRM_SYNC_CONSOLE_SECRET: expected at least 32 random characters (e.g. `openssl rand -hex 32`), got a weaker one")
+        if not self.console_trusted_headers and self.console_users_file is None:
+            problems.append("CRM_SYNC_CONSOLE_USERS_FILE: expected a users file (see docs/console.md), got nothing")
+        return problems
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -225,6 +297,16 @@ class Config:
             raise ConfigError(problems)
         topics = Topics(**{name: getattr(settings, var) for name, var in TOPIC_ENV.items()})
         return cls(topics=topics, **{name: getattr(settings, var) for name, var in _CONFIG_ENV.items()})
+
+
+def _loopback(bind: str) -> bool:
+    """Only this machine can reach a server bound here."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
 
 
 def _load_dotenv() -> None:

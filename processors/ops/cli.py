@@ -578,11 +578,13 @@ def _run_health(args: argparse.Namespace, config: Config) -> int:
 
 def _run_console(args: argparse.Namespace, config: Config) -> None:
     if args.hash_password:
-        from processors.ops.console.auth import hash_password
+        from processors.ops.console.auth import hash_password, password_problem
 
         password = sys.stdin.readline().rstrip("\n")
         if not password:
             raise CliError("give the password on stdin")
+        if problem := password_problem(password):
+            raise CliError(problem)
         print(hash_password(password))
         return
     from processors.ops.console.app import serve

@@ -32,7 +32,7 @@ from tests.integration.harness import ROOT, Deployment, WorkerProcess, free_port
 pytestmark = pytest.mark.integration
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-ADMIN, VIEWER = ("alice", "alice-pw-1"), ("vera", "vera-pw-1")
+ADMIN, VIEWER = ("alice", "alice-passphrase-1"), ("vera", "vera-passphrase-1")
 HOST = "hana.host@seller.example"
 SCREENSHOTS = os.environ.get("CRM_SYNC_SCREENSHOTS")
 
@@ -446,3 +446,36 @@ def test_the_login_page_refuses_a_wrong_password(browser: Any, console: str) -> 
     page.submit("login")
     assert "パスワードが違います" in page.wait(lambda: page.has("login-failed") and page.text("login-failed"), "the refusal")
     assert "/login" in page.d.current_url and not page.has("who")
+
+
+def test_logout_ends_the_session_even_for_a_copied_cookie(browser: Any, console: str, deployment: Deployment) -> None:
+    company = company_id()
+    prepare(deployment, company, "intro")
+    page = Page(browser, console)
+    page.login(ADMIN)
+    page.go(f"/c/{company}")
+    copied = browser.get_cookie("crm_sync_session")["value"]
+    page.submit("logout")
+    page.wait(lambda: page.has("login") and "/login" in page.d.current_url, "the login page")
+    assert not page.has("who")
+    browser.add_cookie({"name": "crm_sync_session", "value": copied, "path": "/"})  # the cookie an attacker kept
+    page.go(f"/c/{company}")
+    page.wait(lambda: "/login" in page.d.current_url and page.has("login"), "the login page again")
+    assert not page.has("who")
+
+
+def test_a_redirect_never_leaves_the_console(browser: Any, console: str) -> None:
+    page = Page(browser, console)
+    page.login(ADMIN)
+    for target in ("/%09/evil.example/", "//evil.example/", "/%5Cevil.example/", "https://evil.example/"):
+        page.go(f"/lang/ja?next={target}")
+        page.wait(lambda: page.has("who"), "the console's home")
+        assert page.d.current_url == f"{console}/", target
+    # the login form's `next`, as the browser submits it
+    page.d.delete_all_cookies()
+    page.go("/login?next=/%09/evil.example/")
+    page.d.find_element("id", "user").send_keys(ADMIN[0])
+    page.d.find_element("id", "password").send_keys(ADMIN[1])
+    page.submit("login")
+    page.wait(lambda: page.has("who"), "the logged-in page")
+    assert page.d.current_url == f"{console}/"

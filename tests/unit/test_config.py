@@ -88,6 +88,16 @@ DEFAULTS = [
     ("console_bind", "127.0.0.1"),
     ("console_port", 8470),
     ("console_secret", None),
+    ("console_idle_seconds", 1800.0),
+    ("console_tls_cert", None),
+    ("console_tls_key", None),
+    ("console_behind_tls", False),
+    ("console_trusted_headers", False),
+    ("console_trusted_proxies", "127.0.0.1,::1"),
+    ("console_group_roles", ""),
+    ("console_login_user_attempts", 5),
+    ("console_login_address_attempts", 20),
+    ("console_login_window_seconds", 900.0),
 ]
 
 
@@ -138,6 +148,16 @@ VALUES = [
     ("CRM_SYNC_CONSOLE_BIND", "0.0.0.0", "console_bind", "0.0.0.0"),
     ("CRM_SYNC_CONSOLE_PORT", "8080", "console_port", 8080),
     ("CRM_SYNC_CONSOLE_SECRET", "s" * 32, "console_secret", "s" * 32),
+    ("CRM_SYNC_CONSOLE_IDLE_SECONDS", "60", "console_idle_seconds", 60.0),
+    ("CRM_SYNC_CONSOLE_TLS_CERT", "/tls/tls.crt", "console_tls_cert", Path("/tls/tls.crt")),
+    ("CRM_SYNC_CONSOLE_TLS_KEY", "/tls/tls.key", "console_tls_key", Path("/tls/tls.key")),
+    ("CRM_SYNC_CONSOLE_BEHIND_TLS", "true", "console_behind_tls", True),
+    ("CRM_SYNC_CONSOLE_TRUSTED_HEADERS", "1", "console_trusted_headers", True),
+    ("CRM_SYNC_CONSOLE_TRUSTED_PROXIES", "10.0.0.0/8", "console_trusted_proxies", "10.0.0.0/8"),
+    ("CRM_SYNC_CONSOLE_GROUP_ROLES", "crm-admins=admin", "console_group_roles", "crm-admins=admin"),
+    ("CRM_SYNC_CONSOLE_LOGIN_USER_ATTEMPTS", "3", "console_login_user_attempts", 3),
+    ("CRM_SYNC_CONSOLE_LOGIN_ADDRESS_ATTEMPTS", "9", "console_login_address_attempts", 9),
+    ("CRM_SYNC_CONSOLE_LOGIN_WINDOW_SECONDS", "30", "console_login_window_seconds", 30.0),
 ]
 
 

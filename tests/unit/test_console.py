@@ -132,8 +132,10 @@ def test_a_retried_failures_outcome_comes_from_history_after_the_retry() -> None
 
 
 # -- the guard, through aiohttp's test client (no broker: every request here is refused or open) --
+ALICE, VERA = "alice-passphrase-1", "vera-passphrase-1"
+
 def _console() -> Console:
-    users = Users({"alice": ("admin", hash_password("a")), "vera": ("viewer", hash_password("v"))})
+    users = Users({"alice": ("admin", hash_password(ALICE)), "vera": ("viewer", hash_password(VERA))})
     return Console(Config(), users, Sessions("k"))
 
 
@@ -141,8 +143,8 @@ async def _log_in(client: TestClient, user: str, password: str) -> str:
     page = await (await client.get("/login")).text()
     token = re.search(r'name="login_token" value="([^"]+)"', page)
     assert token is not None
-    answer = await client.post("/login", data={"login_token": token.group(1), "user": user, "password": password, "next": "/x"}, allow_redirects=False)
-    assert answer.status == 303 and answer.headers["Location"] == "/x"
+    answer = await client.post("/login", data={"login_token": token.group(1), "user": user, "password": password, "next": "/c/x"}, allow_redirects=False)
+    assert answer.status == 303 and answer.headers["Location"] == "/c/x"
     return client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE].value
 
 
@@ -162,11 +164,11 @@ def test_pages_need_a_session_and_forms_need_its_csrf_token_and_changes_the_admi
         login = await client.get("/login")
         assert login.headers["Content-Security-Policy"].startswith("default-src 'none'") and "script-src" not in login.headers["Content-Security-Policy"]
         # a login without the form's token (a cross-site login) is refused
-        assert (await client.post("/login", data={"user": "alice", "password": "a"})).status == 403
+        assert (await client.post("/login", data={"user": "alice", "password": ALICE})).status == 403
         wrong = await client.post("/login", data={"login_token": re.search(r'value="([^"]+)"', await login.text()).group(1), "user": "alice", "password": "b"})
         assert wrong.status == 401 and "ユーザー名またはパスワードが違います" in await wrong.text()
 
-        await _log_in(client, "vera", "v")
+        await _log_in(client, "vera", VERA)
         refused = await client.post("/c/acme/pause", data={"paused": "1", "csrf": "forged"})
         assert refused.status == 403 and "フォームの有効期限が切れました" in await refused.text()
         session = Sessions("k").read(client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE].value)
@@ -185,6 +187,77 @@ def test_pages_need_a_session_and_forms_need_its_csrf_token_and_changes_the_admi
 def test_user_text_is_escaped() -> None:
     async def check(client: TestClient) -> None:
         page = await (await client.get('/login?next=/"><script>x</script>')).text()
-        assert "<script>x" not in page and "&lt;script&gt;x" in page
+        assert "<script>x" not in page
+
+    _run(check)
+    # what a page shows of a value is escaped (the login page no longer shows an unsafe `next` at all)
+    html = _console().templates.get_template("login.html").render(
+        t=lambda key: key, lang="en", session=None, flash=None, path="/", login_token="t", next='/"><script>x</script>', failed=None,
+    )
+    assert "<script>x" not in html and "&lt;script&gt;x" in html
+
+
+# -- a web attacker --
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/", "/"),
+        ("/c/acme", "/c/acme"),
+        ("/c/acme/failures?crm=salesforce&since=2026-12-01T10%3A00", "/c/acme/failures?crm=salesforce&since=2026-12-01T10%3A00"),
+        ("/c/%E3%82%A2%E3%82%AF%E3%83%A1/history", "/c/%E3%82%A2%E3%82%AF%E3%83%A1/history"),
+        ("/c/acme/apply?from=intro", "/c/acme/apply?from=intro"),
+        ("/login?next=%2Fc%2Facme", "/login?next=%2Fc%2Facme"),
+        ("/\t/evil.example/", "/"),
+        ("/\n/evil.example/", "/"),
+        ("/ /evil.example/", "/"),
+        ("/%09/evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/c/acme/../../evil", "/"),
+        ("/c/acme/unknown", "/"),
+        ("/static/console.css", "/"),
+        ("/logout", "/"),
+        ("/c/acme?x=\t//evil", "/c/acme"),
+        ("/c/acme#x", "/"),
+        ("/c/ア", "/"),
+        ("", "/"),
+        (None, "/"),
+        ("c/acme", "/"),
+    ],
+)
+def test_next_is_only_one_of_the_consoles_own_pages(target: str | None, expected: str) -> None:
+    assert _safe_next(target) == expected
+
+
+def test_the_language_switch_and_the_login_form_redirect_only_to_the_consoles_pages() -> None:
+    async def check(client: TestClient) -> None:
+        answer = await client.get("/lang/en?next=/%09/evil.example/", allow_redirects=False)
+        assert answer.status == 303 and answer.headers["Location"] == "/"
+        page = await (await client.get("/login?next=/%09/evil.example/")).text()
+        assert 'name="next" value="/"' in page
+        token = re.search(r'name="login_token" value="([^"]+)"', page).group(1)
+        answer = await client.post("/login", data={"login_token": token, "user": "alice", "password": ALICE, "next": "/\t/evil.example/"}, allow_redirects=False)
+        assert answer.status == 303 and answer.headers["Location"] == "/"
+
+    _run(check)
+
+
+def test_a_non_ascii_csrf_value_is_refused_not_a_crash() -> None:
+    async def check(client: TestClient) -> None:
+        await _log_in(client, "alice", ALICE)
+        for forged in ("ｃｓｒｆ", "é" * 40):
+            answer = await client.post("/c/acme/pause", data={"paused": "1", "csrf": forged})
+            assert answer.status == 403, forged
+        for raw in (b"paused=1&csrf=%FF%FE", "paused=1&csrf=é".encode("latin-1")):  # not UTF-8 at all
+            answer = await client.post("/c/acme/pause", data=raw, headers={"Content-Type": "application/x-www-form-urlencoded"})
+            assert answer.status in (400, 403), raw
+        broken = await client.post("/c/acme/pause", data=b"--zz\r\nbad", headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        assert broken.status == 400
+        client.session.cookie_jar.clear()
+        junk = {"Cookie": "crm_sync_session=é.ü; crm_sync_login=é.ü; crm_sync_flash=é.ü"}
+        assert (await client.get("/c/acme", headers=junk, allow_redirects=False)).status == 303
+        assert (await client.get("/login", headers=junk)).status == 200
+        assert (await client.post("/login", headers=junk, data={"login_token": "é.ü", "user": "a", "password": "b"})).status == 403
 
     _run(check)

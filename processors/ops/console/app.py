@@ -10,25 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import ssl
 import time
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
 from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from processors.codec import Codec, DecodeError
-from processors.config import Config
+from processors.config import Config, ConfigError
 from processors.domain.mapping import mapping_sources
 from processors.domain.history import DEFAULT_TIMEZONE, KEEP_DAYS, company_timezone, fold, local_day, report
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.domain.rules import SettingsError
 from processors.ops.admin import SettingsAdmin
 from processors.ops.console import views
-from processors.ops.console.auth import Session, Sessions, Users, csrf_ok
+from processors.ops.console.auth import (
+    MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, LoginThrottle, Logouts, Session, Sessions, TrustedHeaders, User, Users, client_address, csrf_ok,
+    password_problem,
+)
 from processors.ops.console.labels import LANGUAGES, label
 from processors.ops.dlq import Failure, FailureAdmin, filter_failures, read_dead_letters
 from processors.state.history import read_records
@@ -48,15 +55,33 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 SESSION_KEY = web.RequestKey("session", Session)
+COOKIE_KEY = web.RequestKey("session_cookie", str)
+# At most this many scrypt computations at once (each ~16 MiB and a core for ~50 ms), and this
+# many logins waiting for one; past that a login is answered 503 at once.
+HASH_CONCURRENCY, HASH_QUEUE = 2, 16
+# The console's own pages, the only places a `next` may send the browser back to.
+_PAGE = re.compile(r"/(?:c/[A-Za-z0-9._~%!$'()*+,;=:@-]+(?:/(?:apply|history|failures|log))?)?|/login")
+_QUERY = re.compile(r"[A-Za-z0-9._~%!$'()*+,;=:@/?&-]*")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+E = TypeVar("E", bound=Enum)
 
 
 class Console:
-    def __init__(self, config: Config, users: Users, sessions: Sessions, codec: Codec | None = None) -> None:
+    def __init__(
+        self, config: Config, users: Users | None, sessions: Sessions, codec: Codec | None = None, sso: TrustedHeaders | None = None
+    ) -> None:
+        """`users` signs in with passwords; `sso` instead believes oauth2-proxy's headers (one of them)."""
         self.config = config
         self.users = users
+        self.sso = sso
         self.sessions = sessions
         self.codec = codec or Codec()
+        self.secure = config.console_secure_cookies
+        self.throttle = LoginThrottle(config.console_login_user_attempts, config.console_login_address_attempts, config.console_login_window_seconds)
+        self._hash_slots = asyncio.Semaphore(HASH_CONCURRENCY)
+        # X-Forwarded-For names the client only when a proxy of ours sits in front.
+        self._proxies = config.console_proxy_networks if (config.console_behind_tls or sso is not None) else ()
+        self._hash_waiting = 0
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # every value is escaped unless a template says otherwise (none does)
@@ -93,14 +118,28 @@ class Console:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication, CSRF and roles in one place: a page needs a session; a form needs the
-        session's CSRF token; a change needs the admin role (a viewer gets 403 and why)."""
+        """Authentication, CSRF and roles in one place: a page needs a session that still matches
+        its user; a form needs the session's CSRF token; a change needs the admin role (a viewer
+        gets 403 and why). Every page seen renews the session's idle timeout."""
+        if request.method == "POST":
+            try:
+                await request.post()  # parsed once here; a handler's own call returns the same form
+            except (ValueError, HttpProcessingError):  # not UTF-8, or a broken multipart body
+                return self._message(request, 400, "bad_request", None)
         if not request.path.startswith(OPEN_PATHS):
-            session = self.sessions.read(request.cookies.get(SESSION_COOKIE))
+            if self.sso is not None and not self.sso.from_proxy(request.remote):
+                return self._message(request, 403, "not_via_proxy", None)
+            session = self._session(request)
             if session is None:
+                if self.sso is not None:
+                    return self._message(request, 403, "no_role", None)
                 if request.method == "GET":
-                    raise web.HTTPSeeOther(f"/login?{urlencode({'next': request.path_qs})}")
-                return self._message(request, 401, "login", None)
+                    response = _see_other(f"/login?{urlencode({'next': _safe_next(request.path_qs)})}")
+                else:
+                    response = self._message(request, 401, "login", None)
+                if SESSION_COOKIE in request.cookies:
+                    response.del_cookie(SESSION_COOKIE, path="/")
+                return response
             request[SESSION_KEY] = session
             if request.method == "POST":
                 form = await request.post()
@@ -110,7 +149,37 @@ class Console:
                     return self._message(request, 403, "forbidden", session)
         response = await handler(request)
         response.headers.update(HEADERS)
+        if self.secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        if COOKIE_KEY in request and not response.cookies.get(SESSION_COOKIE):
+            self._set_cookie(response, SESSION_COOKIE, request[COOKIE_KEY], path="/")
         return response
+
+    def _session(self, request: web.Request) -> Session | None:
+        """The request's session if it still holds: signed, not idle, not logged out, and issued for
+        the user's present role and password (users file) or identity (proxy headers)."""
+        now = time.time()
+        session = self.sessions.read(request.cookies.get(SESSION_COOKIE), now)
+        if self.sso is not None:
+            user = self.sso.user(request.headers)
+            if user is None:
+                return None
+            if session is None or session.user != user or session.stamp != self.sessions.stamp(user, ""):
+                cookie, session = self.sessions.issue(user, "", now)
+                request[COOKIE_KEY] = cookie
+                return session
+        else:
+            if session is None or self.users is None:
+                return None
+            entry = self.users.entry(session.user.name)
+            if entry is None or session.stamp != self.sessions.stamp(User(session.user.name, entry[0]), entry[1]):
+                return None
+        request[COOKIE_KEY] = self.sessions.refresh(session, now)
+        return session
+
+    def _set_cookie(self, response: web.StreamResponse, name: str, value: str, *, path: str, max_age: int | None = None) -> None:
+        """Every cookie of the console: HttpOnly, SameSite=Strict, and Secure when served over TLS."""
+        response.set_cookie(name, value, path=path, httponly=True, samesite="Strict", secure=self.secure, max_age=max_age)
 
     # -- rendering --
     def _lang(self, request: web.Request) -> str:
@@ -147,39 +216,76 @@ class Console:
     def redirect(self, location: str, *, ok: str | None = None, error: str | None = None, lines: list[str] | None = None) -> web.Response:
         """Back to a page, with the outcome of what was just done shown on it once."""
         response = _see_other(location)
-        flash = {"ok": ok, "error": error, "lines": lines or []}
-        response.set_cookie(FLASH_COOKIE, self.sessions.seal(json.dumps(flash, ensure_ascii=False)), path="/", httponly=True, samesite="Strict")
+        # A message may quote what was typed: cut, so the cookie stays within a browser's 4 KB.
+        shown = [line[:200] for line in (lines or [])[:10]] + ([f"+{len(lines or []) - 10}"] if len(lines or []) > 10 else [])
+        flash = {"ok": ok, "error": error[:300] if error else error, "lines": shown}
+        self._set_cookie(response, FLASH_COOKIE, self.sessions.seal(json.dumps(flash, ensure_ascii=False)), path="/")
         return response
 
     # -- sign-in --
-    async def login_page(self, request: web.Request) -> web.Response:
+    async def login_page(self, request: web.Request) -> web.StreamResponse:
+        if self.sso is not None:  # the proxy signs in; nothing to do here
+            return _see_other("/")
         # The same token while the browser holds a valid one: another tab (or the favicon's
         # redirect here) must not invalidate a form already shown.
         held = request.cookies.get(LOGIN_COOKIE, "")
         token = held if self.sessions.check_token("login", held) else self.sessions.token("login")
-        response = self.render(request, "login.html", login_token=token, next=_safe_next(request.query.get("next")), failed=False)
-        response.set_cookie(LOGIN_COOKIE, token, path="/login", httponly=True, samesite="Strict")
+        response = self.render(request, "login.html", login_token=token, next=_safe_next(request.query.get("next")), failed=None)
+        self._set_cookie(response, LOGIN_COOKIE, token, path="/login")
+        return response
+
+    def _login_refused(self, request: web.Request, status: int, why: str, next_page: str, retry_after: float = 0) -> web.Response:
+        fresh = self.sessions.token("login")
+        response = self.render(request, "login.html", status=status, login_token=fresh, next=next_page, failed=why)
+        self._set_cookie(response, LOGIN_COOKIE, fresh, path="/login")
+        if retry_after:
+            response.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
+        """Throttled before any hashing; the hash runs in a thread, a bounded number at a time."""
+        if self.sso is not None or self.users is None:
+            return _see_other("/")
         form = await request.post()
         token = _text(form.get("login_token"))
         if not token or token != request.cookies.get(LOGIN_COOKIE) or not self.sessions.check_token("login", token):
             return self._message(request, 403, "bad_csrf", None)
-        user = await asyncio.to_thread(self.users.authenticate, _text(form.get("user")), _text(form.get("password")))
+        name, password, next_page = _text(form.get("user")), _text(form.get("password")), _safe_next(_text(form.get("next")))
+        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), self._proxies)
+        throttled_key = name[:MAX_NAME_LENGTH]
+        wait = self.throttle.retry_after(throttled_key, address, time.time())
+        if wait:
+            return self._login_refused(request, 429, "login_throttled", next_page, wait)
+        if len(name) > MAX_NAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+            user = None
+        else:
+            if self._hash_waiting >= HASH_QUEUE:
+                return self._login_refused(request, 503, "login_busy", next_page, 1)
+            self._hash_waiting += 1
+            try:
+                async with self._hash_slots:
+                    user = await asyncio.to_thread(self.users.authenticate, name, password)
+            finally:
+                self._hash_waiting -= 1
         if user is None:
-            fresh = self.sessions.token("login")
-            response = self.render(request, "login.html", status=401, login_token=fresh, next=_safe_next(_text(form.get("next"))), failed=True)
-            response.set_cookie(LOGIN_COOKIE, fresh, path="/login", httponly=True, samesite="Strict")
-            return response
-        cookie, _ = self.sessions.issue(user)
-        response = _see_other(_safe_next(_text(form.get("next"))))
-        response.set_cookie(SESSION_COOKIE, cookie, path="/", httponly=True, samesite="Strict")
+            self.throttle.failed(throttled_key, address, time.time())
+            return self._login_refused(request, 401, "login_failed", next_page)
+        if password_problem(password):
+            return self._login_refused(request, 403, "password_weak", next_page)
+        self.throttle.succeeded(throttled_key)
+        entry = self.users.entry(user.name)
+        cookie, _ = self.sessions.issue(user, entry[1] if entry else "")
+        response = _see_other(next_page)
+        self._set_cookie(response, SESSION_COOKIE, cookie, path="/")
         response.del_cookie(LOGIN_COOKIE, path="/login")
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        response = _see_other("/login")
+        """Ends every session of this user, not only this browser's cookie."""
+        self.sessions.end(request[SESSION_KEY].user)
+        request.pop(COOKIE_KEY, None)
+        # Behind oauth2-proxy, its own sign-out ends the proxy's session too.
+        response = _see_other("/oauth2/sign_out" if self.sso is not None else "/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -187,7 +293,7 @@ class Console:
         lang = request.match_info["lang"]
         response = _see_other(_safe_next(request.query.get("next")))
         if lang in LANGUAGES:
-            response.set_cookie(LANG_COOKIE, lang, path="/", samesite="Strict", max_age=365 * 86400)
+            self._set_cookie(response, LANG_COOKIE, lang, path="/", max_age=365 * 86400)
         return response
 
     # -- the library API, per user --
@@ -224,8 +330,10 @@ class Console:
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
-        crm, on = Crm(_text(form.get("crm"))), _text(form.get("on")) == "1"
-        return await self._change(request, f"/c/{quote(company_id, safe='')}", lambda a: a.set_connected(company_id, crm, on))
+        crm, on, back = _choice(Crm, form.get("crm")), _text(form.get("on")) == "1", f"/c/{quote(company_id, safe='')}"
+        if crm is None:
+            return self.redirect(back, error=f"crm: {_text(form.get('crm'))!r}")
+        return await self._change(request, back, lambda a: a.set_connected(company_id, crm, on))
 
     async def company_todo(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
@@ -243,7 +351,7 @@ class Console:
         back = f"/c/{quote(company_id, safe='')}"
         try:
             delays = [int(round(float(m) * 60)) for m in _text(form.get("minutes")).replace("、", ",").split(",") if m.strip()]
-        except ValueError:
+        except (ValueError, OverflowError):
             return self.redirect(back, error=f"{label('recheck', self._lang(request))}: {_text(form.get('minutes'))!r}")
         return await self._change(request, back, lambda a: a.set_contact_recheck(company_id, delays))
 
@@ -291,13 +399,17 @@ class Console:
         source = request.query.get("from") or (meeting_types[0].meeting_type_id if meeting_types else "")
         return self.render(request, "apply.html", company_id=company_id, company=store.company(company_id), meeting_types=meeting_types, source=source, tab="apply")
 
-    def _apply_form(self, form: Any) -> dict[str, Any]:
+    def _apply_form(self, form: Any) -> dict[str, Any] | None:
+        """The apply form's choices; None when its CRM or an event type is not one of ours."""
         new = [t.strip() for t in _text(form.get("new_targets")).split(",") if t.strip()]
-        targets = list(dict.fromkeys([*form.getall("target", []), *new]))
+        targets = list(dict.fromkeys([*_texts(form, "target"), *new]))
+        crm, events = _choice(Crm, form.get("crm")), [_choice(EventType, e) for e in _texts(form, "event")]
+        if crm is None or None in events:
+            return None
         return {
             "source": _text(form.get("source")),
-            "crm": Crm(_text(form.get("crm"))),
-            "event_types": [EventType(e) for e in form.getall("event", [])],
+            "crm": crm,
+            "event_types": events,
             "targets": [t for t in targets if t != _text(form.get("source"))],
         }
 
@@ -305,14 +417,16 @@ class Console:
         """The confirm step: what will change, nothing changed yet."""
         company_id, form = request.match_info["company"], await request.post()
         chosen = self._apply_form(form)
-        back = f"/c/{quote(company_id, safe='')}/apply?{urlencode({'from': chosen['source']})}"
-        if not chosen["event_types"] or not chosen["targets"]:
+        back = f"/c/{quote(company_id, safe='')}/apply?{urlencode({'from': _text(form.get('source'))})}"
+        if chosen is None or not chosen["event_types"] or not chosen["targets"]:
             return self.redirect(back, error=label("apply_pick", self._lang(request)))
         return self.render(request, "apply_confirm.html", company_id=company_id, company=None, tab="apply", **chosen)
 
     async def apply(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
         chosen = self._apply_form(form)
+        if chosen is None or not chosen["event_types"] or not chosen["targets"]:
+            return self.redirect(f"/c/{quote(company_id, safe='')}/apply", error=label("apply_pick", self._lang(request)))
         return await self._change(
             request, f"/c/{quote(company_id, safe='')}",
             lambda a: a.apply(company_id, chosen["source"], chosen["targets"], chosen["crm"], chosen["event_types"]),
@@ -404,8 +518,10 @@ class Console:
         company_id, form = request.match_info["company"], await request.post()
         one = _text(form.get("retry_one"))
         what, scope = ("retry", one) if one else (_text(form.get("do")), _text(form.get("scope")))
-        back = f"/c/{quote(company_id, safe='')}/failures" + (f"?{_text(form.get('query'))}" if form.get("query") else "")
+        back = _safe_next(f"/c/{quote(company_id, safe='')}/failures" + (f"?{_text(form.get('query'))}" if form.get("query") else ""))
         lang = self._lang(request)
+        if what not in ("retry", "resolve"):
+            return self.redirect(back, error=label("bad_request", lang))
 
         def run() -> web.Response:
             store = self.admin(request).load()
@@ -417,7 +533,7 @@ class Console:
             if scope == "all":
                 selected = filter_failures(everything, **{k: v for k, v in chosen.items() if k not in ("since", "since_ms")})
             else:
-                ids = set(form.getall("id", [])) if scope == "selected" else {scope}
+                ids = set(_texts(form, "id")) if scope == "selected" else {scope}
                 selected = [f for f in everything if f.dead_letter_id in ids]
             if not selected:
                 return self.redirect(back, error=label("no_failures", lang))
@@ -458,11 +574,29 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _texts(form: Any, name: str) -> list[str]:
+    """Every text value of a repeated form field (an uploaded file in its place is ignored)."""
+    return [v for v in form.getall(name, []) if isinstance(v, str)]
+
+
+def _choice(kind: type[E], value: Any) -> E | None:
+    """`value` as a member of the enum `kind`, or None when it names none."""
+    try:
+        return kind(_text(value))
+    except ValueError:
+        return None
+
+
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site: a `next` pointing elsewhere would be an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """One of the console's own pages (an allow-list of its routes), with its query when that is
+    plain URL characters; anything else is the home page. A `next` pointing elsewhere would be an
+    open redirect, and browsers strip tabs and newlines, so `/\t/evil.example/` is `//evil.example/`."""
+    if not target:
         return "/"
-    return target
+    path, sep, query = target.partition("?")
+    if not _PAGE.fullmatch(path):
+        return "/"
+    return target if sep and _QUERY.fullmatch(query) else path
 
 
 def _now_ms() -> int:
@@ -470,11 +604,22 @@ def _now_ms() -> int:
 
 
 def serve(config: Config) -> None:
-    """`crm-sync console`: until Ctrl-C or SIGTERM."""
-    if config.console_users_file is None:
-        raise ValueError("CRM_SYNC_CONSOLE_USERS_FILE: expected a users file (see docs/console.md), got nothing")
-    users = Users.load(config.console_users_file)
+    """`crm-sync console`: until Ctrl-C or SIGTERM. Refuses to start on a bad setup (one line)."""
+    if problems := config.console_problems():
+        raise ConfigError(problems)
     logs.setup(config.log_level)  # the worker's JSON lines (redacted); no access log: URLs name companies
-    console = Console(config, users, Sessions(config.console_secret))
-    print(f"crm-sync console on http://{config.console_bind}:{config.console_port}/", flush=True)
-    web.run_app(console.app(), host=config.console_bind, port=config.console_port, print=None, access_log=None)
+    sso = TrustedHeaders(config.console_proxy_networks, config.console_group_role_map) if config.console_trusted_headers else None
+    users = None if sso is not None or config.console_users_file is None else Users.load(config.console_users_file)
+    logouts = Logouts(config.state_dir / "console-logouts.json")
+    console = Console(config, users, Sessions(config.console_secret, config.console_idle_seconds, logouts), sso=sso)
+    context = None
+    if config.console_tls_cert is not None and config.console_tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(config.console_tls_cert, config.console_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"CRM_SYNC_CONSOLE_TLS_CERT: expected a PEM certificate and key that match, got {exc}"]) from None
+    scheme = "https" if context else "http"
+    print(f"crm-sync console on {scheme}://{config.console_bind}:{config.console_port}/", flush=True)
+    web.run_app(console.app(), host=config.console_bind, port=config.console_port, ssl_context=context, print=None, access_log=None)
