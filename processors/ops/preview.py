@@ -219,3 +219,33 @@ def format_text(p: Preview) -> str:
     if not p.resolved:
         lines.append("(contact and owner are looked up at delivery; --resolve looks them up now, read-only)")
     return "\n".join(lines)
+
+
+def last_booking(config: Any, codec: Codec, company_id: str, meeting_type_id: str, since_ms: int) -> Event | None:
+    """The company's latest booking of that meeting type on the meetings topic since `since_ms`
+    (each partition from the broker's time index; other companies' records skipped by key)."""
+    from processors.kafka import clients
+    from processors.kafka.read import TopicReader
+
+    key = company_id.encode()
+    latest: Event | None = None
+
+    def keep(msg: Any) -> None:
+        nonlocal latest
+        if msg.key() != key or msg.value() is None:
+            return
+        try:
+            event = decode_event(msg.value(), codec)
+        except PreviewError:
+            return
+        if event.meeting_type_id == meeting_type_id and event.event_type.value == "meeting_booked" and (
+            latest is None or event.occurred_at >= latest.occurred_at
+        ):
+            latest = event
+
+    with TopicReader(clients.librdkafka(config), config.topics.meetings) as reader:
+        partitions = reader.partitions()
+        if partitions:
+            reader.assign(partitions, since_ms)
+            reader.read_to_end(keep, timeout=60.0)
+    return latest

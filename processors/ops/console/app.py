@@ -9,10 +9,12 @@ Forms post back and redirect (post/redirect/get); a one-shot signed cookie carri
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import re
 import ssl
 import time
+import uuid
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -37,7 +39,9 @@ from processors.ops.console.auth import (
     password_problem,
 )
 from processors.ops.console.labels import LANGUAGES, label
+from processors.ops.backfill import backfill as run_backfill
 from processors.ops.dlq import Failure, FailureAdmin, filter_failures, read_dead_letters
+from processors.ops.preview import last_booking, preview
 from processors.state.history import read_records
 from processors.worker import logs
 
@@ -48,6 +52,11 @@ CRMS = list(Crm)
 OPEN_PATHS = ("/login", "/static/", "/lang/", "/favicon.ico")
 # The failures page reads this far back unless its filter says since when (the CLI's default too).
 FAILURES_WINDOW_DAYS = 7
+# A meeting type's preview looks for its last booking this far back on the meetings topic.
+PREVIEW_DAYS = 7
+# A backfill from the console: at most this far back (the history's reach), at the CLI's pace.
+BACKFILL_MAX_DAYS = 7
+BACKFILL_RATE = 200.0
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -60,7 +69,7 @@ COOKIE_KEY = web.RequestKey("session_cookie", str)
 # many logins waiting for one; past that a login is answered 503 at once.
 HASH_CONCURRENCY, HASH_QUEUE = 2, 16
 # The console's own pages, the only places a `next` may send the browser back to.
-_PAGE = re.compile(r"/(?:c/[A-Za-z0-9._~%!$'()*+,;=:@-]+(?:/(?:apply|history|failures|log))?)?|/login")
+_PAGE = re.compile(r"/(?:c/[A-Za-z0-9._~%!$'()*+,;=:@-]+(?:/(?:apply|history|failures|log|preview|backfill))?)?|/login")
 _QUERY = re.compile(r"[A-Za-z0-9._~%!$'()*+,;=:@/?&-]*")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 E = TypeVar("E", bound=Enum)
@@ -114,6 +123,10 @@ class Console:
         r.add_get("/c/{company}/failures", self.failures)
         r.add_post("/c/{company}/failures", self.failures_action)
         r.add_get("/c/{company}/log", self.settings_log)
+        r.add_get("/c/{company}/preview", self.preview)
+        r.add_get("/c/{company}/backfill", self.backfill_page)
+        r.add_post("/c/{company}/backfill/review", self.backfill_review)
+        r.add_post("/c/{company}/backfill", self.backfill)
         return app
 
     @web.middleware
@@ -448,6 +461,74 @@ class Console:
             request, "history.html", company_id=company_id, company=company, body=body, bars=views.bars(body),
             breakdown=views.breakdown(body), tab="history",
         )
+
+    async def preview(self, request: web.Request) -> web.Response:
+        """What the last booking of one meeting type would create under the current settings."""
+        company_id = request.match_info["company"]
+        meeting_type = _text(request.query.get("meeting_type"))[:200]
+
+        def load() -> dict[str, Any]:
+            store = self.admin(request).load()
+            since = _now_ms() - PREVIEW_DAYS * 86_400_000
+            event = last_booking(self.config, self.codec, company_id, meeting_type, since) if meeting_type else None
+            shown = preview(event, company_id, store, _now_ms(), int(self.config.delay_seconds * 1000)) if event else None
+            return {"company": store.company(company_id), "meeting_type": meeting_type, "shown": shown}
+
+        return self.render(request, "preview.html", company_id=company_id, tab="settings", **await asyncio.to_thread(load))
+
+    def _backfill_form(self, form: Any) -> tuple[int, list[EventType]] | None:
+        try:
+            days = int(_text(form.get("days")) or "7")
+        except ValueError:
+            return None
+        chosen = [e for e in EVENTS if form.get(f"event_{e.value}")] or list(EVENTS)
+        return (days, chosen) if 1 <= days <= BACKFILL_MAX_DAYS else None
+
+    async def backfill_page(self, request: web.Request) -> web.Response:
+        company_id = request.match_info["company"]
+        return self.render(request, "backfill.html", company_id=company_id, tab="backfill", report=None, days=7, chosen=list(EVENTS),
+                           max_days=BACKFILL_MAX_DAYS)
+
+    async def backfill_review(self, request: web.Request) -> web.Response:
+        """Step one: the counts of a dry run, and the confirm button."""
+        company_id, form = request.match_info["company"], await request.post()
+        parsed = self._backfill_form(form)
+        if parsed is None:
+            return self.redirect(f"/c/{quote(company_id, safe='')}/backfill", error=label("bad_request", self._lang(request)))
+        days, chosen = parsed
+
+        def dry() -> Any:
+            store = self.admin(request).load()
+            return run_backfill(self.config, self.codec, store, company_id, _now_ms() - days * 86_400_000, None, chosen,
+                                run_id="review", dry_run=True, rate=1.0, wait_seconds=0, now_ms=_now_ms())
+
+        report = await asyncio.to_thread(dry)
+        return self.render(request, "backfill.html", company_id=company_id, tab="backfill", report=report, days=days, chosen=chosen,
+                           max_days=BACKFILL_MAX_DAYS)
+
+    async def backfill(self, request: web.Request) -> web.StreamResponse:
+        """Step two: re-send (paced; the history shows the outcomes), audited with the admin's name."""
+        company_id, form = request.match_info["company"], await request.post()
+        back = f"/c/{quote(company_id, safe='')}/backfill"
+        parsed = self._backfill_form(form)
+        if parsed is None:
+            return self.redirect(back, error=label("bad_request", self._lang(request)))
+        days, chosen = parsed
+        actor = request[SESSION_KEY].user.name
+
+        def run() -> Any:
+            admin = self.admin(request)
+            store = admin.load()
+            since = _now_ms() - days * 86_400_000
+            report = run_backfill(self.config, self.codec, store, company_id, since, None, chosen, run_id=uuid.uuid4().hex,
+                                  dry_run=False, rate=BACKFILL_RATE, wait_seconds=0, now_ms=_now_ms())
+            logging.getLogger("crm_sync.console").info(
+                "backfill", extra={"company_id": company_id, "actor": actor, "days": days, "sent": report.sent})
+            return report
+
+        report = await asyncio.to_thread(run)
+        lang = self._lang(request)
+        return self.redirect(back, ok=f"{report.sent} {label('backfill_started', lang)}")
 
     def _dead_letters(self, company_id: str, chosen: dict[str, Any]) -> list[Failure]:
         """The company's failures in the page's window: its partition from `since` (default: the
