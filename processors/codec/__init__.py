@@ -89,6 +89,11 @@ class RegistryUnavailableError(CodecError):
     """The schema registry could not answer: transient, retry later instead of dead-lettering."""
 
 
+class RegistryRefusedError(RegistryUnavailableError):
+    """The registry answered 401 or 403: not allowed. Waited out like an outage (credentials or
+    rights can be mended without losing a record), but said as what it is."""
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A decoded record: short schema name (e.g. ``MeetingBooked``), value, and the wire encoding."""
@@ -116,10 +121,15 @@ class Codec:
 
     def __init__(
         self, registry: SchemaRegistryClient | None = None, *, schema_dir: Path = SCHEMA_DIR,
-        subject_name_strategy: str = "TopicNameStrategy",
+        subject_name_strategy: str = "TopicNameStrategy", auto_register: bool = True, use_latest_version: bool = False,
     ) -> None:
+        """`auto_register` and `use_latest_version` are confluent-kafka's serializer settings of the
+        same names: register our schema on first use, or look up its id (off: a registry run by a
+        platform team, where CI registers), or write with the subject's latest registered version."""
         catalog = load_catalog(schema_dir)
         self._registry = registry
+        self._auto_register = auto_register
+        self._use_latest = use_latest_version
         self._strategy = SUBJECT_NAME_STRATEGIES[subject_name_strategy]
         self._declared = {name: dict(f.schema) for name, f in catalog.current.items()}
         self._conformers = {name: compile_conform(expand_schema(schema)) for name, schema in self._declared.items()}
@@ -131,6 +141,7 @@ class Codec:
         # (id, subject) → None once accepted, or a refusal and when to ask again (it may be registered later)
         self._subjects: dict[tuple[int, str], tuple[DecodeError, float] | None] = {}
         self._registered_ids: dict[tuple[str, str], int] = {}
+        self._latest_by_subject: dict[str, tuple[int, Any]] = {}
 
     @property
     def registry(self) -> SchemaRegistryClient | None:
@@ -141,6 +152,10 @@ class Codec:
     def schema_names(self) -> tuple[str, ...]:
         """Short names of the record schemas this codec can encode."""
         return tuple(short_name(name) for name, schema in self._declared.items() if schema["type"] == "record")
+
+    def declared(self, schema_name: str) -> Schema:
+        """Today's schema of `schema_name`, as the registry takes it."""
+        return Schema(json.dumps(self._declared[self._record_name(schema_name)]), "AVRO")
 
     def subject_for(self, topic: str, schema_name: str) -> str:
         """The subject a record of `schema_name` on `topic` is registered under (the one place that says so)."""
@@ -156,11 +171,42 @@ class Codec:
         return _SINGLE_OBJECT_MAGIC + self._current_fingerprints[name] + self._body(name, record)
 
     def encode_confluent(self, schema_name: str, record: Mapping[str, Any], subject: str) -> bytes:
-        """Validate, register the schema under ``subject`` (cached), write ``00`` + schema id + body."""
+        """Validate, find the schema id under ``subject`` (cached), write ``00`` + schema id + body."""
         name = self._record_name(schema_name)
         body = self._body(name, record)
-        schema_id = self._register(name, subject)
+        if self._use_latest:
+            schema_id, writer = self._latest(name, subject)
+            out = io.BytesIO()
+            try:
+                schemaless_writer(out, writer, dict(record))
+            except Exception as exc:
+                raise EncodeError(f"invalid {short_name(name)}: does not fit the latest schema under {subject} "
+                                  f"({type(exc).__name__})", code="invalid_record", schema_name=short_name(name)) from exc
+            body = out.getvalue()
+        else:
+            schema_id = self._register(name, subject)
         return bytes([_CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big") + body
+
+    def _latest(self, name: str, subject: str) -> tuple[int, Any]:
+        """The subject's latest version (looked up once per subject): its id and its parsed schema."""
+        short = short_name(name)
+        if self._registry is None:
+            raise EncodeError("confluent wire format but no schema registry configured", code="no_registry",
+                              schema_name=short, encoding=CONFLUENT)
+        cached = self._latest_by_subject.get(subject)
+        if cached is None:
+            try:
+                found = self._registry.get_latest_version(subject)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    raise EncodeError(f"no schema is registered under subject {subject} (use.latest.version)",
+                                      code="not_registered", schema_name=short, encoding=CONFLUENT) from exc
+                raise _registry_failure(exc, f"the latest version of {subject}") from exc
+            except Exception as exc:
+                raise _registry_failure(exc, f"the latest version of {subject}") from exc
+            cached = (found.schema_id, self._writer_for_id(found.schema_id).schema)
+            self._latest_by_subject[subject] = cached
+        return cached
 
     def decode(self, data: bytes | bytearray | memoryview | None, *, topic: str | None = None) -> Decoded:
         """Detect the encoding from the first bytes and read the record into the current schema.
@@ -207,17 +253,27 @@ class Codec:
         if cached is not None:
             return cached
         schema = Schema(json.dumps(self._declared[name]), "AVRO")
+        what = f"{'registering' if self._auto_register else 'looking up'} {short} under {subject}"
         try:
-            schema_id = self._registry.register_schema(subject, schema)
+            if self._auto_register:
+                schema_id = self._registry.register_schema(subject, schema)
+            else:
+                schema_id = self._registry.lookup_schema(subject, schema).schema_id
         except SchemaRegistryError as exc:
             if exc.http_status_code in (409, 422):
                 raise EncodeError(
                     f"schema registry rejected {short} under subject {subject}: {exc.error_message}",
                     code="registry_rejected", schema_name=short, encoding=CONFLUENT,
                 ) from exc
-            raise _unavailable(exc, f"registering {short} under {subject}") from exc
+            if exc.http_status_code == 404 and not self._auto_register:
+                raise EncodeError(
+                    f"{short} is not registered under subject {subject} and auto-registration is off: register it "
+                    "first (`crm-sync schemas check` tells whether it is compatible)",
+                    code="not_registered", schema_name=short, encoding=CONFLUENT,
+                ) from exc
+            raise _registry_failure(exc, what) from exc
         except Exception as exc:
-            raise _unavailable(exc, f"registering {short} under {subject}") from exc
+            raise _registry_failure(exc, what) from exc
         self._registered_ids[(subject, name)] = schema_id
         self._writers_by_id[schema_id] = _Writer(name, self._readers[name], registered=schema)
         self._subjects[(schema_id, subject)] = None
@@ -428,12 +484,19 @@ def _ask_registry(call: Callable[[], _T], what: str) -> _T:
         if exc.http_status_code == 404:
             raise DecodeError(f"{what} not found in the schema registry", code="unknown_schema_id",
                               encoding=CONFLUENT) from exc
-        raise _unavailable(exc, what) from exc
+        raise _registry_failure(exc, what) from exc
     except Exception as exc:
-        raise _unavailable(exc, what) from exc
+        raise _registry_failure(exc, what) from exc
 
 
-def _unavailable(exc: Exception, what: str) -> RegistryUnavailableError:
+def _registry_failure(exc: Exception, what: str) -> RegistryUnavailableError:
+    """401 and 403 are "not allowed" (credentials or rights), anything else "unavailable"."""
+    if isinstance(exc, SchemaRegistryError) and exc.http_status_code in (401, 403):
+        return RegistryRefusedError(
+            f"schema registry refused {what}: not allowed (HTTP {exc.http_status_code}: {exc.error_message}); "
+            "check SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO and the principal's rights on the registry",
+            code="registry_refused", encoding=CONFLUENT,
+        )
     detail = (
         f"HTTP {exc.http_status_code}: {exc.error_message}" if isinstance(exc, SchemaRegistryError)
         else type(exc).__name__

@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help=f"no confirmation for more than {CONFIRM_ABOVE} events")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    schemas = _command(sub, "schemas", "the upstream Avro schemas against a Schema Registry")
+    ss = schemas.add_subparsers(dest="schemas_command", required=True)
+    p = _command(ss, "check", "is each input schema of this version compatible with its subject in the registry? (for CI; registers nothing)")
+    p.add_argument("--registry", help="the registry's URL (default: SCHEMA_REGISTRY_URL)")
+    p.add_argument("--subject-name-strategy", default="TopicNameStrategy",
+                   choices=("TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"))
+
     topics = _command(sub, "topics", "the topics crm-sync owns, for platforms where applications may not create topics")
     ts = topics.add_subparsers(dest="topics_command", required=True)
     p = _command(ts, "print", "print them as Strimzi KafkaTopic resources or kafka-topics.sh commands (partitions, replicas, configs)")
@@ -489,6 +496,26 @@ def _run_history(args: argparse.Namespace, config: Config) -> None:
     print(json.dumps(body, ensure_ascii=False) if args.json else format_report(args.company, body))
 
 
+def _run_schemas(args: argparse.Namespace, config: Config) -> None:
+    from processors.codec import registry_client
+    from processors.ops.schemas import check
+
+    url = args.registry or config.schema_registry_url
+    if not url:
+        raise CliError("give --registry URL or set SCHEMA_REGISTRY_URL")
+    registry = registry_client(url, basic_auth_user_info=config.schema_registry_basic_auth_user_info,
+                               ssl_ca_location=config.schema_registry_ssl_ca_location)
+    try:
+        checks = check(registry, config.topics, args.subject_name_strategy)
+    except PermissionError as exc:
+        raise CliError(str(exc)) from None
+    for c in checks:
+        print(c.line())
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise CliError(f"{len(failed)} of {len(checks)} subjects would refuse this version's schemas")
+
+
 def _run_backfill(args: argparse.Namespace, config: Config) -> None:
     import uuid
 
@@ -598,7 +625,7 @@ def _uses_broker(args: argparse.Namespace) -> bool:
     return not (
         getattr(args, "acls_command", None) == "print"
         or getattr(args, "url", None)
-        or args.command in ("crm", "health", "topics")
+        or args.command in ("crm", "health", "topics", "schemas")
         or getattr(args, "hash_password", False)
     )
 
@@ -631,6 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_preview(args, config)
         elif args.command == "acls":
             _run_acls(args, config)
+        elif args.command == "schemas":
+            _run_schemas(args, config)
         elif args.command == "topics":
             from processors.kafka.topics import manifest
 

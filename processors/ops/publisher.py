@@ -76,8 +76,15 @@ class EventPublisher:
         schema_registry_url: str | None = None,
         schema_registry_basic_auth_user_info: str | None = None,
         schema_registry_ssl_ca_location: str | None = None,
+        auto_register_schemas: bool = False,
+        use_latest_version: bool = False,
+        subject_name_strategy: str = "TopicNameStrategy",
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
+        """With a registry, confluent-kafka's serializer conventions: `auto_register_schemas` is off
+        by default (a production registry is owned by CI or a platform team, which registers the
+        schemas; the publisher only looks their ids up), `use_latest_version` writes with the
+        subject's latest version, and `subject_name_strategy` is one of Confluent's three."""
         if codec is not None and schema_registry_url is not None:
             raise ValueError("give either a codec or a schema_registry_url, not both")
         if schema_registry_url is not None:
@@ -86,7 +93,10 @@ class EventPublisher:
                     schema_registry_url,
                     basic_auth_user_info=schema_registry_basic_auth_user_info,
                     ssl_ca_location=schema_registry_ssl_ca_location,
-                )
+                ),
+                auto_register=auto_register_schemas,
+                use_latest_version=use_latest_version,
+                subject_name_strategy=subject_name_strategy,
             )
         self._codec = codec or default_codec()
         self._topics = topics or Topics()

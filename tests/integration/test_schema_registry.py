@@ -109,6 +109,7 @@ def confluent_publisher(deployment: Deployment, registry: SchemaRegistryServer) 
         deployment.topics,
         schema_registry_url=registry.url,
         schema_registry_basic_auth_user_info=registry.user_info,
+        auto_register_schemas=True,
     )
 
 
