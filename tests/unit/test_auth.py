@@ -248,3 +248,22 @@ def test_companies_on_the_retiring_password_flow_are_named_at_start_up(tmp_path:
         deliverer.warn_retiring_logins()
     [record] = [r for r in caplog.records if "retiring" in r.getMessage()]
     assert record.company_id == "old-co" and "p" not in record.getMessage().split()  # type: ignore[attr-defined]
+
+
+def test_a_token_answers_instance_url_off_salesforce_is_refused_before_any_request(tmp_path: Path) -> None:
+    """A token endpoint (or a man in the middle of a mis-set login URL) names where the session goes."""
+    from connectors.errors import PermanentError
+    from connectors.salesforce import SalesforceClient
+
+    creds = SalesforceCredentials(consumer_key="CK", consumer_secret="s", my_domain_url="https://acme.my.salesforce.com")
+    for instance in ("http://acme.my.salesforce.com", "https://10.0.0.1", "https://acme.my.salesforce.com.evil.example"):
+        cache = auth.TokenCache()
+        client = SalesforceClient(creds, tokens=cache, token_key="acme")
+        cache.put(client._cache_key(), auth.Token("00Dsecret!session", instance_url=instance, expires_at=None))
+        with pytest.raises(PermanentError) as info:
+            client.sf
+        assert info.value.code == "ENDPOINT_REFUSED" and "00Dsecret" not in str(info.value)
+    cache = auth.TokenCache()
+    client = SalesforceClient(creds, tokens=cache, token_key="acme")
+    cache.put(client._cache_key(), auth.Token("00Dsecret!session", instance_url="https://acme.my.salesforce.com"))
+    assert client.sf.sf_instance == "acme.my.salesforce.com"
