@@ -130,7 +130,7 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
     def _connect(self) -> Salesforce:
         if self._creds.oauth:
             token = self._login()
-            instance = token.instance_url or self._creds.instance_url or self._creds.token_base_url
+            instance = self._creds.instance_for(token.instance_url)
             return Salesforce(session=self._session(), version=self._api_version,
                               session_id=token.access_token, instance_url=instance)
         kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())

@@ -148,6 +148,10 @@ class Config:
     http_bind: str = _env("CRM_SYNC_HTTP_BIND", "127.0.0.1")
     http_token: str | None = _env("CRM_SYNC_HTTP_TOKEN", None, repr=False)
     ca_bundle: str | None = _env("CRM_SYNC_CA_BUNDLE", None)
+    # More hosts CRM credentials may be sent to (https; `http://host` also allows plain http to it).
+    crm_allowed_hosts: str | None = _env("CRM_SYNC_CRM_ALLOWED_HOSTS", None)
+    # Writable, shared by every replica: rotated CRM tokens (default `<CRM_SYNC_STATE_DIR>/tokens`).
+    token_dir: Path | None = _env("CRM_SYNC_TOKEN_DIR", None)
     app_id: str = _env("CRM_SYNC_APP_ID", "crm-sync")
     state_dir: Path = _env("CRM_SYNC_STATE_DIR", Path("./.run/state"))
     log_level: _LogLevel = _env("CRM_SYNC_LOG_LEVEL", "INFO")
@@ -185,6 +189,11 @@ class Config:
     console_bind: str = _env("CRM_SYNC_CONSOLE_BIND", "127.0.0.1")
     console_port: _Port = _env("CRM_SYNC_CONSOLE_PORT", 8470)
     console_secret: str | None = _env("CRM_SYNC_CONSOLE_SECRET", None, repr=False)
+
+    @property
+    def tokens_dir(self) -> Path:
+        """Where rotated CRM tokens are kept: `CRM_SYNC_TOKEN_DIR`, else beside the worker's state."""
+        return self.token_dir or self.state_dir / "tokens"
 
     @property
     def http_loopback(self) -> bool:

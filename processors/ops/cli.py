@@ -20,6 +20,7 @@ from authlib.deprecate import AuthlibDeprecationWarning
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
+from processors.worker.logs import redact
 
 # confluent_kafka.schema_registry imports authlib, which prints its own deprecation notices on stderr
 # (it installs an "always" filter on import, hence the import above): noise for an admin that would
@@ -35,8 +36,9 @@ class CliError(Exception):
 
 
 def _one_line(text: str) -> str:
-    """Scripts read the reason from a single stderr line, so embedded newlines are folded."""
-    return " ".join(str(text).split())
+    """Scripts read the reason from a single stderr line, so embedded newlines are folded; the line
+    is masked like a log line (an exception may quote a URL, a header or a credentials file)."""
+    return redact(" ".join(str(text).split()))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,7 +231,8 @@ def _run_crm(args: argparse.Namespace, config: Config) -> None:
     from connectors.credentials import CredentialStore
     from processors.ops import crm
 
-    store = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials)
+    store = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials,
+                            allowed_hosts=config.crm_allowed_hosts, token_dir=config.tokens_dir)
     crms = [args.crm] if args.crm else [
         c for c in CRMS if (store.secrets_dir / args.company / f"{c}.json").exists()
     ] or CRMS
@@ -363,7 +366,7 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
     if args.dlq_command == "resolve":
         print(f"{admin.resolve(selected, args.note)} failure(s) marked resolved")
         return
-    sent = admin.retry(selected, lambda f, why: print(f"{f.dead_letter_id}: not retried: {why}", file=sys.stderr))
+    sent = admin.retry(selected, lambda f, why: print(f"{f.dead_letter_id}: not retried: {_one_line(why)}", file=sys.stderr))
     print(f"{sent} failure(s) sent for retry")
 
 
@@ -472,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "console":
             _run_console(args, config)
     except clients.BrokerRefused as exc:
-        print(f"crm-sync: error: {exc}", file=sys.stderr)
+        print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 3
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)

@@ -206,7 +206,8 @@ def clients_for(store: CredentialStore, company: str, crm: str, ca_bundle: str |
                                 reload=lambda: store.salesforce(company, fresh=True))
     return HubSpotClient(store.hubspot(company), ca_bundle, timeout=15,
                          reload=lambda: store.hubspot(company, fresh=True),
-                         persist=lambda changes: store.update(company, HUBSPOT, changes))
+                         persist=lambda changes: store.rotate(company, HUBSPOT, changes),
+                         lease=lambda: store.refresh_lease(company, HUBSPOT))
 
 
 def run_check(store: CredentialStore, company: str, crms: Sequence[str], ca_bundle: str | None,

@@ -127,7 +127,8 @@ class Deliverer:
             make = lambda: HubSpotClient(  # noqa: E731
                 creds, self._ca_bundle, reload=functools.partial(self._credentials.hubspot, company_id, fresh=True),
                 throttle=throttle, tokens=self.tokens, token_key=(crm.value, company_id),
-                persist=lambda changes: self._credentials.update(company_id, "hubspot", changes),
+                persist=lambda changes: self._credentials.rotate(company_id, "hubspot", changes),
+                lease=lambda: self._credentials.refresh_lease(company_id, "hubspot"),
             )
         cached = self._clients.get((crm, company_id))
         if cached is None or cached[0] != creds:

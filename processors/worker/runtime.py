@@ -90,7 +90,8 @@ def make_runtime(config: Config) -> Runtime:
     metrics = Metrics.create()
     settings = make_settings(config, codec)
     deliverer = Deliverer(
-        CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials),
+        CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials,
+                        allowed_hosts=config.crm_allowed_hosts, token_dir=config.tokens_dir),
         config.ca_bundle,
         RetryPolicy(max_elapsed=config.sink_inline_retry_seconds, max_retry_after=config.retry_after_cap_seconds),
         metrics,

@@ -35,10 +35,9 @@ def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_is_a_readable_dead_lett
 ) -> None:
     files = {}
     for company, key in (("jwt-good", "good"), ("jwt-bad", "other")):
-        creds, tenant = jwt_company(sandbox, tmp_path, keys, key=key, name=company)
-        tenant.salesforce.add_contact(BOOKER)
         directory = deployment.secrets_dir / company
-        directory.mkdir()
+        creds, tenant = jwt_company(sandbox, tmp_path, keys, key=key, name=company, key_dir=directory)
+        tenant.salesforce.add_contact(BOOKER)
         (directory / "salesforce.json").write_text(json.dumps({
             "consumer_key": creds.consumer_key, "username": creds.username,
             "private_key_file": creds.private_key_file, "login_url": creds.login_url}))
@@ -60,7 +59,10 @@ def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_is_a_readable_dead_lett
     [letter] = wait_for(lambda: dead_letters(deployment), 30, what="the wrong key's dead letter")
     assert letter["company_id"] == "jwt-bad" and letter["crm"] == "salesforce"
     assert letter["error_class"] == "AuthError" and "wrong private key" in letter["message"]
-    assert json.loads(hubspot_file.read_text())["refresh_token"] != "rt-first"
+    # The rotated refresh token went to the writable token directory; the (read-only) mount is untouched.
+    assert json.loads(hubspot_file.read_text())["refresh_token"] == "rt-first"
+    kept = json.loads((deployment.config().tokens_dir / "jwt-good" / "hubspot.json").read_text())
+    assert kept["values"]["refresh_token"] not in ("", "rt-first")
 
     publish(deployment, [booking("jwt-good", BOOKER)])
     wait_for(lambda: len(good.salesforce.list_tasks()) == 2 and len(good.hubspot.list_meetings()) == 2, 30,
