@@ -22,7 +22,7 @@ from connectors.hubspot import HubSpotClient
 from connectors.retry import RetryPolicy
 from connectors.salesforce import SalesforceClient
 from connectors.sandbox.server import CrmSandbox
-from processors.domain.deliver import CREATED, DEFER, DEFERRED, DUPLICATE, FAILED, RetryRules, route
+from processors.domain.deliver import CREATED, DEAD_LETTER, DEFER, DEFERRED, DUPLICATE, FAILED, RetryRules, route
 from processors.domain.model import Action, Crm, EventType, ObjectType, Origin
 from processors.metrics import Metrics
 from processors.stages.deliverer import Deliverer
@@ -257,3 +257,72 @@ def test_prepare_then_hubspot_delivery_writes_the_property_and_a_second_create_c
     client = HubSpotClient(store(tmp_path).hubspot("hsco"), tokens=d.tokens, token_key=("hubspot", "hsco"))
     [result] = client.create_meetings([({**a.properties, "crm_sync_action_id": "hsco:m-1"}, contact)])
     assert result.error is not None and result.error.code == "CONFLICT"
+
+
+# ---- endpoints and key files that would hand a company's secrets to someone else -----------------
+
+REFUSED = {
+    # No traffic may reach these: validation refuses them before any client exists.
+    "hs-plain": ("hubspot", {"client_id": "c", "client_secret": "cs", "refresh_token": "rt", "token_url": "http://10.0.0.1/"}),
+    "hs-host": ("hubspot", {"access_token": "pat-na1-x", "base_url": "https://10.0.0.1"}),
+    "sf-instance": ("salesforce", {"instance_url": "https://10.0.0.1", "session_id": "00Dx!y"}),
+    "sf-login": ("salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "k.pem",
+                                "login_url": "https://login.salesforce.com.evil.example"}),
+}
+
+
+def test_check_says_why_an_endpoint_or_a_key_file_is_refused(sb: CrmSandbox, tmp_path: Path) -> None:
+    for company, (crm, data) in REFUSED.items():
+        write_secrets(tmp_path / "secrets", company, crm, data)
+        (tmp_path / "secrets" / company / "k.pem").write_text("unused")
+        checked = cli(sb, tmp_path, "check", "--company", company, "--crm", crm)
+        assert checked.returncode == 2, checked.stdout + checked.stderr
+        [line] = checked.stdout.splitlines()
+        assert line.split()[:3] == [crm, "login", "FAILED"] and "(ENDPOINT_REFUSED)" in line, line
+        assert "is refused" in line and ("https" in line or f"not a {crm} host" in line), line
+    write_secrets(tmp_path / "secrets", "other", "salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "k.pem"})
+    (tmp_path / "secrets" / "other" / "k.pem").write_text("another tenant's key")
+    write_secrets(tmp_path / "secrets", "thief", "salesforce", {
+        "consumer_key": "CK", "username": "u", "private_key_file": str(tmp_path / "secrets" / "other" / "k.pem")})
+    checked = cli(sb, tmp_path, "check", "--company", "thief", "--crm", "salesforce")
+    assert checked.returncode == 2 and "private_key_file must name a file inside this company's" in checked.stdout
+    assert "another tenant" not in checked.stdout + checked.stderr
+
+
+def test_a_refused_endpoint_is_a_permanent_failure_at_delivery_not_a_retry_or_an_open_circuit(
+    sb: CrmSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    real_connect = socket.socket.connect
+    attempts: list[Any] = []
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and str(address[0]).startswith("10.0.0."):
+            attempts.append(address)
+            raise OSError("refused by the test: no traffic to the planted endpoint")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    for company, (crm, data) in REFUSED.items():
+        write_secrets(tmp_path / "secrets", company, crm, data)
+    d = deliverer(tmp_path, sb)
+
+    async def run() -> list[Any]:
+        out = []
+        for company, (crm, _) in REFUSED.items():
+            action = (task_action(company, f"{company}:1", "booker@buyer.example") if crm == "salesforce"
+                      else meeting_action(company, f"{company}:1", "booker@buyer.example"))
+            out.extend(await d.deliver_batch(action.crm, company, [action]))
+            out.extend(await d.deliver_batch(action.crm, company, [action]))  # again: still failed, no circuit
+        return out
+
+    outcomes = asyncio.run(run())
+    assert [o.status for o in outcomes] == [FAILED] * 2 * len(REFUSED)
+    action = task_action("hs-plain", "x", "booker@buyer.example")
+    for outcome in outcomes:
+        assert outcome.error.as_dict()["error_class"] == "EndpointRefused" and outcome.reason == "ENDPOINT_REFUSED"
+        assert "is refused" in outcome.error.message
+        assert route(action, outcome, T, RetryRules(86_400_000, lambda n: 1.0, 900.0)).kind == DEAD_LETTER
+    assert d.circuit.open_count() == 0  # not an auth failure: no pause, no re-login loop
+    assert attempts == []  # nothing was sent
