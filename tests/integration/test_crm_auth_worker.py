@@ -15,7 +15,7 @@ from processors.domain.model import Crm, EventType
 from processors.ops.admin import SettingsAdmin
 from tests.integration.conftest import start_worker
 from tests.integration.harness import Deployment, WorkerProcess, wait_for
-from tests.integration.test_crm_auth import jwt_company, keys  # noqa: F401  (fixture)
+from tests.integration.test_crm_auth import USER, jwt_company, keys  # noqa: F401  (fixture)
 from tests.integration.test_sinks import MEETING_TYPE, booking, dead_letters, publish
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def connect(deployment: Deployment, company: str, crms: tuple[Crm, ...]) -> None
         admin.set_toggle(company, MEETING_TYPE, crm, EventType.MEETING_BOOKED, True)
 
 
-def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_is_a_readable_dead_letter(
+def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_a_foreign_host_and_a_foreign_key_file_are_dead_letters(
     deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path, keys: dict  # noqa: F811
 ) -> None:
     files = {}
@@ -49,16 +49,36 @@ def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_is_a_readable_dead_lett
     hubspot_file.write_text(json.dumps({"client_id": "app-1", "client_secret": "secret-1",
                                         "refresh_token": "rt-first", "base_url": sandbox.hubspot_url}))
     os.chmod(hubspot_file, 0o600)
+    # A host that is not HubSpot's (loopback, but not what the harness allows), and another tenant's key.
+    (deployment.secrets_dir / "foreign-host").mkdir()
+    (deployment.secrets_dir / "foreign-host" / "hubspot.json").write_text(json.dumps({
+        "client_id": "app-1", "client_secret": "secret-1", "refresh_token": "rt-first", "token_url": "https://localhost:1/"}))
+    (deployment.secrets_dir / "foreign-key").mkdir()
+    (deployment.secrets_dir / "foreign-key" / "salesforce.json").write_text(json.dumps({
+        "consumer_key": "CK-jwt-good", "username": USER, "private_key_file": str(files["jwt-good"] / "jwt-good-good.pem"),
+        "login_url": sandbox.salesforce_url}))
     connect(deployment, "jwt-good", (Crm.SALESFORCE, Crm.HUBSPOT))
     connect(deployment, "jwt-bad", (Crm.SALESFORCE,))
+    connect(deployment, "foreign-host", (Crm.HUBSPOT,))
+    connect(deployment, "foreign-key", (Crm.SALESFORCE,))
     worker = start_worker(deployment, workers, tmp_path)
 
-    publish(deployment, [booking("jwt-bad", BOOKER), booking("jwt-good", BOOKER)])
+    publish(deployment, [booking(c, BOOKER) for c in ("jwt-bad", "foreign-host", "foreign-key", "jwt-good")])
     wait_for(lambda: len(good.salesforce.list_tasks()) == 1 and len(good.hubspot.list_meetings()) == 1, 30,
              what="the JWT company's Task and the OAuth company's meeting")
-    [letter] = wait_for(lambda: dead_letters(deployment), 30, what="the wrong key's dead letter")
-    assert letter["company_id"] == "jwt-bad" and letter["crm"] == "salesforce"
+    letters = wait_for(lambda: found if len(found := dead_letters(deployment)) >= 3 else None, 30,
+                       what="the three dead letters")
+    by_company = {letter["company_id"]: letter for letter in letters}
+    assert len(letters) == 3 and set(by_company) == {"jwt-bad", "foreign-host", "foreign-key"}
+    letter = by_company["jwt-bad"]
+    assert letter["crm"] == "salesforce"
     assert letter["error_class"] == "AuthError" and "wrong private key" in letter["message"]
+    refused = by_company["foreign-host"]
+    assert refused["error_class"] == "EndpointRefused" and refused["error_code"] == "ENDPOINT_REFUSED"
+    assert "token_url https://localhost is refused" in refused["message"]
+    foreign = by_company["foreign-key"]
+    assert foreign["error_class"] == "CredentialsInvalid" and "private_key_file" in foreign["message"]
+    assert len(good.salesforce.list_tasks()) == 1  # the foreign key never signed a login
     # The rotated refresh token went to the writable token directory; the (read-only) mount is untouched.
     assert json.loads(hubspot_file.read_text())["refresh_token"] == "rt-first"
     kept = json.loads((deployment.config().tokens_dir / "jwt-good" / "hubspot.json").read_text())

@@ -321,3 +321,39 @@ def test_the_refresh_lease_serialises_refreshers_and_yields_the_latest_token(tmp
         t.join(30)
     assert order[0] == "rt-1" and all(token.startswith("rt-after-") for token in order[1:])
     assert (tokens / "acme" / "hubspot.lock").exists()
+
+
+def test_a_refused_endpoint_is_its_own_permanent_error_class() -> None:
+    from connectors.credentials import EndpointRefused
+    from processors.domain.errors import error_class
+
+    refused = EndpointRefused("hubspot", "token_url http://10.0.0.1 is refused")
+    assert isinstance(refused, PermanentError) and isinstance(refused, CredentialsInvalid)
+    assert error_class(refused) == "EndpointRefused" and refused.as_dict()["code"] == "ENDPOINT_REFUSED"
+    assert error_class(CredentialsInvalid("hubspot", "x")) == "CredentialsInvalid"
+
+
+@pytest.mark.parametrize("allowed, url, ok", [
+    ("", "https://API.HUBAPI.COM./crm/v3", True),
+    ("", "https://hubapi.com", False),  # *.hubapi.com is below the domain, not the domain itself
+    ("", "https://api.hubapi.com:8443", True),
+    ("", "https://[::1]:8443", False),
+    ("[::1]", "https://[::1]:8443", True),
+    ("*.proxy.example", "https://crm.proxy.example", True),
+    ("*.proxy.example", "http://crm.proxy.example", False),
+    ("http://127.0.0.1", "https://127.0.0.1:8443", True),
+    ("http://127.0.0.1", "http://127.0.0.2:8080", False),
+    ("", "https://api.hubapi.com\t.evil.example", False),
+    ("", "https://api.hubapi.com%2F@10.0.0.1", False),
+    ("", "https:///api.hubapi.com", False),
+    ("", "javascript://api.hubapi.com", False),
+])
+def test_the_endpoint_policy_as_a_table(allowed: str, url: str, ok: bool) -> None:
+    from connectors.credentials import EndpointPolicy, EndpointRefused
+
+    policy = EndpointPolicy.parse(allowed)
+    if ok:
+        assert policy.check("hubspot", "base_url", url) == url.rstrip("/")
+    else:
+        with pytest.raises(EndpointRefused):
+            policy.check("hubspot", "base_url", url)
