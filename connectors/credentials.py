@@ -489,6 +489,21 @@ class CredentialStore:
                 found.append(company)
         return found
 
+    def refused(self) -> Iterator[tuple[str, str, CredentialsInvalid]]:
+        """``(company, crm, error)`` for every company file that cannot be used as it stands (a
+        refused endpoint, a foreign key file, bad JSON): named at start-up, before a delivery fails."""
+        for crm, cls in _CLASSES.items():
+            for path in sorted(self.secrets_dir.glob(f"*/{crm}.json")):
+                company = path.parent.name
+                if company == DEFAULT_DIRECTORY or not _COMPANY_ID.match(company):
+                    continue
+                try:
+                    self._get(company, crm, cls)
+                except CredentialsInvalid as error:
+                    yield company, crm, error
+                except PermanentError:
+                    continue
+
     def invalidate(self, company_id: str, crm: str) -> None:
         """Forget one cached file, e.g. after the CRM answered 401."""
         with self._lock:

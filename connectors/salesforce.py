@@ -137,7 +137,10 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         instance_url = kwargs.get("instance_url", "")
         if "instance_url" in kwargs and "://" not in instance_url:
             kwargs["instance"] = kwargs.pop("instance_url")
-        return Salesforce(session=self._session(), version=self._api_version, **kwargs)
+        sf = Salesforce(session=self._session(), version=self._api_version, **kwargs)
+        if self._creds.auth_type == "password":  # the SOAP login answer names the instance: checked like a token answer
+            self._creds.instance_for(sf.sf_instance)
+        return sf
 
     @property
     def sf(self) -> Salesforce:

@@ -267,3 +267,43 @@ def test_a_token_answers_instance_url_off_salesforce_is_refused_before_any_reque
     client = SalesforceClient(creds, tokens=cache, token_key="acme")
     cache.put(client._cache_key(), auth.Token("00Dsecret!session", instance_url="https://acme.my.salesforce.com"))
     assert client.sf.sf_instance == "acme.my.salesforce.com"
+
+
+def test_companies_whose_credentials_are_refused_are_named_at_start_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from connectors.retry import RetryPolicy
+    from processors.metrics import Metrics
+    from processors.stages.deliverer import Deliverer
+
+    for company, crm, data in (("ok-co", "hubspot", {"access_token": "pat-na1-SECRET"}),
+                               ("evil-co", "hubspot", {"access_token": "pat-na1-SECRET", "base_url": "http://10.0.0.1"}),
+                               ("thief-co", "salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "/k.pem"})):
+        (tmp_path / company).mkdir()
+        (tmp_path / company / f"{crm}.json").write_text(json.dumps(data))
+    store = CredentialStore(tmp_path)
+    assert [(c, crm, e.code) for c, crm, e in store.refused()] == [
+        ("thief-co", "salesforce", "CREDENTIALS_INVALID"), ("evil-co", "hubspot", "ENDPOINT_REFUSED")]
+    with caplog.at_level("ERROR"):
+        Deliverer(store, None, RetryPolicy(), Metrics.create()).warn_retiring_logins()
+    named = {(r.company_id, r.error_code) for r in caplog.records if "credentials refused" in r.getMessage()}  # type: ignore[attr-defined]
+    assert named == {("thief-co", "CREDENTIALS_INVALID"), ("evil-co", "ENDPOINT_REFUSED")}
+    assert all("SECRET" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_password_logins_answered_instance_off_salesforce_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SOAP login answer names the server, like a token answer: checked the same way (no request
+    is sent: the login itself is replaced here)."""
+    import simple_salesforce.api
+
+    from connectors.errors import PermanentError
+    from connectors.salesforce import SalesforceClient
+
+    creds = SalesforceCredentials(username="u", password="PW-SECRET", security_token="t", domain="login")
+    for instance, ok in (("acme.my.salesforce.com", True), ("10.0.0.1", False), ("acme.my.salesforce.com.evil.example", False)):
+        monkeypatch.setattr(simple_salesforce.api, "SalesforceLogin", lambda **kw: ("00Dx!session", instance))
+        client = SalesforceClient(creds)
+        if ok:
+            assert client.sf.sf_instance == instance
+            continue
+        with pytest.raises(PermanentError) as info:
+            client.sf
+        assert info.value.code == "ENDPOINT_REFUSED" and "PW-SECRET" not in str(info.value)
