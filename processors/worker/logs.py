@@ -38,6 +38,9 @@ def _spellings(key: str) -> str:
 _VALUE = r"[^\s\\\"',}]+"
 _KEYS = "|".join(_spellings(key) for key in CREDENTIAL_KEYS)
 _FORM = "|".join(_spellings(key) for key in FORM_KEYS)
+# After a key, our own sentences go on in prose ("KAFKA_SASL_PASSWORD: expected a password (…)",
+# "BAD_REFRESH_TOKEN: the login was refused"): such a word, or a bracket, is not a value.
+_PROSE = r"(?!(?:expected|the|a|an|is|was|of|for|to|not|must|cannot|missing|invalid|refused|revoked|unknown|none|null)\b|[(<\[])"
 _SECRETS = [
     # A PEM private key (a JWT signing key) whole, with its newlines raw or JSON-escaped.
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL), "<private key>"),
@@ -50,8 +53,8 @@ _SECRETS = [
     (re.compile(r"(?i)(authorization[\\\"']*\s*[:=]\s*[\\\"']*(?:(?:bearer|oauth|basic|token)\s+)?)" + _VALUE), r"\1***"),
     (re.compile(r"(?i)(\bbearer\s+)" + _VALUE), r"\1***"),
     # key=value, key: value, "key": "value" (camelCase, dashed or upper case too).
-    (re.compile(rf"(?i)((?:{_KEYS})[\\\"'=:\s]+)" + _VALUE), r"\1***"),
-    (re.compile(rf"(?i)(\b(?:{_FORM})[\\\"']*\s*[=:]\s*[\\\"']*)" + _VALUE), r"\1***"),
+    (re.compile(rf"(?i)((?:{_KEYS})[\\\"'=:\s]+){_PROSE}" + _VALUE), r"\1***"),
+    (re.compile(rf"(?i)(\b(?:{_FORM})[\\\"']*\s*[=:]\s*[\\\"']*){_PROSE}" + _VALUE), r"\1***"),
     # An OAuth code, a token or a key in a URL's query.
     (re.compile(r"(?i)([?&;](?:code|token|key|hapikey|sig|signature|sid)=)[^&\s#\\\"']+"), r"\1***"),
     # A token as a URL path segment: /oauth/v1/access-tokens/<token>, /refresh-tokens/<token>.

@@ -159,3 +159,14 @@ def test_camel_case_keys_auth_headers_form_bodies_tokens_and_url_paths_are_maske
 def test_a_camel_case_key_in_structured_context_is_masked() -> None:
     text = line("token refreshed", refreshToken=SECRET, clientSecret=SECRET, sessionId=SECRET)
     assert SECRET not in text and json.loads(text)["refreshToken"] == "***"
+
+
+@pytest.mark.parametrize("text", [
+    "KAFKA_SASL_PASSWORD: expected a password (KAFKA_SECURITY_PROTOCOL is SASL_SSL), got nothing",
+    "CRM_SYNC_HTTP_TOKEN: expected a token (CRM_SYNC_HTTP_BIND is 0.0.0.0, not loopback), got nothing",
+    "hubspot BAD_REFRESH_TOKEN: the login was refused: the HubSpot refresh token was revoked or is unknown",
+    "the login was refused: the JWT assertion had expired (check the worker's clock)",
+    "the login was refused: the Connected App does not allow this OAuth flow",
+])
+def test_our_own_sentences_about_credentials_stay_readable(text: str) -> None:
+    assert redact(text) == text
