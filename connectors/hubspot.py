@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, ContextManager
+from typing import Any
 
 from hubspot import HubSpot
 from hubspot.discovery.discovery_base import DiscoveryBase
@@ -108,7 +108,7 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         tokens: auth.TokenCache | None = None,
         token_key: Hashable = "",
         persist: Callable[[dict[str, Any]], None] | None = None,
-        lease: Callable[[], ContextManager[HubSpotCredentials | None]] | None = None,
+        lease: Callable[[], contextlib.AbstractContextManager[HubSpotCredentials | None]] | None = None,
     ) -> None:
         super().__init__(creds, ca_bundle, reload=reload, timeout=timeout, throttle=throttle)
         self._tokens = tokens if tokens is not None else auth.TokenCache()

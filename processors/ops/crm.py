@@ -15,6 +15,7 @@ credentials file (`action_id_field` / `action_id_property`), which the deliverer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -230,6 +231,14 @@ def run_check(store: CredentialStore, company: str, crms: Sequence[str], ca_bund
 
 # ---- prepare ----------------------------------------------------------------------------------------
 
+def _record(store: CredentialStore, company: str, crm: str, changes: dict[str, str], done: str) -> None:
+    """Write the field into the company's file; where it is mounted read-only, say what to add."""
+    try:
+        store.update(company, crm, changes)
+    except OSError as exc:
+        raise ValueError(f"{crm}: {done}, but {crm}.json could not be written ({exc.strerror}): "
+                         f"add {json.dumps(changes)} to the company's {crm}.json where it is kept") from None
+
 def prepare_salesforce(store: CredentialStore, company: str, ca_bundle: str | None,
                        field: str = DEFAULT_SALESFORCE_FIELD) -> str:
     """Create the Task external-id field unless it exists (External ID + Unique), then record it."""
@@ -242,7 +251,7 @@ def prepare_salesforce(store: CredentialStore, company: str, ca_bundle: str | No
         outcome = f"Activity.{field} already exists (External ID, Unique)"
     else:
         raise ValueError(f"Activity.{field} exists but is not marked External ID and Unique: fix it in Setup")
-    store.update(company, SALESFORCE, {"action_id_field": field})
+    _record(store, company, SALESFORCE, {"action_id_field": field}, outcome)
     return f"salesforce: {outcome}; recorded as action_id_field"
 
 
@@ -260,5 +269,5 @@ def prepare_hubspot(store: CredentialStore, company: str, ca_bundle: str | None,
             done.append(f"{object_type}.{prop} already exists")
         else:
             raise ValueError(f"{object_type}.{prop} exists but does not have unique values: use another name")
-    store.update(company, HUBSPOT, {"action_id_property": prop})
+    _record(store, company, HUBSPOT, {"action_id_property": prop}, ", ".join(done))
     return f"hubspot: {', '.join(done)} (unique values); recorded as action_id_property"

@@ -307,3 +307,21 @@ def test_a_password_logins_answered_instance_off_salesforce_is_refused(monkeypat
         with pytest.raises(PermanentError) as info:
             client.sf
         assert info.value.code == "ENDPOINT_REFUSED" and "PW-SECRET" not in str(info.value)
+
+
+def test_prepare_on_a_read_only_mount_says_what_to_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "hubspot.json").write_text(json.dumps({"access_token": "pat-na1-x"}))
+    store = CredentialStore(tmp_path)
+
+    def read_only(*args: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(store, "update", read_only)
+    with pytest.raises(ValueError) as info:
+        crm._record(store, "acme", "hubspot", {"action_id_property": "crm_sync_action_id"}, "created meetings.p")
+    assert str(info.value) == ('hubspot: created meetings.p, but hubspot.json could not be written (Read-only file '
+                               'system): add {"action_id_property": "crm_sync_action_id"} to the company\'s '
+                               'hubspot.json where it is kept')
