@@ -41,14 +41,20 @@ _FORM = "|".join(_spellings(key) for key in FORM_KEYS)
 # After a key, our own sentences go on in prose ("KAFKA_SASL_PASSWORD: expected a password (…)",
 # "BAD_REFRESH_TOKEN: the login was refused"): such a word, or a bracket, is not a value.
 _PROSE = r"(?!(?:expected|the|a|an|is|was|of|for|to|not|must|cannot|missing|invalid|refused|revoked|unknown|none|null)\b|[(<\[])"
-_SECRETS = [
+# Credentials by their shape, found wherever they are (each pattern starts with a literal: fast).
+_SHAPES = [
     # A PEM private key (a JWT signing key) whole, with its newlines raw or JSON-escaped.
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL), "<private key>"),
     # A JWT (a bearer assertion, an id token): three base64url parts, the first two JSON.
     (re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]*"), "<jwt>"),
     # A Salesforce session id (org id "00D…", "!", the session), and a HubSpot private-app token.
-    (re.compile(r"\b00D[\w-]*![\w.-]+"), "***"),
-    (re.compile(r"\bpat-[A-Za-z0-9]+-[\w-]+"), "pat-***"),
+    (re.compile(r"00D(?<![A-Za-z0-9]00D)[\w-]*![\w.-]+"), "***"),
+    (re.compile(r"pat-(?<![A-Za-z0-9]pat-)[A-Za-z0-9]+-[\w-]+"), "pat-***"),
+]
+# Credentials by their context (a key, a header, a URL): only looked for in a line that mentions one.
+_TRIGGERS = ("token", "secret", "passw", "session", "key", "assertion", "signature", "authorization", "bearer",
+             "code=", "sid=", "sig=")
+_CONTEXT = [
     # Authorization: Bearer|OAuth|Basic <credential>, and a bare "Bearer <token>".
     (re.compile(r"(?i)(authorization[\\\"']*\s*[:=]\s*[\\\"']*(?:(?:bearer|oauth|basic|token)\s+)?)" + _VALUE), r"\1***"),
     (re.compile(r"(?i)(\bbearer\s+)" + _VALUE), r"\1***"),
@@ -66,8 +72,12 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 def redact(text: str) -> str:
     """``text`` with every e-mail and credential masked: for log lines and the CLI's error lines."""
     text = _EMAIL.sub("<email>", text)
-    for pattern, replacement in _SECRETS:
+    for pattern, replacement in _SHAPES:
         text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    if any(trigger in lowered for trigger in _TRIGGERS):
+        for pattern, replacement in _CONTEXT:
+            text = pattern.sub(replacement, text)
     return text
 
 

@@ -170,3 +170,13 @@ def test_a_camel_case_key_in_structured_context_is_masked() -> None:
 ])
 def test_our_own_sentences_about_credentials_stay_readable(text: str) -> None:
     assert redact(text) == text
+
+
+def test_every_credential_key_in_every_spelling_wakes_the_contextual_rules() -> None:
+    """Contextual rules run only on a line holding a trigger: no key may slip past the trigger."""
+    from processors.worker.logs import _TRIGGERS, FORM_KEYS
+
+    for key in (*CREDENTIAL_KEYS, *FORM_KEYS):
+        head, *rest = key.replace(".", "_").split("_")
+        for spelled in (key, key.upper(), key.replace("_", "-"), head + "".join(w.title() for w in rest)):
+            assert any(t in spelled.lower() for t in _TRIGGERS), spelled
