@@ -11,7 +11,7 @@ Layout (``$CRM_SYNC_SECRETS_DIR``, default ``./secrets``)::
                                    plus "action_id_field"? (written by ``crm-sync crm prepare``)
     <company_id>/hubspot.json      {"access_token": ..., "base_url"?: "https://api.hubapi.com"}
                                    or {"client_id", "client_secret", "refresh_token", "token_url"?}
-                                      (public OAuth app; a rotated refresh token is written back)
+                                      (public OAuth app; a rotated refresh token is kept in the token directory)
                                    plus "action_id_property"?
 
 Every URL a secret is sent to must be https on the CRM's own domains (``EndpointPolicy``; the

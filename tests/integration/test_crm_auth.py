@@ -1,8 +1,8 @@
 """The CRMs' login flows over HTTP against the sandbox, with the real client libraries.
 
 Salesforce JWT bearer and client credentials (token cached, renewed exactly once when the session
-expires mid-run), HubSpot OAuth refresh (renewed before expiry, a rotated refresh token written back
-atomically), and the real error bodies for a wrong key, an expired assertion and a revoked refresh
+expires mid-run), HubSpot OAuth refresh (renewed before expiry, a rotated refresh token kept in the token directory
+while the secrets are read-only, replicas serialised by the refresh lease), and the real error bodies for a wrong key, an expired assertion and a revoked refresh
 token, which become readable ``AuthError``s. No Kafka: these run in a second or two.
 """
 
