@@ -158,8 +158,11 @@ STRICT = EndpointPolicy()
 def _key_inside(directory: Path, key_file: str) -> str:
     """The real path of ``key_file`` (relative to ``directory``) if it lies inside ``directory``."""
     base = os.path.realpath(directory)
-    target = os.path.realpath(os.path.join(base, key_file))
-    if os.path.commonpath([base, target]) != base:
+    try:
+        target = os.path.realpath(os.path.join(base, key_file))
+    except ValueError:  # an embedded NUL
+        target = ""
+    if not target or os.path.commonpath([base, target]) != base:
         raise CredentialsInvalid(SALESFORCE, "private_key_file must name a file inside this company's "
                                              f"secrets directory ({directory})")
     return target

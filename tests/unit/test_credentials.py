@@ -247,7 +247,7 @@ def test_a_key_file_inside_the_company_directory_is_resolved_there(tmp_path: Pat
     assert jwt_file(tmp_path, "acme", absolute).salesforce("acme").private_key_file == os.path.realpath(absolute)
 
 
-@pytest.mark.parametrize("where", ["other-tenant", "outside", "dotdot", "symlink"])
+@pytest.mark.parametrize("where", ["other-tenant", "outside", "dotdot", "symlink", "nul"])
 def test_a_key_file_outside_the_company_directory_is_refused(tmp_path: Path, where: str) -> None:
     write(tmp_path / "secrets" / "other" / "jwt.pem", "another tenant's key")
     write(tmp_path / "elsewhere.pem", "k")
@@ -256,7 +256,7 @@ def test_a_key_file_outside_the_company_directory_is_refused(tmp_path: Path, whe
     if where == "symlink":
         os.symlink(secrets / "other" / "jwt.pem", secrets / "acme" / "jwt.pem")
     key_file = {"other-tenant": str(secrets / "other" / "jwt.pem"), "outside": str(tmp_path / "elsewhere.pem"),
-                "dotdot": "../other/jwt.pem", "symlink": "jwt.pem"}[where]
+                "dotdot": "../other/jwt.pem", "symlink": "jwt.pem", "nul": "jwt.pem\x00../../x"}[where]
     with pytest.raises(PermanentError) as info:
         jwt_file(secrets, "acme", key_file).salesforce("acme")
     assert info.value.code == "CREDENTIALS_INVALID" and "private_key_file" in info.value.message
