@@ -457,8 +457,12 @@ class CredentialStore:
             yield
             return
         lock = self._kept(path, crm).with_suffix(".lock")
-        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise TransientError(crm, "TOKEN_DIR_UNAVAILABLE", None, "the token directory (CRM_SYNC_TOKEN_DIR) "
+                                 f"cannot hold the refresh lease: {exc.strerror}") from None
         try:
             deadline = time.monotonic() + LEASE_WAIT_S
             while True:

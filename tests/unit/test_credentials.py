@@ -357,3 +357,16 @@ def test_the_endpoint_policy_as_a_table(allowed: str, url: str, ok: bool) -> Non
     else:
         with pytest.raises(EndpointRefused):
             policy.check("hubspot", "base_url", url)
+
+
+def test_an_unusable_token_directory_defers_the_refresh_instead_of_crashing(tmp_path: Path) -> None:
+    from connectors.errors import TransientError
+
+    secrets, _ = oauth_company(tmp_path)
+    (tmp_path / "not-a-dir").write_text("a file where the token directory should be")
+    store = CredentialStore(secrets, token_dir=tmp_path / "not-a-dir")
+    for _ in range(2):  # the thread lock was released: the second try fails as fast as the first
+        with pytest.raises(TransientError) as info:
+            with store.refresh_lease("acme", "hubspot"):
+                pass
+        assert info.value.code == "TOKEN_DIR_UNAVAILABLE" and "CRM_SYNC_TOKEN_DIR" in info.value.message
