@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from connectors.sandbox.server import CrmSandbox
 from processors.domain.model import Crm, EventType
 from processors.ops.admin import SettingsAdmin
 from tests.integration.conftest import start_worker
-from tests.integration.harness import Deployment, WorkerProcess, wait_for
+from tests.integration.harness import ROOT, Deployment, WorkerProcess, wait_for
 from tests.integration.test_crm_auth import USER, jwt_company, keys  # noqa: F401  (fixture)
 from tests.integration.test_sinks import MEETING_TYPE, booking, dead_letters, publish
 
@@ -90,3 +93,56 @@ def test_jwt_and_oauth_companies_deliver_and_a_wrong_key_a_foreign_host_and_a_fo
     assert worker.proc.poll() is None
     log = worker.log_text()
     assert "PRIVATE KEY" not in log and "rt-first" not in log and "00Dsandbox-jwt" not in log
+
+
+class ReadOnlySecretsWorker(WorkerProcess):
+    """The worker as both deployments run it: the secrets directory a read-only bind mount, in a
+    mount namespace of the worker's own (``unshare -m``; gone when the process exits)."""
+
+    def start(self) -> "ReadOnlySecretsWorker":
+        env = self.deployment.env()
+        env["CRM_SYNC_METRICS_PORT"] = str(self.port)
+        secrets = str(self.deployment.secrets_dir)
+        script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script, "sh", secrets, sys.executable, "-m", "processors.ops.cli", "worker"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+
+def read_only_mounts_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind /tmp /tmp"], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not read_only_mounts_work(), reason="needs unshare -m and bind mounts (root in a container)")
+def test_a_rotated_refresh_token_survives_a_restart_on_a_read_only_secrets_mount(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    sandbox.add_tenant("hs-ro")
+    tenant = sandbox.tenant("hs-ro")
+    tenant.hubspot.add_contact(BOOKER)
+    tenant.hubspot.add_oauth_app("app-ro", "secret-ro", "rt-mounted", rotate=True)
+    directory = deployment.secrets_dir / "hs-ro"
+    directory.mkdir()
+    mounted = directory / "hubspot.json"
+    mounted.write_text(json.dumps({"client_id": "app-ro", "client_secret": "secret-ro", "refresh_token": "rt-mounted",
+                                   "base_url": sandbox.hubspot_url}))
+    before = mounted.read_bytes()
+    connect(deployment, "hs-ro", (Crm.HUBSPOT,))
+
+    for round_ in (1, 2):  # the second worker starts with no token in memory: only the kept one works
+        worker = ReadOnlySecretsWorker(deployment, tmp_path / f"ro-worker-{round_}.log").start()
+        workers.append(worker)
+        worker.wait_ready()
+        publish(deployment, [booking("hs-ro", BOOKER)])
+        wait_for(lambda: len(tenant.hubspot.list_meetings()) == round_, 30, what=f"meeting {round_}")
+        worker.stop()
+        assert "Read-only file system" not in worker.log_text() and "could not be kept" not in worker.log_text()
+    assert mounted.read_bytes() == before and dead_letters(deployment) == []
+    kept = json.loads((deployment.config().tokens_dir / "hs-ro" / "hubspot.json").read_text())
+    assert kept["values"]["refresh_token"].startswith("rt-hs-ro-") and not tenant.hubspot.revoked
