@@ -239,6 +239,7 @@ def _record(store: CredentialStore, company: str, crm: str, changes: dict[str, s
         raise ValueError(f"{crm}: {done}, but {crm}.json could not be written ({exc.strerror}): "
                          f"add {json.dumps(changes)} to the company's {crm}.json where it is kept") from None
 
+
 def prepare_salesforce(store: CredentialStore, company: str, ca_bundle: str | None,
                        field: str = DEFAULT_SALESFORCE_FIELD) -> str:
     """Create the Task external-id field unless it exists (External ID + Unique), then record it."""
