@@ -94,7 +94,7 @@ def run(n: int, companies: int, hosts: int, batch: int) -> dict[str, dict[str, f
         (default / "salesforce.json").write_text(json.dumps({"instance_url": info["salesforce_instance"], "session_id": info["session_id"]}))
         (default / "hubspot.json").write_text(json.dumps({"access_token": info["hubspot_token"], "base_url": info["hubspot_url"]}))
         deliverer = Deliverer(
-            CredentialStore(secrets, allow_default=True), info["ca_file"], RetryPolicy(max_elapsed=10), Metrics.create(),
+            CredentialStore(secrets, allow_default=True, allowed_hosts="http://127.0.0.1"), info["ca_file"], RetryPolicy(max_elapsed=10), Metrics.create(),
             rates={Crm.SALESFORCE: 10_000.0, Crm.HUBSPOT: 10_000.0},
         )
         actions = make_actions(n, companies, hosts)

@@ -10,6 +10,7 @@ urllib3's own retries are switched off: ``connectors.retry`` is the one retry po
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -87,8 +88,9 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
     """One company's HubSpot connection; blocking, meant to run in an executor thread.
 
     With OAuth credentials the access token comes from ``tokens`` (shared per company by the
-    worker) and is refreshed shortly before it expires; a rotated refresh token goes to
-    ``persist`` (the credential store's atomic rewrite of ``hubspot.json``) before it is used.
+    worker) and is refreshed shortly before it expires, under ``lease`` (the credential store's
+    per-company refresh lease, which yields the latest credentials); a rotated refresh token goes
+    to ``persist`` (the store's token directory) before the lease is released.
     """
 
     crm = HUBSPOT
@@ -106,11 +108,13 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         tokens: auth.TokenCache | None = None,
         token_key: Hashable = "",
         persist: Callable[[dict[str, Any]], None] | None = None,
+        lease: Callable[[], contextlib.AbstractContextManager[HubSpotCredentials | None]] | None = None,
     ) -> None:
         super().__init__(creds, ca_bundle, reload=reload, timeout=timeout, throttle=throttle)
         self._tokens = tokens if tokens is not None else auth.TokenCache()
         self._token_key = token_key
         self._persist = persist
+        self._lease = lease or (lambda: contextlib.nullcontext(None))
         self._refresh_lock = threading.Lock()
         self.refreshes = 0  # token refreshes made by this client
         self.rate_headers: dict[str, str] = {}  # the last response's X-HubSpot-RateLimit-* headers
@@ -160,10 +164,12 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         token = self._tokens.get(key)
         if token is not None:
             return token.access_token
-        with self._refresh_lock:
+        with self._refresh_lock, self._lease() as latest:
             token = self._tokens.get(key)
             if token is not None:
                 return token.access_token
+            # Another replica may have rotated the refresh token while this one waited for the lease.
+            creds = self._creds = latest or creds
             self.refreshes += 1
             with auth.plain_session(self._ca_bundle) as session:
                 token, refresh = auth.hubspot_refresh(
@@ -186,10 +192,10 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         try:
             self._persist({"refresh_token": refresh})
         except (OSError, CrmError):
-            logger.error("hubspot rotated the refresh token but hubspot.json could not be rewritten; "
+            logger.error("hubspot rotated the refresh token but it could not be kept; "
                          "this worker keeps working, a restart would need a new authorization", exc_info=True)
             return
-        logger.info("hubspot rotated the refresh token; hubspot.json was rewritten")
+        logger.info("hubspot rotated the refresh token; the new one was kept")
 
     def _connect(self, token: str) -> HubSpot:
         """``host`` drives the generated APIs and ``base_url`` ``api_request()``: set both."""

@@ -130,14 +130,17 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
     def _connect(self) -> Salesforce:
         if self._creds.oauth:
             token = self._login()
-            instance = token.instance_url or self._creds.instance_url or self._creds.token_base_url
+            instance = self._creds.instance_for(token.instance_url)
             return Salesforce(session=self._session(), version=self._api_version,
                               session_id=token.access_token, instance_url=instance)
         kwargs: dict[str, Any] = dict(self._creds.salesforce_kwargs())
         instance_url = kwargs.get("instance_url", "")
         if "instance_url" in kwargs and "://" not in instance_url:
             kwargs["instance"] = kwargs.pop("instance_url")
-        return Salesforce(session=self._session(), version=self._api_version, **kwargs)
+        sf = Salesforce(session=self._session(), version=self._api_version, **kwargs)
+        if self._creds.auth_type == "password":  # the SOAP login answer names the instance: checked like a token answer
+            self._creds.instance_for(sf.sf_instance)
+        return sf
 
     @property
     def sf(self) -> Salesforce:

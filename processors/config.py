@@ -155,6 +155,10 @@ class Config:
     http_bind: str = _env("CRM_SYNC_HTTP_BIND", "127.0.0.1")
     http_token: str | None = _env("CRM_SYNC_HTTP_TOKEN", None, repr=False)
     ca_bundle: str | None = _env("CRM_SYNC_CA_BUNDLE", None)
+    # More hosts CRM credentials may be sent to (https; `http://host` also allows plain http to it).
+    crm_allowed_hosts: str | None = _env("CRM_SYNC_CRM_ALLOWED_HOSTS", None)
+    # Writable, shared by every replica: rotated CRM tokens (default `<CRM_SYNC_STATE_DIR>/tokens`).
+    token_dir: Path | None = _env("CRM_SYNC_TOKEN_DIR", None)
     app_id: str = _env("CRM_SYNC_APP_ID", "crm-sync")
     state_dir: Path = _env("CRM_SYNC_STATE_DIR", Path("./.run/state"))
     log_level: _LogLevel = _env("CRM_SYNC_LOG_LEVEL", "INFO")
@@ -208,6 +212,11 @@ class Config:
     console_login_user_attempts: _Count = _env("CRM_SYNC_CONSOLE_LOGIN_USER_ATTEMPTS", 5)
     console_login_address_attempts: _Count = _env("CRM_SYNC_CONSOLE_LOGIN_ADDRESS_ATTEMPTS", 20)
     console_login_window_seconds: _PositiveSeconds = _env("CRM_SYNC_CONSOLE_LOGIN_WINDOW_SECONDS", 900.0)
+
+    @property
+    def tokens_dir(self) -> Path:
+        """Where rotated CRM tokens are kept: `CRM_SYNC_TOKEN_DIR`, else beside the worker's state."""
+        return self.token_dir or self.state_dir / "tokens"
 
     @property
     def http_loopback(self) -> bool:

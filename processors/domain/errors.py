@@ -18,6 +18,7 @@ INVALID_RECORD = "InvalidInternalRecord"
 
 # Most specific first: a class whose MRO holds one of these names is classified by the first found.
 KNOWN = (
+    "EndpointRefused",
     "CredentialsMissing",
     "CredentialsInvalid",
     "AuthError",

@@ -19,6 +19,7 @@ from processors import version
 from processors.config import Config
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
+from processors.worker.logs import redact
 
 
 EVENTS = [e.value for e in EventType]
@@ -30,8 +31,9 @@ class CliError(Exception):
 
 
 def _one_line(text: str) -> str:
-    """Scripts read the reason from a single stderr line, so embedded newlines are folded."""
-    return " ".join(str(text).split())
+    """Scripts read the reason from a single stderr line, so embedded newlines are folded; the line
+    is masked like a log line (an exception may quote a URL, a header or a credentials file)."""
+    return redact(" ".join(str(text).split()))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -274,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_crm(args: argparse.Namespace, config: Config) -> None:
     """`crm check` prints one line per check and fails when any does; `crm prepare` one per CRM."""
-    from connectors.credentials import CredentialStore
     from processors.ops import crm
+    from processors.worker.runtime import make_credentials
 
-    store = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials)
+    store = make_credentials(config)
     crms = [args.crm] if args.crm else [
         c for c in CRMS if (store.secrets_dir / args.company / f"{c}.json").exists()
     ] or CRMS
@@ -431,7 +433,7 @@ def _run_dlq(args: argparse.Namespace, config: Config) -> None:
     def on_skip(f: Any, why: str) -> None:
         skipped.append({"dead_letter_id": f.dead_letter_id, "reason": why})
         if not args.json:
-            print(f"{f.dead_letter_id}: not retried: {why}", file=sys.stderr)
+            print(f"{f.dead_letter_id}: not retried: {_one_line(why)}", file=sys.stderr)
 
     admin.retry(selected, on_skip)
     _report_dlq(args, verb, sorted(sent_before - {s["dead_letter_id"] for s in skipped}), skipped)
@@ -564,10 +566,10 @@ def _run_preview(args: argparse.Namespace, config: Config) -> None:
     id_fields: dict[Crm, str | None] = {Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property}
     resolver = None
     if args.resolve:
-        from connectors.credentials import CredentialStore
         from processors.ops import crm
+        from processors.worker.runtime import make_credentials
 
-        creds = CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials)
+        creds = make_credentials(config)
         found: dict[Crm, Any] = {}
         for c in Crm:
             try:
@@ -669,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "console":
             _run_console(args, config)
     except clients.BrokerRefused as exc:
-        print(f"crm-sync: error: {exc}", file=sys.stderr)
+        print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 3
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)

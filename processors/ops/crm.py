@@ -15,6 +15,7 @@ credentials file (`action_id_field` / `action_id_property`), which the deliverer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +207,8 @@ def clients_for(store: CredentialStore, company: str, crm: str, ca_bundle: str |
                                 reload=lambda: store.salesforce(company, fresh=True))
     return HubSpotClient(store.hubspot(company), ca_bundle, timeout=15,
                          reload=lambda: store.hubspot(company, fresh=True),
-                         persist=lambda changes: store.update(company, HUBSPOT, changes))
+                         persist=lambda changes: store.rotate(company, HUBSPOT, changes),
+                         lease=lambda: store.refresh_lease(company, HUBSPOT))
 
 
 def run_check(store: CredentialStore, company: str, crms: Sequence[str], ca_bundle: str | None,
@@ -229,6 +231,15 @@ def run_check(store: CredentialStore, company: str, crms: Sequence[str], ca_bund
 
 # ---- prepare ----------------------------------------------------------------------------------------
 
+def _record(store: CredentialStore, company: str, crm: str, changes: dict[str, str], done: str) -> None:
+    """Write the field into the company's file; where it is mounted read-only, say what to add."""
+    try:
+        store.update(company, crm, changes)
+    except OSError as exc:
+        raise ValueError(f"{crm}: {done}, but {crm}.json could not be written ({exc.strerror}): "
+                         f"add {json.dumps(changes)} to the company's {crm}.json where it is kept") from None
+
+
 def prepare_salesforce(store: CredentialStore, company: str, ca_bundle: str | None,
                        field: str = DEFAULT_SALESFORCE_FIELD) -> str:
     """Create the Task external-id field unless it exists (External ID + Unique), then record it."""
@@ -241,7 +252,7 @@ def prepare_salesforce(store: CredentialStore, company: str, ca_bundle: str | No
         outcome = f"Activity.{field} already exists (External ID, Unique)"
     else:
         raise ValueError(f"Activity.{field} exists but is not marked External ID and Unique: fix it in Setup")
-    store.update(company, SALESFORCE, {"action_id_field": field})
+    _record(store, company, SALESFORCE, {"action_id_field": field}, outcome)
     return f"salesforce: {outcome}; recorded as action_id_field"
 
 
@@ -259,5 +270,5 @@ def prepare_hubspot(store: CredentialStore, company: str, ca_bundle: str | None,
             done.append(f"{object_type}.{prop} already exists")
         else:
             raise ValueError(f"{object_type}.{prop} exists but does not have unique values: use another name")
-    store.update(company, HUBSPOT, {"action_id_property": prop})
+    _record(store, company, HUBSPOT, {"action_id_property": prop}, ", ".join(done))
     return f"hubspot: {', '.join(done)} (unique values); recorded as action_id_property"

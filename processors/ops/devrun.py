@@ -102,6 +102,8 @@ def start_sandbox(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str,
     env["CRM_SYNC_CA_BUNDLE"] = info["ca_file"]
     # The sandbox's one org serves every demo company: the shared default credentials, on purpose.
     env["CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS"] = "true"
+    # The sandbox listens on loopback, its HubSpot over plain http: allowed for that host only.
+    env["CRM_SYNC_CRM_ALLOWED_HOSTS"] = "http://127.0.0.1"
     say(f"no CRM credentials configured: using the CRM sandbox (Salesforce {info['salesforce_url']}, HubSpot {info['hubspot_url']})")
     return proc, info
 

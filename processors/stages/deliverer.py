@@ -127,7 +127,8 @@ class Deliverer:
             make = lambda: HubSpotClient(  # noqa: E731
                 creds, self._ca_bundle, reload=functools.partial(self._credentials.hubspot, company_id, fresh=True),
                 throttle=throttle, tokens=self.tokens, token_key=(crm.value, company_id),
-                persist=lambda changes: self._credentials.update(company_id, "hubspot", changes),
+                persist=lambda changes: self._credentials.rotate(company_id, "hubspot", changes),
+                lease=lambda: self._credentials.refresh_lease(company_id, "hubspot"),
             )
         cached = self._clients.get((crm, company_id))
         if cached is None or cached[0] != creds:
@@ -264,9 +265,13 @@ class Deliverer:
         return [outcomes[i] for i in range(len(actions))]
 
     def warn_retiring_logins(self) -> None:
-        """At start-up: name the companies still on the username-password flow Salesforce retires."""
+        """At start-up: name the companies still on the username-password flow Salesforce retires,
+        and those whose credentials are refused (an endpoint off the CRM's domains, a foreign key file)."""
         for company_id in self._credentials.salesforce_password_companies():
             log.warning(PASSWORD_FLOW_WARNING, extra={"crm": "salesforce", "company_id": company_id})
+        for company_id, crm, error in self._credentials.refused():
+            log.error("credentials refused: this company's deliveries will be dead-lettered until the file is fixed",
+                      extra={"crm": crm, "company_id": company_id, "error_code": error.code, "reason": error.message})
 
     def _read_quota(self, crm: Crm, company_id: str) -> None:
         """The usage the company's last responses reported → the quota book and its two gauges."""

@@ -1,8 +1,9 @@
 """Structured JSON logs. Event and action ids are welcome; e-mails and secrets never are.
 
-Callers pass context with `extra={...}`; as a last line of defence any e-mail address or bearer
-credential (any key of CREDENTIAL_KEYS, a bearer token, a PEM private key) that still slips
-into a message is masked before the line is written.
+Callers pass context with `extra={...}`; as a last line of defence any e-mail address or
+credential (a value under any spelling of a key of CREDENTIAL_KEYS, an Authorization header, a
+bearer token, a HubSpot `pat-…` token, a Salesforce session id, a JWT, a PEM private key, a token
+in a URL path or form body) that still slips into a message is masked before the line is written.
 """
 
 from __future__ import annotations
@@ -21,19 +22,63 @@ _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+")
 CREDENTIAL_KEYS = (
     "access_token", "refresh_token", "id_token", "session_id", "security_token", "password", "passwd",
     "consumer_secret", "client_secret", "private_key", "api_key", "sasl_password", "sasl.password", "http_token",
+    "token_key", "client_assertion", "hapikey",
 )
+# Keys that are also plain words ("the JWT assertion had expired"): masked only after "=" or ":".
+FORM_KEYS = ("assertion", "token", "secret", "signature")
+
+
+def _spellings(key: str) -> str:
+    """``access_token`` as written anywhere: access_token, access-token, ACCESS.TOKEN, accessToken."""
+    return r"[_.\-]?".join(re.escape(word) for word in re.split(r"[_.]", key))
+
+
 # Separators include "\" because the line is matched after JSON encoding: a message holding
-# {"access_token": "..."} reads {\"access_token\": \"...\"} by then. A key may be spelled with
-# dashes or in upper case (KAFKA_SASL_PASSWORD, X-Refresh-Token).
-_KEYS = "|".join(re.escape(key).replace("_", "[_-]") for key in CREDENTIAL_KEYS)
-_BEARER = re.compile(rf"(?i)(bearer\s+|(?:{_KEYS})[\\\"'=:\s]+)[^\s\\\"',}}]+")
-# A PEM private key (a JWT signing key) whole, with its newlines raw or JSON-escaped.
-_PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
+# {"access_token": "..."} reads {\"access_token\": \"...\"} by then.
+_VALUE = r"[^\s\\\"',}]+"
+_KEYS = "|".join(_spellings(key) for key in CREDENTIAL_KEYS)
+_FORM = "|".join(_spellings(key) for key in FORM_KEYS)
+# After a key, our own sentences go on in prose ("KAFKA_SASL_PASSWORD: expected a password (…)",
+# "BAD_REFRESH_TOKEN: the login was refused"): such a word, or a bracket, is not a value.
+_PROSE = r"(?!(?:expected|the|a|an|is|was|of|for|to|not|must|cannot|missing|invalid|refused|revoked|unknown|none|null)\b|[(<\[])"
+# Credentials by their shape, found wherever they are (each pattern starts with a literal: fast).
+_SHAPES = [
+    # A PEM private key (a JWT signing key) whole, with its newlines raw or JSON-escaped.
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL), "<private key>"),
+    # A JWT (a bearer assertion, an id token): three base64url parts, the first two JSON.
+    (re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]*"), "<jwt>"),
+    # A Salesforce session id (org id "00D…", "!", the session), and a HubSpot private-app token.
+    (re.compile(r"00D(?<![A-Za-z0-9]00D)[\w-]*![\w.-]+"), "***"),
+    (re.compile(r"pat-(?<![A-Za-z0-9]pat-)[A-Za-z0-9]+-[\w-]+"), "pat-***"),
+]
+# Credentials by their context (a key, a header, a URL): only looked for in a line that mentions one.
+_TRIGGERS = ("token", "secret", "passw", "session", "key", "assertion", "signature", "authorization", "bearer",
+             "code=", "sid=", "sig=")
+_CONTEXT = [
+    # Authorization: Bearer|OAuth|Basic <credential>, and a bare "Bearer <token>".
+    (re.compile(r"(?i)(authorization[\\\"']*\s*[:=]\s*[\\\"']*(?:(?:bearer|oauth|basic|token)\s+)?)" + _VALUE), r"\1***"),
+    (re.compile(r"(?i)(\bbearer\s+)" + _VALUE), r"\1***"),
+    # key=value, key: value, "key": "value" (camelCase, dashed or upper case too).
+    (re.compile(rf"(?i)((?:{_KEYS})[\\\"'=:\s]+){_PROSE}" + _VALUE), r"\1***"),
+    (re.compile(rf"(?i)(\b(?:{_FORM})[\\\"']*\s*[=:]\s*[\\\"']*){_PROSE}" + _VALUE), r"\1***"),
+    # An OAuth code, a token or a key in a URL's query.
+    (re.compile(r"(?i)([?&;](?:code|token|key|hapikey|sig|signature|sid)=)[^&\s#\\\"']+"), r"\1***"),
+    # A token as a URL path segment: /oauth/v1/access-tokens/<token>, /refresh-tokens/<token>.
+    (re.compile(r"(?i)(/[\w-]*(?:tokens?|secrets?|keys?|sessions?)/)[^/\s?#\\\"']+"), r"\1***"),
+]
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
-    return _BEARER.sub(r"\1***", _PEM_KEY.sub("<private key>", _EMAIL.sub("<email>", text)))
+    """``text`` with every e-mail and credential masked: for log lines and the CLI's error lines."""
+    text = _EMAIL.sub("<email>", text)
+    for pattern, replacement in _SHAPES:
+        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    if any(trigger in lowered for trigger in _TRIGGERS):
+        for pattern, replacement in _CONTEXT:
+            text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -65,6 +65,12 @@ class Runtime:
     ingest_pool: Readiness | None = None
 
 
+def make_credentials(config: Config) -> CredentialStore:
+    """The companies' credentials as the worker reads them (the CLI's `crm` and `preview` too)."""
+    return CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials,
+                           allowed_hosts=config.crm_allowed_hosts, token_dir=config.tokens_dir)
+
+
 def make_codec(config: Config) -> Codec:
     """The worker's codec (and each ingest process's): with the registry client when one is configured."""
     registry = (
@@ -90,7 +96,7 @@ def make_runtime(config: Config) -> Runtime:
     metrics = Metrics.create()
     settings = make_settings(config, codec)
     deliverer = Deliverer(
-        CredentialStore(config.secrets_dir, allow_default=config.allow_default_credentials),
+        make_credentials(config),
         config.ca_bundle,
         RetryPolicy(max_elapsed=config.sink_inline_retry_seconds, max_retry_after=config.retry_after_cap_seconds),
         metrics,

@@ -57,6 +57,9 @@ def unique_topics(prefix: str) -> Topics:
     return Topics(**{name: f"{prefix}.{name}.{suffix}" for name in TOPIC_ENV})
 
 
+SANDBOX_HOSTS = "http://127.0.0.1"
+
+
 def topic_env(topics: Topics) -> dict[str, str]:
     return {var: getattr(topics, name) for name, var in TOPIC_ENV.items()}
 
@@ -87,6 +90,8 @@ class Deployment:
             CRM_SYNC_STATE_DIR=str(self.secrets_dir.parent / "state"),
             CRM_SYNC_SINK_RETRY_SECONDS="20",
             CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS="true",
+            # The CRM sandbox: loopback, its HubSpot over plain http (never allowed by default).
+            CRM_SYNC_CRM_ALLOWED_HOSTS=SANDBOX_HOSTS,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)

@@ -22,11 +22,11 @@ from connectors.hubspot import HubSpotClient
 from connectors.retry import RetryPolicy
 from connectors.salesforce import SalesforceClient
 from connectors.sandbox.server import CrmSandbox
-from processors.domain.deliver import CREATED, DEFER, DEFERRED, DUPLICATE, FAILED, RetryRules, route
+from processors.domain.deliver import CREATED, DEAD_LETTER, DEFER, DEFERRED, DUPLICATE, FAILED, RetryRules, route
 from processors.domain.model import Action, Crm, EventType, ObjectType, Origin
 from processors.metrics import Metrics
 from processors.stages.deliverer import Deliverer
-from tests.integration.harness import ROOT
+from tests.integration.harness import ROOT, SANDBOX_HOSTS
 from tests.integration.test_crm_auth import USER, jwt_company, keys  # noqa: F401  (fixture)
 
 T = int(datetime(2026, 12, 1, 1, 0, tzinfo=timezone.utc).timestamp() * 1000)
@@ -41,7 +41,7 @@ def write_secrets(secrets: Path, company: str, crm: str, data: dict[str, Any]) -
 
 
 def jwt_secrets(sb: CrmSandbox, tmp_path: Path, keys: dict, company: str, key: str = "good") -> Any:  # noqa: F811
-    creds, tenant = jwt_company(sb, tmp_path, keys, key=key, name=company)
+    creds, tenant = jwt_company(sb, tmp_path, keys, key=key, name=company, key_dir=tmp_path / "secrets" / company)
     write_secrets(tmp_path / "secrets", company, "salesforce", {
         "consumer_key": creds.consumer_key, "username": creds.username,
         "private_key_file": creds.private_key_file, "login_url": creds.login_url})
@@ -58,7 +58,8 @@ def hubspot_secrets(sb: CrmSandbox, tmp_path: Path, company: str) -> Any:
 
 
 def cli(sb: CrmSandbox, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CRM_SYNC_SECRETS_DIR": str(tmp_path / "secrets"), "CRM_SYNC_CA_BUNDLE": sb.ca_file}
+    env = {**os.environ, "CRM_SYNC_SECRETS_DIR": str(tmp_path / "secrets"), "CRM_SYNC_CA_BUNDLE": sb.ca_file,
+           "CRM_SYNC_CRM_ALLOWED_HOSTS": SANDBOX_HOSTS, "CRM_SYNC_TOKEN_DIR": str(tmp_path / "tokens")}
     return subprocess.run([sys.executable, "-m", "processors.ops.cli", "crm", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -92,7 +93,8 @@ def test_check_passes_then_prepare_creates_the_fields_records_them_and_check_see
     sf_file = json.loads((tmp_path / "secrets/acme/salesforce.json").read_text())
     hs_file = json.loads((tmp_path / "secrets/acme/hubspot.json").read_text())
     assert sf_file["action_id_field"] == "CrmSyncActionId__c" and sf_file["consumer_key"] == "CK-acme"
-    assert hs_file["action_id_property"] == "crm_sync_action_id" and hs_file["refresh_token"] != "rt-acme"
+    assert hs_file["action_id_property"] == "crm_sync_action_id" and hs_file["refresh_token"] == "rt-acme"
+    assert store(tmp_path).hubspot("acme").refresh_token != "rt-acme"  # rotated: kept in the token directory
     assert sb.tenant("acme").salesforce.task_unique_fields == {"CrmSyncActionId__c"}
     assert sb.tenant("acme").hubspot.unique_properties == {"meetings": {"crm_sync_action_id"},
                                                            "notes": {"crm_sync_action_id"}}
@@ -136,8 +138,13 @@ def task_action(company: str, action_id: str, email: str) -> Action:
     )
 
 
+def store(tmp_path: Path) -> CredentialStore:
+    """The company files under ``tmp_path``, as the worker and the CLI read them for the sandbox."""
+    return CredentialStore(tmp_path / "secrets", allowed_hosts=SANDBOX_HOSTS, token_dir=tmp_path / "tokens")
+
+
 def deliverer(tmp_path: Path, sb: CrmSandbox, metrics: Metrics | None = None, **kw: Any) -> Deliverer:
-    return Deliverer(CredentialStore(tmp_path / "secrets"), sb.ca_file, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0),
+    return Deliverer(store(tmp_path), sb.ca_file, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0),
                      metrics or Metrics.create(), **kw)
 
 
@@ -159,7 +166,7 @@ def test_prepare_then_delivery_writes_the_field_and_a_second_create_is_refused(
     assert first.status == CREATED and second.status == DUPLICATE and second.object_id == first.object_id
     [task] = tenant.salesforce.list_tasks()
     assert task["CrmSyncActionId__c"] == "acme:a-1"
-    client = SalesforceClient(CredentialStore(tmp_path / "secrets").salesforce("acme"), sb.ca_file)
+    client = SalesforceClient(store(tmp_path).salesforce("acme"), sb.ca_file)
     with pytest.raises(PermanentError) as caught:
         client.create_task({**a.properties, "WhoId": task["WhoId"], "CrmSyncActionId__c": "acme:a-1"})
     assert caught.value.code == "DUPLICATE_VALUE"
@@ -247,6 +254,75 @@ def test_prepare_then_hubspot_delivery_writes_the_property_and_a_second_create_c
     assert first.status == CREATED and second.status == DUPLICATE and second.object_id == first.object_id
     [meeting] = tenant.hubspot.list_meetings()
     assert meeting["properties"]["crm_sync_action_id"] == "hsco:m-1"
-    client = HubSpotClient(CredentialStore(tmp_path / "secrets").hubspot("hsco"), tokens=d.tokens, token_key=("hubspot", "hsco"))
+    client = HubSpotClient(store(tmp_path).hubspot("hsco"), tokens=d.tokens, token_key=("hubspot", "hsco"))
     [result] = client.create_meetings([({**a.properties, "crm_sync_action_id": "hsco:m-1"}, contact)])
     assert result.error is not None and result.error.code == "CONFLICT"
+
+
+# ---- endpoints and key files that would hand a company's secrets to someone else -----------------
+
+REFUSED = {
+    # No traffic may reach these: validation refuses them before any client exists.
+    "hs-plain": ("hubspot", {"client_id": "c", "client_secret": "cs", "refresh_token": "rt", "token_url": "http://10.0.0.1/"}),
+    "hs-host": ("hubspot", {"access_token": "pat-na1-x", "base_url": "https://10.0.0.1"}),
+    "sf-instance": ("salesforce", {"instance_url": "https://10.0.0.1", "session_id": "00Dx!y"}),
+    "sf-login": ("salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "k.pem",
+                                "login_url": "https://login.salesforce.com.evil.example"}),
+}
+
+
+def test_check_says_why_an_endpoint_or_a_key_file_is_refused(sb: CrmSandbox, tmp_path: Path) -> None:
+    for company, (crm, data) in REFUSED.items():
+        write_secrets(tmp_path / "secrets", company, crm, data)
+        (tmp_path / "secrets" / company / "k.pem").write_text("unused")
+        checked = cli(sb, tmp_path, "check", "--company", company, "--crm", crm)
+        assert checked.returncode == 2, checked.stdout + checked.stderr
+        [line] = checked.stdout.splitlines()
+        assert line.split()[:3] == [crm, "login", "FAILED"] and "(ENDPOINT_REFUSED)" in line, line
+        assert "is refused" in line and ("https" in line or f"not a {crm} host" in line), line
+    write_secrets(tmp_path / "secrets", "other", "salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "k.pem"})
+    (tmp_path / "secrets" / "other" / "k.pem").write_text("another tenant's key")
+    write_secrets(tmp_path / "secrets", "thief", "salesforce", {
+        "consumer_key": "CK", "username": "u", "private_key_file": str(tmp_path / "secrets" / "other" / "k.pem")})
+    checked = cli(sb, tmp_path, "check", "--company", "thief", "--crm", "salesforce")
+    assert checked.returncode == 2 and "private_key_file must name a file inside this company's" in checked.stdout
+    assert "another tenant" not in checked.stdout + checked.stderr
+
+
+def test_a_refused_endpoint_is_a_permanent_failure_at_delivery_not_a_retry_or_an_open_circuit(
+    sb: CrmSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    real_connect = socket.socket.connect
+    attempts: list[Any] = []
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and str(address[0]).startswith("10.0.0."):
+            attempts.append(address)
+            raise OSError("refused by the test: no traffic to the planted endpoint")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    for company, (crm, data) in REFUSED.items():
+        write_secrets(tmp_path / "secrets", company, crm, data)
+    d = deliverer(tmp_path, sb)
+
+    async def run() -> list[Any]:
+        out = []
+        for company, (crm, _) in REFUSED.items():
+            action = (task_action(company, f"{company}:1", "booker@buyer.example") if crm == "salesforce"
+                      else meeting_action(company, f"{company}:1", "booker@buyer.example"))
+            out.extend(await d.deliver_batch(action.crm, company, [action]))
+            out.extend(await d.deliver_batch(action.crm, company, [action]))  # again: still failed, no circuit
+        return out
+
+    outcomes = asyncio.run(run())
+    assert [o.status for o in outcomes] == [FAILED] * 2 * len(REFUSED)
+    action = task_action("hs-plain", "x", "booker@buyer.example")
+    for outcome in outcomes:
+        assert outcome.error.as_dict()["error_class"] == "EndpointRefused" and outcome.reason == "ENDPOINT_REFUSED"
+        assert "is refused" in outcome.error.message
+        assert route(action, outcome, T, RetryRules(86_400_000, lambda n: 1.0, 900.0)).kind == DEAD_LETTER
+    assert d.circuit.open_count() == 0  # not an auth failure: no pause, no re-login loop
+    assert attempts == []  # nothing was sent

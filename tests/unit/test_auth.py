@@ -248,3 +248,80 @@ def test_companies_on_the_retiring_password_flow_are_named_at_start_up(tmp_path:
         deliverer.warn_retiring_logins()
     [record] = [r for r in caplog.records if "retiring" in r.getMessage()]
     assert record.company_id == "old-co" and "p" not in record.getMessage().split()  # type: ignore[attr-defined]
+
+
+def test_a_token_answers_instance_url_off_salesforce_is_refused_before_any_request(tmp_path: Path) -> None:
+    """A token endpoint (or a man in the middle of a mis-set login URL) names where the session goes."""
+    from connectors.errors import PermanentError
+    from connectors.salesforce import SalesforceClient
+
+    creds = SalesforceCredentials(consumer_key="CK", consumer_secret="s", my_domain_url="https://acme.my.salesforce.com")
+    for instance in ("http://acme.my.salesforce.com", "https://10.0.0.1", "https://acme.my.salesforce.com.evil.example"):
+        cache = auth.TokenCache()
+        client = SalesforceClient(creds, tokens=cache, token_key="acme")
+        cache.put(client._cache_key(), auth.Token("00Dsecret!session", instance_url=instance, expires_at=None))
+        with pytest.raises(PermanentError) as info:
+            client.sf
+        assert info.value.code == "ENDPOINT_REFUSED" and "00Dsecret" not in str(info.value)
+    cache = auth.TokenCache()
+    client = SalesforceClient(creds, tokens=cache, token_key="acme")
+    cache.put(client._cache_key(), auth.Token("00Dsecret!session", instance_url="https://acme.my.salesforce.com"))
+    assert client.sf.sf_instance == "acme.my.salesforce.com"
+
+
+def test_companies_whose_credentials_are_refused_are_named_at_start_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from connectors.retry import RetryPolicy
+    from processors.metrics import Metrics
+    from processors.stages.deliverer import Deliverer
+
+    for company, crm, data in (("ok-co", "hubspot", {"access_token": "pat-na1-SECRET"}),
+                               ("evil-co", "hubspot", {"access_token": "pat-na1-SECRET", "base_url": "http://10.0.0.1"}),
+                               ("thief-co", "salesforce", {"consumer_key": "CK", "username": "u", "private_key_file": "/k.pem"})):
+        (tmp_path / company).mkdir()
+        (tmp_path / company / f"{crm}.json").write_text(json.dumps(data))
+    store = CredentialStore(tmp_path)
+    assert [(c, crm, e.code) for c, crm, e in store.refused()] == [
+        ("thief-co", "salesforce", "CREDENTIALS_INVALID"), ("evil-co", "hubspot", "ENDPOINT_REFUSED")]
+    with caplog.at_level("ERROR"):
+        Deliverer(store, None, RetryPolicy(), Metrics.create()).warn_retiring_logins()
+    named = {(r.company_id, r.error_code) for r in caplog.records if "credentials refused" in r.getMessage()}  # type: ignore[attr-defined]
+    assert named == {("thief-co", "CREDENTIALS_INVALID"), ("evil-co", "ENDPOINT_REFUSED")}
+    assert all("SECRET" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_password_logins_answered_instance_off_salesforce_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SOAP login answer names the server, like a token answer: checked the same way (no request
+    is sent: the login itself is replaced here)."""
+    import simple_salesforce.api
+
+    from connectors.errors import PermanentError
+    from connectors.salesforce import SalesforceClient
+
+    creds = SalesforceCredentials(username="u", password="PW-SECRET", security_token="t", domain="login")
+    for instance, ok in (("acme.my.salesforce.com", True), ("10.0.0.1", False), ("acme.my.salesforce.com.evil.example", False)):
+        monkeypatch.setattr(simple_salesforce.api, "SalesforceLogin", lambda **kw: ("00Dx!session", instance))
+        client = SalesforceClient(creds)
+        if ok:
+            assert client.sf.sf_instance == instance
+            continue
+        with pytest.raises(PermanentError) as info:
+            client.sf
+        assert info.value.code == "ENDPOINT_REFUSED" and "PW-SECRET" not in str(info.value)
+
+
+def test_prepare_on_a_read_only_mount_says_what_to_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "hubspot.json").write_text(json.dumps({"access_token": "pat-na1-x"}))
+    store = CredentialStore(tmp_path)
+
+    def read_only(*args: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(store, "update", read_only)
+    with pytest.raises(ValueError) as info:
+        crm._record(store, "acme", "hubspot", {"action_id_property": "crm_sync_action_id"}, "created meetings.p")
+    assert str(info.value) == ('hubspot: created meetings.p, but hubspot.json could not be written (Read-only file '
+                               'system): add {"action_id_property": "crm_sync_action_id"} to the company\'s '
+                               'hubspot.json where it is kept')

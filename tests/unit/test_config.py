@@ -59,6 +59,8 @@ DEFAULTS = [
     ("http_bind", "127.0.0.1"),
     ("http_token", None),
     ("ca_bundle", None),
+    ("crm_allowed_hosts", None),
+    ("token_dir", None),
     ("app_id", "crm-sync"),
     ("state_dir", Path("./.run/state")),
     ("log_level", "INFO"),
@@ -126,6 +128,8 @@ VALUES = [
     ("CRM_SYNC_STATE_DIR", "/var/state", "state_dir", Path("/var/state")),
     ("CRM_SYNC_METRICS_PORT", "65535", "metrics_port", 65535),
     ("CRM_SYNC_CA_BUNDLE", "/sandbox-ca.pem", "ca_bundle", "/sandbox-ca.pem"),
+    ("CRM_SYNC_CRM_ALLOWED_HOSTS", "http://127.0.0.1", "crm_allowed_hosts", "http://127.0.0.1"),
+    ("CRM_SYNC_TOKEN_DIR", "/var/lib/crm-sync-tokens", "token_dir", Path("/var/lib/crm-sync-tokens")),
     ("CRM_SYNC_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("CRM_SYNC_SINK_RETRY_SECONDS", "3600", "sink_give_up_seconds", 3600.0),
     ("CRM_SYNC_SINK_CONCURRENCY", "1", "sink_concurrency", 1),
@@ -302,3 +306,8 @@ def test_schema_registry_credentials_are_read_and_stay_out_of_repr() -> None:
     assert config.schema_registry_basic_auth_user_info == "svc:hunter2"
     assert config.schema_registry_ssl_ca_location == "/etc/ssl/registry-ca.pem"
     assert "hunter2" not in repr(config)
+
+
+def test_rotated_tokens_are_kept_beside_the_state_unless_a_token_directory_is_named() -> None:
+    assert Config.from_env({"CRM_SYNC_STATE_DIR": "/var/state"}).tokens_dir == Path("/var/state/tokens")
+    assert Config.from_env({"CRM_SYNC_TOKEN_DIR": "/shared/tokens"}).tokens_dir == Path("/shared/tokens")

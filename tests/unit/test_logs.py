@@ -122,3 +122,61 @@ def test_a_pem_private_key_is_masked_whole() -> None:
 
 def test_ordinary_words_next_to_key_names_stay() -> None:
     assert json.loads(line("password_reset flow started for tenant %s", "acme"))["msg"] == "password_reset flow started for tenant acme"
+
+
+# ---- what the CRMs' and our own code's texts look like, camelCase and all ---------------------------
+
+@pytest.mark.parametrize("text", [
+    '{"sessionId": "S3cr3t-Value_123"}',
+    "refreshToken=S3cr3t-Value_123",
+    "clientSecret: S3cr3t-Value_123",
+    '{"accessToken":"S3cr3t-Value_123"}',
+    "privateKey=S3cr3t-Value_123",
+    "consumerSecret=S3cr3t-Value_123",
+    "securityToken: S3cr3t-Value_123",
+    "apiKey=S3cr3t-Value_123",
+    "Authorization: OAuth S3cr3t-Value_123",
+    "authorization: Bearer S3cr3t-Value_123",
+    "{'Authorization': 'OAuth S3cr3t-Value_123'}",
+    "Authorization: Basic S3cr3t-Value_123",
+    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=S3cr3t-Value_123",
+    "grant_type=refresh_token&client_id=c&client_secret=S3cr3t-Value_123&refresh_token=S3cr3t-Value_123",
+    "GET https://api.hubapi.com/oauth/v1/access-tokens/S3cr3t-Value_123 HTTP/1.1",
+    "GET https://api.hubapi.com/oauth/v1/refresh-tokens/S3cr3t-Value_123",
+    "https://x.example/cb?code=S3cr3t-Value_123&state=1",
+    "https://x.example/cb?token=S3cr3t-Value_123",
+    "used pat-na1-S3cr3t-Value_123 for the portal",
+    "used pat-eu1-11111111-2222-3333-4444-S3cr3t-Value_123",
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJDSyJ9.S3cr3t-Value_123",
+    "session 00D5e000000ABCD!AQ4AQS3cr3t-Value_123 expired",
+])
+def test_camel_case_keys_auth_headers_form_bodies_tokens_and_url_paths_are_masked(text: str) -> None:
+    assert SECRET not in line("request failed: %s", text)
+    assert SECRET not in line("request failed", detail=text)
+    assert SECRET not in redact(text)
+
+
+def test_a_camel_case_key_in_structured_context_is_masked() -> None:
+    text = line("token refreshed", refreshToken=SECRET, clientSecret=SECRET, sessionId=SECRET)
+    assert SECRET not in text and json.loads(text)["refreshToken"] == "***"
+
+
+@pytest.mark.parametrize("text", [
+    "KAFKA_SASL_PASSWORD: expected a password (KAFKA_SECURITY_PROTOCOL is SASL_SSL), got nothing",
+    "CRM_SYNC_HTTP_TOKEN: expected a token (CRM_SYNC_HTTP_BIND is 0.0.0.0, not loopback), got nothing",
+    "hubspot BAD_REFRESH_TOKEN: the login was refused: the HubSpot refresh token was revoked or is unknown",
+    "the login was refused: the JWT assertion had expired (check the worker's clock)",
+    "the login was refused: the Connected App does not allow this OAuth flow",
+])
+def test_our_own_sentences_about_credentials_stay_readable(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_every_credential_key_in_every_spelling_wakes_the_contextual_rules() -> None:
+    """Contextual rules run only on a line holding a trigger: no key may slip past the trigger."""
+    from processors.worker.logs import _TRIGGERS, FORM_KEYS
+
+    for key in (*CREDENTIAL_KEYS, *FORM_KEYS):
+        head, *rest = key.replace(".", "_").split("_")
+        for spelled in (key, key.upper(), key.replace("_", "-"), head + "".join(w.title() for w in rest)):
+            assert any(t in spelled.lower() for t in _TRIGGERS), spelled
