@@ -155,13 +155,18 @@ class EndpointPolicy:
 STRICT = EndpointPolicy()
 
 
-def _key_inside(directory: Path, key_file: str) -> str:
-    """The real path of ``key_file`` (relative to ``directory``) if it lies inside ``directory``."""
+def _key_inside(directory: Path, key_file: str, only: str | None = None) -> str:
+    """The real path of ``key_file`` (relative to ``directory``) if it lies inside ``directory``;
+    in the flat layout, where every company's files share one directory, it must also be the
+    company's own ``<company>.salesforce.key`` (``only``)."""
     base = os.path.realpath(directory)
-    try:
-        target = os.path.realpath(os.path.join(base, key_file))
-    except ValueError:  # an embedded NUL
-        target = ""
+    joined = target = ""
+    if "\x00" not in key_file:  # an embedded NUL names no file
+        joined = os.path.normpath(os.path.join(base, key_file))
+        target = os.path.realpath(joined)
+    if only is not None and joined != os.path.join(base, only):
+        raise CredentialsInvalid(SALESFORCE, f"private_key_file must be {only} (the flat layout: one directory "
+                                             "for every company, so each names its own key)")
     if not target or os.path.commonpath([base, target]) != base:
         raise CredentialsInvalid(SALESFORCE, "private_key_file must name a file inside this company's "
                                              f"secrets directory ({directory})")
@@ -257,7 +262,7 @@ class SalesforceCredentials:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], endpoints: EndpointPolicy = STRICT,
-                  directory: Path | None = None) -> SalesforceCredentials:
+                  directory: Path | None = None, key_name: str | None = None) -> SalesforceCredentials:
         """Validate a parsed ``salesforce.json``: its flow, its URLs, and (given the directory that
         holds it) that ``private_key_file`` lies inside that directory."""
         known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and k != "endpoints" and v}
@@ -275,7 +280,7 @@ class SalesforceCredentials:
         if creds.can_login:
             endpoints.check(SALESFORCE, *creds.login_endpoint())
         if creds.auth_type == "jwt" and directory is not None:
-            creds = dataclasses.replace(creds, private_key_file=_key_inside(directory, creds.private_key_file or ""))
+            creds = dataclasses.replace(creds, private_key_file=_key_inside(directory, creds.private_key_file or "", key_name))
         return creds
 
 
@@ -309,7 +314,7 @@ class HubSpotCredentials:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], endpoints: EndpointPolicy = STRICT,
-                  directory: Path | None = None) -> HubSpotCredentials:
+                  directory: Path | None = None, key_name: str | None = None) -> HubSpotCredentials:
         """Validate a parsed ``hubspot.json``: its flow and the URLs its token and secrets go to."""
         oauth = {k: str(data[k]) for k in ("client_id", "client_secret", "refresh_token", "token_url")
                  if data.get(k)}
@@ -484,8 +489,7 @@ class CredentialStore:
     def salesforce_password_companies(self) -> list[str]:
         """Companies whose salesforce.json uses the username-password flow (being retired)."""
         found = []
-        for path in sorted(self.secrets_dir.glob("*/salesforce.json")):
-            company = path.parent.name
+        for company, path in self._companies("salesforce"):
             try:
                 creds = self._get(company, "salesforce", SalesforceCredentials) if company != DEFAULT_DIRECTORY \
                     else SalesforceCredentials.from_dict(json.loads(path.read_text(encoding="utf-8")),
@@ -500,8 +504,7 @@ class CredentialStore:
         """``(company, crm, error)`` for every company file that cannot be used as it stands (a
         refused endpoint, a foreign key file, bad JSON): named at start-up, before a delivery fails."""
         for crm, cls in _CLASSES.items():
-            for path in sorted(self.secrets_dir.glob(f"*/{crm}.json")):
-                company = path.parent.name
+            for company, path in self._companies(crm):
                 if company == DEFAULT_DIRECTORY or not _COMPANY_ID.match(company):
                     continue
                 try:
@@ -522,12 +525,32 @@ class CredentialStore:
             self._cache.clear()
 
     def _path(self, company_id: str, crm: str) -> Path:
+        """``<company>/<crm>.json``; else, in the flat layout, ``<company>.<crm>.json`` in the
+        secrets directory itself (one Kubernetes Secret mounted whole, updated in place by the
+        kubelet: adding a company adds keys, not a volume); else ``_default/`` where allowed."""
         if not _COMPANY_ID.match(company_id) or company_id == DEFAULT_DIRECTORY:
             raise CredentialsMissing(crm, "the company id cannot name a secrets directory")
         directory = self.secrets_dir / company_id
-        if self.allow_default and not directory.is_dir():
-            directory = self.secrets_dir / DEFAULT_DIRECTORY
+        if not directory.is_dir():
+            flat = self.secrets_dir / f"{company_id}.{crm}.json"
+            if flat.exists():
+                return flat
+            if self.allow_default and not any((self.secrets_dir / f"{company_id}.{c}.json").exists() for c in _CLASSES):
+                directory = self.secrets_dir / DEFAULT_DIRECTORY
         return directory / f"{crm}.json"
+
+    def _owner(self, path: Path, crm: str) -> str:
+        """Whose file it is: the directory's name, or in the flat layout the file's company part."""
+        if path.parent == self.secrets_dir:
+            return path.name[: -len(f".{crm}.json")]
+        return path.parent.name
+
+    def _companies(self, crm: str) -> Iterator[tuple[str, Path]]:
+        """Every company with a file for ``crm``, in either layout (never ``_default``)."""
+        for path in sorted(self.secrets_dir.glob(f"*/{crm}.json")):
+            yield path.parent.name, path
+        for path in sorted(self.secrets_dir.glob(f"*.{crm}.json")):
+            yield path.name[: -len(f".{crm}.json")], path
 
     def _missing(self, company_id: str, crm: str) -> CredentialsMissing:
         """Says which file to create: paths and ids only, never a file's content."""
@@ -538,7 +561,7 @@ class CredentialStore:
         """Where rotations of the file at ``path`` are kept (by the directory it came from, so
         companies sharing ``_default`` share its rotations)."""
         assert self.token_dir is not None
-        return self.token_dir / path.parent.name / f"{crm}.json"
+        return self.token_dir / self._owner(path, crm) / f"{crm}.json"
 
     @staticmethod
     def _overlay(kept: Path, mounted: dict[str, Any]) -> dict[str, Any] | None:
@@ -580,7 +603,8 @@ class CredentialStore:
         data = self._read(company_id, crm, path)
         if kept is not None:
             data.update(self._overlay(kept, data) or {})
-        value = cls.from_dict(data, self.endpoints, path.parent)
+        flat = path.parent == self.secrets_dir
+        value = cls.from_dict(data, self.endpoints, path.parent, f"{company_id}.salesforce.key" if flat else None)
         with self._lock:
             self._cache[path] = _Cached(stamp, value)
         return value
