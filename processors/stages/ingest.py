@@ -27,7 +27,6 @@ from processors.codec import Codec, RegistryUnavailableError
 from processors.domain import errors
 from processors.domain.deadletter import Source, dead_letter
 from processors.domain.ingest import ingest
-from processors.domain.model import Crm
 from processors.domain.records import action_to_record, headers_of
 from processors.domain.rules import SettingsView
 from processors.kafka import clients
@@ -190,11 +189,13 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
             log.debug("skipped", extra={"event_id": done.event_id, "reason": reason})
         for action in done.actions:
             planned[action.crm, done.event_type] += 1
-            headers = headers_of(action.due_at, action.crm, action.company_id, action.action_id, action.event_id, done.event_type)
-            if action.due_at <= done.now_ms:
-                acks.append(await ctx.send(cfg.topics.due(Crm(action.crm)), action.action_id.encode(), action.value, headers))
-            else:
-                acks.append(await ctx.send(cfg.topics.delay, action.company_id.encode(), action.value, headers))
+            # Already due (a late event, a backlog, a re-ingest): the first retry tier, whose releaser
+            # releases it at once unless the company is paused. Never straight to a due topic.
+            overdue = action.due_at <= done.now_ms
+            headers = headers_of(action.due_at, action.crm, action.company_id, action.action_id, action.event_id, done.event_type,
+                                 planned_at=done.now_ms if overdue else None)
+            topic = cfg.retry_topic(0) if overdue else cfg.topics.delay
+            acks.append(await ctx.send(topic, action.company_id.encode(), action.value, headers))
             log.debug(
                 "planned",
                 extra={"event_id": action.event_id, "action_id": action.action_id, "crm": action.crm, "due_at": action.due_at},
