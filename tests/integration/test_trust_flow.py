@@ -116,3 +116,22 @@ def test_an_oversized_input_record_is_dead_lettered_bounded_and_the_booking_behi
         assert letter["original_sha256"] == hashlib.sha256(big).hexdigest()
         assert len(letter["original_value"]) < 100_000 and big.startswith(letter["original_value"])
     assert {letter["source_partition"] for letter in letters} == set(range(deployment.partitions))
+
+
+def test_a_worker_refuses_to_start_on_a_retry_tier_that_would_expire_waits_unread(
+    deployment: Deployment, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": deployment.bootstrap})
+    week = str(7 * 24 * 3600 * 1000)  # the longest re-check is a week: its record could expire unread
+    topic = deployment.topics.retry_long
+    for future in admin.create_topics([NewTopic(topic, num_partitions=deployment.partitions, replication_factor=1,
+                                                config={"retention.ms": week})]).values():
+        future.result(30)
+    worker = WorkerProcess(deployment, tmp_path / "worker.log").start()
+    workers.append(worker)
+    assert worker.proc is not None
+    worker.proc.wait(120)
+    assert worker.proc.returncode != 0
+    assert f"topic {topic} keeps records {week} ms" in worker.log_text() and "raise its retention.ms" in worker.log_text()
