@@ -223,9 +223,9 @@ class DelayReleaser:
             if tp not in self._buffers:
                 continue
             p = tp.partition
-            assert self._forward is not None or not buf.forwarding
-            for held in buf.pop_forwarding():
-                await send(buf, held, self._forward, buf.reforward, p)  # type: ignore[arg-type]
+            if self._forward is not None:  # only a releaser with a forward sets records aside
+                for held in buf.pop_forwarding():
+                    await send(buf, held, self._forward, buf.reforward, p)
             batch = buf.pop_due(now_ms)
             for company_id, crm in buf.parked_groups():
                 if self._decide(company_id, crm) != Release.PARK:
