@@ -108,9 +108,9 @@ def test_an_oversized_input_record_is_dead_lettered_bounded_and_the_booking_behi
     assert producer.flush(30) == 0
     publish(deployment, [booking("acme", "big@buyer.example")])
 
-    wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 1, 60, 0.5, "the booking behind the oversized record")
+    wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 1, 120, 0.5, "the booking behind the oversized record")
     letters = wait_for(lambda: (d := [x for x in dead_letters(deployment) if x["source_topic"] == deployment.topics.meetings])
-                       and len(d) == deployment.partitions and d, 30, what="a dead letter per oversized record")
+                       and len(d) == deployment.partitions and d, 60, what="a dead letter per oversized record")
     for letter in letters:
         assert letter["original_length"] == len(big)
         assert letter["original_sha256"] == hashlib.sha256(big).hexdigest()
