@@ -312,9 +312,10 @@ class Env:
         return read_dead_letters(self.config, Codec())
 
     def lag(self) -> int:
-        """Records not yet committed by the worker's stage groups (ingest, delay, retry, sinks)."""
+        """Records not yet committed by the worker's stage groups (ingest, delay, retry tiers, sinks)."""
         t, app = self.config.topics, self.config.app_id
-        pairs = [(f"{app}-ingest", list(t.inputs)), (f"{app}-delay", [t.delay]), (f"{app}-retry", [t.retry]),
+        pairs = [(f"{app}-ingest", list(t.inputs)), (f"{app}-delay", [t.delay]),
+                 *((f"{app}-{tier.group}", [tier.topic]) for tier in self.config.retry_tiers()),
                  (f"{app}-sink-salesforce", [t.due_salesforce]), (f"{app}-sink-hubspot", [t.due_hubspot])]
         try:
             return self._lag(pairs)

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.domain.model import Crm
+from processors.domain.release import MAX_AHEAD_MS, RetryTier, tier_for
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -109,7 +110,11 @@ class Topics:
     due_salesforce: str = _env("CRM_SYNC_TOPIC_DUE_SALESFORCE", "crm-sync.actions.salesforce.v1")
     due_hubspot: str = _env("CRM_SYNC_TOPIC_DUE_HUBSPOT", "crm-sync.actions.hubspot.v1")
     history: str = _env("CRM_SYNC_TOPIC_HISTORY", "crm-sync.history.v1")
+    # Tiered by wait length (`Config.retry_tiers`): the first tier holds short waits (and its name is
+    # the original single retry topic's), so a wait far ahead never stalls one due sooner.
     retry: str = _env("CRM_SYNC_TOPIC_RETRY", "crm-sync.actions.retry.v1")
+    retry_medium: str = _env("CRM_SYNC_TOPIC_RETRY_MEDIUM", "crm-sync.actions.retry-medium.v1")
+    retry_long: str = _env("CRM_SYNC_TOPIC_RETRY_LONG", "crm-sync.actions.retry-long.v1")
     ledger_salesforce: str = _env("CRM_SYNC_TOPIC_LEDGER_SALESFORCE", "crm-sync.ledger.salesforce.v1")
     ledger_hubspot: str = _env("CRM_SYNC_TOPIC_LEDGER_HUBSPOT", "crm-sync.ledger.hubspot.v1")
     audit: str = _env("CRM_SYNC_TOPIC_AUDIT", "crm-sync.settings-audit.v1")
@@ -164,6 +169,11 @@ class Config:
     log_level: _LogLevel = _env("CRM_SYNC_LOG_LEVEL", "INFO")
     delay_lookahead_seconds: _Seconds = _env("CRM_SYNC_DELAY_LOOKAHEAD_SECONDS", 60.0)
     paused_repark_seconds: _Seconds = _env("CRM_SYNC_PAUSED_REPARK_SECONDS", 3600.0)
+    # Retry tiers: waits up to the first bound go to the retry topic, up to the second to its medium
+    # tier, longer ones (up to 7 days) to its long tier. Retention must outlast the longest wait.
+    retry_short_max_seconds: _Seconds = _env("CRM_SYNC_RETRY_SHORT_MAX_SECONDS", 60.0)
+    retry_medium_max_seconds: _Seconds = _env("CRM_SYNC_RETRY_MEDIUM_MAX_SECONDS", 3600.0)
+    retry_retention_hours: _Hours = _env("CRM_SYNC_RETRY_RETENTION_HOURS", 192.0)
     sink_give_up_seconds: _Seconds = _env("CRM_SYNC_SINK_RETRY_SECONDS", 86_400.0)
     sink_inline_retry_seconds: _Seconds = _env("CRM_SYNC_SINK_INLINE_RETRY_SECONDS", 10.0)
     sink_batch_size: _Count = _env("CRM_SYNC_SINK_BATCH_SIZE", 200)
@@ -232,6 +242,35 @@ class Config:
     def console_secure_cookies(self) -> bool:
         """The browser reaches the console over TLS (its own, or a proxy's)."""
         return self.console_tls or self.console_behind_tls
+
+    def retry_tiers(self) -> tuple[RetryTier, ...]:
+        """The retry topics, shortest waits first; each holds waits up to its `max_wait_ms`."""
+        t = self.topics
+        return (
+            RetryTier(t.retry, "retry", int(self.retry_short_max_seconds * 1000)),
+            RetryTier(t.retry_medium, "retry-medium", int(self.retry_medium_max_seconds * 1000)),
+            RetryTier(t.retry_long, "retry-long", MAX_AHEAD_MS),
+        )
+
+    def retry_topic(self, wait_ms: int) -> str:
+        """Where an action that is due in `wait_ms` waits (0 or less: the first tier)."""
+        return tier_for(wait_ms, self.retry_tiers()).topic
+
+    def retry_problems(self) -> list[str]:
+        """Tiers must grow, and their retention outlast the longest wait plus a pause's repark time."""
+        problems = []
+        if not 0 < self.retry_short_max_seconds < self.retry_medium_max_seconds < MAX_AHEAD_MS / 1000:
+            problems.append(
+                "CRM_SYNC_RETRY_SHORT_MAX_SECONDS, CRM_SYNC_RETRY_MEDIUM_MAX_SECONDS: expected 0 < short < medium < 604800 "
+                f"(7 days), got {self.retry_short_max_seconds:g} and {self.retry_medium_max_seconds:g}"
+            )
+        need = (MAX_AHEAD_MS / 1000 + self.paused_repark_seconds) / 3600
+        if self.retry_retention_hours <= need:
+            problems.append(
+                f"CRM_SYNC_RETRY_RETENTION_HOURS: expected more than {need:g} hours (the longest wait, 7 days, plus "
+                f"CRM_SYNC_PAUSED_REPARK_SECONDS), got {self.retry_retention_hours:g}"
+            )
+        return problems
 
     def http_problems(self) -> list[str]:
         """Why the worker must not serve HTTP this way: company data open to the network."""

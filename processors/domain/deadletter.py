@@ -1,4 +1,10 @@
-"""Dead-letter records (SPEC §7): what failed, where, why, and everything needed to retry it."""
+"""Dead-letter records (SPEC §7): what failed, where, why, and everything needed to retry it.
+
+A dead letter must always be producible, whatever the record that failed: the original value is
+kept whole only up to `ORIGINAL_PREFIX_BYTES`; beyond that it keeps a prefix, and always the full
+length and sha256, so an admin can tell what it was and find the rest by topic, partition and
+offset (`dlq retry` re-reads it from there). The key and the message are bounded the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,15 @@ from typing import Any, NamedTuple
 
 from processors.domain.model import Action
 from processors.domain.records import action_to_record
+
+
+# Far below librdkafka's `message.max.bytes` (1,000,000), so a letter that also carries an action fits.
+ORIGINAL_PREFIX_BYTES = 64 * 1024
+ORIGINAL_KEY_BYTES = 1024
+MESSAGE_CHARS = 4000
+# What the whole letter may take (librdkafka refuses records over 1,000,000 bytes): room for the
+# Avro framing and headers beside an action and a prefix.
+LETTER_BUDGET_BYTES = 900_000
 
 
 class Source(NamedTuple):
@@ -26,6 +41,31 @@ def dead_letter_id(source: Source, stage: str, action_id: str | None = None) -> 
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def bounded(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """An error message cut to `limit` characters (an exception may quote a whole record)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _approx_size(value: Any) -> int:
+    """An upper-bound guess of a record's Avro size (strings and bytes dominate)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "replace")) + 10
+    if isinstance(value, bytes):
+        return len(value) + 10
+    if isinstance(value, dict):
+        return sum(_approx_size(k) + _approx_size(v) for k, v in value.items()) + 10
+    if isinstance(value, (list, tuple)):
+        return sum(_approx_size(v) for v in value) + 10
+    return 10
+
+
+def prefix_limit(action_record: dict[str, Any] | None) -> int:
+    """How much of the original value fits beside the letter's action."""
+    if action_record is None:
+        return ORIGINAL_PREFIX_BYTES
+    return max(0, min(ORIGINAL_PREFIX_BYTES, LETTER_BUDGET_BYTES - _approx_size(action_record)))
+
+
 def dead_letter(
     *,
     stage: str,
@@ -41,18 +81,22 @@ def dead_letter(
     first_attempt_at: int | None = None,
     last_attempt_at: int | None = None,
 ) -> dict[str, Any]:
+    action_record = action_to_record(action) if action else None
+    limit = prefix_limit(action_record)
     return {
         "dead_letter_id": dead_letter_id(source, stage, action.action_id if action else None),
         "stage": stage,
         "error_class": error_class,
         "error_code": error_code,
-        "message": message,
+        "message": bounded(message),
         "source_topic": source.topic,
         "source_partition": source.partition,
         "source_offset": source.offset,
-        "original_key": source.key,
-        "original_value": source.value,
-        "action": action_to_record(action) if action else None,
+        "original_key": source.key[:ORIGINAL_KEY_BYTES] if source.key is not None else None,
+        "original_value": source.value[:limit] if source.value is not None else None,
+        "original_length": len(source.value) if source.value is not None else None,
+        "original_sha256": hashlib.sha256(source.value).hexdigest() if source.value is not None else None,
+        "action": action_record,
         "company_id": company_id or (action.company_id if action else None),
         "crm": crm or (action.crm.value if action else None),
         "attempts": attempts,

@@ -15,6 +15,7 @@ SETTINGS = "SettingsError"
 INTERNAL = "InternalError"
 UNDELIVERABLE = "Undeliverable"
 INVALID_RECORD = "InvalidInternalRecord"
+TOO_LARGE = "RecordTooLarge"  # refused by Kafka for its size (`processors.kafka.sender`)
 
 # Most specific first: a class whose MRO holds one of these names is classified by the first found.
 KNOWN = (
@@ -27,6 +28,7 @@ KNOWN = (
     DECODE,
     VALIDATION,
     SETTINGS,
+    TOO_LARGE,
 )
 
 

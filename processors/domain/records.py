@@ -331,9 +331,14 @@ def action_headers(action: Action) -> list[tuple[str, bytes]]:
     return headers_of(action.due_at, action.crm.value, action.company_id, action.action_id, action.event_id, action.event_type.value)
 
 
-def headers_of(due_at: int, crm: str, company_id: str, action_id: str, event_id: str, event_type: str) -> list[tuple[str, bytes]]:
-    """`action_headers` from the fields alone (an ingest process hands over fields, not Actions)."""
-    return [
+def headers_of(
+    due_at: int, crm: str, company_id: str, action_id: str, event_id: str, event_type: str, *, planned_at: int | None = None
+) -> list[tuple[str, bytes]]:
+    """`action_headers` from the fields alone (an ingest process hands over fields, not Actions).
+
+    `planned_at` only for an action already overdue when planned: its lateness counts from then.
+    """
+    headers = [
         ("due_at", str(due_at).encode()),
         ("crm", crm.encode()),
         ("company_id", company_id.encode()),
@@ -341,3 +346,6 @@ def headers_of(due_at: int, crm: str, company_id: str, action_id: str, event_id:
         ("event_id", event_id.encode()),
         ("event_type", event_type.encode()),
     ]
+    if planned_at is not None:
+        headers.append(("planned_at", str(planned_at).encode()))
+    return headers

@@ -4,19 +4,59 @@ what is parked by a pause, and the offset that is safe to commit (SPEC §4).
 Every action waits the same delay, so the delay topic holds actions nearly in due order; the
 releaser (`processors.kafka.releaser`) reads a bounded distance ahead into a `PartitionBuffer`
 and commits a partition only up to its oldest action not yet released.
+
+Retries wait anything from a second to a week, so they wait on retry tiers by wait length
+(`RetryTier`): each tier's releaser keeps everything of its tier in its buffer, and a record
+due beyond its tier's horizon (an old record, or a writer that picked the wrong tier) is
+forwarded to the tier for its wait as soon as it is read. A wait far ahead therefore never
+stops reading the partition, and never holds back a record due sooner.
+
+The give-up clock counts only time the company was deliverable: an action released after a
+pause has its clock moved on by the time it was parked (`resumed_clock`).
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from processors.domain.model import Crm
+from processors.domain.model import Action, Crm
 
 Headers = Sequence[tuple[str, bytes]]
 CRMS = frozenset(c.value for c in Crm)
-MAX_AHEAD_MS = 7 * 24 * 3600 * 1000  # the topics' retention: nothing legitimate is due later
+MAX_AHEAD_MS = 7 * 24 * 3600 * 1000  # the longest contact re-check: nothing legitimate is due later
+
+
+@dataclass(frozen=True)
+class RetryTier:
+    """One retry topic and the longest wait it holds; `group` names its releaser's consumer group."""
+
+    topic: str
+    group: str
+    max_wait_ms: int
+
+
+def tier_for(wait_ms: int, tiers: Sequence[RetryTier]) -> RetryTier:
+    """The first tier whose longest wait covers `wait_ms` (the last one for anything longer)."""
+    for tier in tiers:
+        if wait_ms <= tier.max_wait_ms:
+            return tier
+    return tiers[-1]
+
+
+def resumed_clock(give_up_clock: int, parked_at: int, now_ms: int) -> int:
+    """The give-up clock's new start once a parked action goes on: moved on by the time it was
+    parked, so only deliverable time counts. Only parked time after the clock started counts, and
+    a clock that went backwards moves nothing."""
+    if parked_at <= 0:
+        return give_up_clock
+    return give_up_clock + max(0, now_ms - max(parked_at, give_up_clock))
+
+
+def resume(action: Action, parked_at: int, now_ms: int) -> Action:
+    """`action` with its give-up clock moved on past its parked time (older actions: from due_at)."""
+    return replace(action, first_due_at=resumed_clock(action.give_up_clock, parked_at, now_ms))
 
 
 @dataclass(order=True, slots=True)
@@ -56,6 +96,13 @@ class Held:
     def action_id(self) -> str:
         return self.header("action_id")
 
+    @property
+    def late_from(self) -> int:
+        """Where lateness counts from: the due time, or the planning time of an action that was
+        already overdue when planned (a late event is not a late release)."""
+        planned = self.header("planned_at")
+        return max(self.due_at, int(planned)) if planned.isdigit() else self.due_at
+
     def problem(self, now_ms: int) -> str | None:
         """Why this record cannot be released (a bad internal record), or None."""
         if not self.header("due_at").isdigit():
@@ -79,12 +126,29 @@ class PartitionBuffer:
     heap: list[Held] = field(default_factory=list)
     parked: dict[tuple[str, str], dict[int, Held]] = field(default_factory=dict)
     in_flight: dict[int, Held] = field(default_factory=dict)
+    forwarding: dict[int, Held] = field(default_factory=dict)
     last_due: int = 0
 
-    def add(self, held: Held) -> None:
-        heapq.heappush(self.heap, held)
+    def add(self, held: Held, now_ms: int = 0, horizon_ms: int | None = None) -> None:
+        """Hold `held` until due, or (due beyond `horizon_ms` from now) set it aside to forward."""
         self.next_offset = held.offset + 1
+        if horizon_ms is not None and held.due_at > now_ms + horizon_ms:
+            self.forwarding[held.offset] = held
+            return
+        heapq.heappush(self.heap, held)
         self.last_due = max(self.last_due, held.due_at)
+
+    def pop_forwarding(self) -> list[Held]:
+        """What waits beyond this topic's horizon: in flight until copied to a later tier (then `done`)."""
+        out = list(self.forwarding.values())
+        self.forwarding.clear()
+        for held in out:
+            self.in_flight[held.offset] = held
+        return out
+
+    def reforward(self, held: Held) -> None:
+        self.in_flight.pop(held.offset, None)
+        self.forwarding[held.offset] = held
 
     def pop_due(self, now_ms: int) -> list[Held]:
         out = []
@@ -139,6 +203,7 @@ class PartitionBuffer:
             min((h.offset for h in self.heap), default=self.next_offset),
             min((min(group) for group in self.parked.values()), default=self.next_offset),
             min(self.in_flight, default=self.next_offset),
+            min(self.forwarding, default=self.next_offset),
         )
 
     def should_pause(self, now_ms: int, lookahead_ms: int, max_buffered: int) -> bool:
@@ -150,7 +215,7 @@ class PartitionBuffer:
 
     @property
     def size(self) -> int:
-        return len(self.heap) + sum(len(g) for g in self.parked.values()) + len(self.in_flight)
+        return len(self.heap) + sum(len(g) for g in self.parked.values()) + len(self.in_flight) + len(self.forwarding)
 
 
 def per_partition_cap(max_buffered: int, partitions: int) -> int:

@@ -12,8 +12,13 @@ tick after resume; a disconnected company's are dropped (rule 7). An action park
 holds a partition's commit back (a restart would replay all that came after it) nor outlives the
 topic's retention; the retry topic's releaser parks the copy again, and so on until resume.
 
-A record that cannot be released (missing or bad headers: a bug or a foreign writer) is handed to
-`reject` (the dead-letter topic) and counts as done, so it never stops the partition.
+A releaser with a `horizon` (a retry tier) reads without a lookahead pause: everything its tier
+holds waits in its buffer, and a record due beyond the horizon is handed to `forward` (the tier for
+its wait) when read, then done here, so a wait far ahead never stalls a record due sooner.
+
+A record that cannot be released (missing or bad headers: a bug or a foreign writer), or that
+Kafka refuses for its size, is handed to `reject` (the dead-letter topic) and counts as done, so
+it never stops the partition.
 
 `processors.domain.release` is the pure bookkeeping; `DelayReleaser` is the thin aiokafka shell.
 """
@@ -31,6 +36,7 @@ from aiokafka.structs import OffsetAndMetadata
 from connectors.retry import RetryPolicy
 from processors.domain.release import Held, PartitionBuffer, Release, per_partition_cap
 from processors.kafka.consumer import StopSignal
+from processors.kafka.sender import RecordTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,8 @@ class DelayReleaser:
         lookahead_seconds: float,
         repark: Emit | None = None,
         repark_after_seconds: float = 3600.0,
+        forward: Emit | None = None,
+        horizon_seconds: float | None = None,
         max_buffered: int = 100_000,
         tick_seconds: float = 0.05,
         resend_policy: RetryPolicy = RESEND_POLICY,
@@ -73,6 +81,8 @@ class DelayReleaser:
         self._drop = drop
         self._reject = reject
         self._repark = repark
+        self._forward = forward
+        self._horizon_ms = int(horizon_seconds * 1000) if horizon_seconds is not None and forward is not None else None
         self._repark_after_ms = int(repark_after_seconds * 1000)
         # Looking for long-parked actions walks every parked one: a tenth of the repark time is often enough.
         self._repark_scan_every = min(60.0, repark_after_seconds / 10)
@@ -142,7 +152,7 @@ class DelayReleaser:
                     if buf is None:
                         continue
                     for rec in records:
-                        buf.add(Held.of(rec.offset, rec.headers, rec.value, read_at))
+                        buf.add(Held.of(rec.offset, rec.headers, rec.value, read_at), read_at, self._horizon_ms)
                 async with self._pass:
                     await self._release(self._now_ms())
                 self._flow_control(self._now_ms())
@@ -186,10 +196,19 @@ class DelayReleaser:
         sent: list[tuple[PartitionBuffer, Held, Awaitable[object], Callable[[Held], None]]] = []
         failed = 0
 
-        async def send(buf: PartitionBuffer, held: Held, via: Emit, undo: Callable[[Held], None]) -> None:
+        async def send(
+            buf: PartitionBuffer, held: Held, via: Emit, undo: Callable[[Held], None], partition: int, rejecting: bool = False
+        ) -> None:
             nonlocal failed
             try:
                 ack = await via(held)
+            except RecordTooLarge as exc:
+                if not rejecting:  # never sendable: a dead letter (bounded, with the offset), not a retry loop
+                    await send(buf, held, lambda h, why=str(exc): self._reject(partition, h, why), buf.retry, partition, True)
+                    return
+                failed += 1
+                undo(held)
+                return
             except Exception:
                 failed += 1
                 undo(held)
@@ -203,6 +222,10 @@ class DelayReleaser:
         for tp, buf in list(self._buffers.items()):
             if tp not in self._buffers:
                 continue
+            p = tp.partition
+            if self._forward is not None:  # only a releaser with a forward sets records aside
+                for held in buf.pop_forwarding():
+                    await send(buf, held, self._forward, buf.reforward, p)
             batch = buf.pop_due(now_ms)
             for company_id, crm in buf.parked_groups():
                 if self._decide(company_id, crm) != Release.PARK:
@@ -210,18 +233,18 @@ class DelayReleaser:
             for held in batch:
                 problem = held.problem(now_ms)
                 if problem is not None:
-                    await send(buf, held, lambda h, why=problem, p=tp.partition: self._reject(p, h, why), buf.retry)
+                    await send(buf, held, lambda h, why=problem, p=p: self._reject(p, h, why), buf.retry, p, True)
                     continue
                 decision = self._decide(held.company_id, held.crm)
                 if decision == Release.PARK:
                     buf.park(held, now_ms)
                 elif decision == Release.DROP:
-                    await send(buf, held, self._drop, buf.retry)
+                    await send(buf, held, self._drop, buf.retry, p)
                 else:
-                    await send(buf, held, self._emit, buf.retry)
+                    await send(buf, held, self._emit, buf.retry, p)
             if repark is not None:
                 for held in buf.stale_parked(now_ms, self._repark_after_ms):
-                    await send(buf, held, repark, lambda h, buf=buf: buf.park(h, now_ms))
+                    await send(buf, held, repark, lambda h, buf=buf: buf.park(h, now_ms), p)
         for buf, held, ack, undo in sent:
             try:
                 await ack

@@ -14,6 +14,11 @@ An idempotent producer can hit a *fatal* error (the broker lost the producer's s
 say): librdkafka then refuses every record. The sender fails every ack still pending, so no batch
 that produced them is committed, and replaces the producer with a fresh one (a new producer id);
 the stages' supervisor redoes those batches, and action ids make the repeats harmless downstream.
+
+A record larger than the producer's `message.max.bytes` is that record's fault, not the
+producer's: `send` raises `RecordTooLarge` for it (librdkafka refuses it in `produce`; a broker
+or topic with a lower limit refuses it in the delivery report, which fails its ack with the same
+error), so the stage handles it like any bad record (a dead letter) instead of restarting.
 """
 
 from __future__ import annotations
@@ -35,6 +40,21 @@ FATAL_FLUSH_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
+class RecordTooLarge(ValueError):
+    """A record the producer or broker refuses for its size: permanent for that record only."""
+
+    code = "record_too_large"
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(f"a record of {size} bytes for {topic} is larger than Kafka accepts (message.max.bytes)")
+        self.topic = topic
+        self.size = size
+
+
+def _too_large(err: KafkaError | None) -> bool:
+    return err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
 class RdSender:
     """One per worker; `start` in the worker's event loop before the first send, `close` after the last."""
 
@@ -43,7 +63,7 @@ class RdSender:
         self._factory = producer_factory
         self._producer = producer_factory(self._conf)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reports: list[tuple[asyncio.Future[Any], KafkaError | None]] = []
+        self._reports: list[tuple[asyncio.Future[Any], KafkaError | RecordTooLarge | None]] = []
         self._closing = threading.Event()
         self._fatal: KafkaError | None = None
         self.replacements = 0
@@ -59,8 +79,10 @@ class RdSender:
         assert self._loop is not None, "RdSender.start() was not called"
         future: asyncio.Future[Any] = self._loop.create_future()
 
+        size = len(value or b"") + len(key or b"")
+
         def delivered(err: KafkaError | None, msg: Message, future: asyncio.Future[Any] = future) -> None:
-            self._reports.append((future, err))
+            self._reports.append((future, RecordTooLarge(topic, size) if _too_large(err) else err))
 
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
         if headers is not None:
@@ -71,6 +93,10 @@ class RdSender:
                 return future
             except BufferError:
                 await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
+            except KafkaException as exc:
+                if _too_large(exc.args[0] if exc.args else None):
+                    raise RecordTooLarge(topic, size) from None
+                raise
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (on the delivery thread): a fatal error marks the producer for replacement."""
@@ -116,11 +142,13 @@ class RdSender:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
 
-def _resolve(reports: list[tuple[asyncio.Future[Any], KafkaError | None]]) -> None:
+def _resolve(reports: list[tuple[asyncio.Future[Any], KafkaError | RecordTooLarge | None]]) -> None:
     for future, err in reports:
         if future.done():
             continue
         if err is None:
             future.set_result(None)
+        elif isinstance(err, RecordTooLarge):
+            future.set_exception(err)
         else:
             future.set_exception(KafkaException(err))

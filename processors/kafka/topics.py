@@ -6,7 +6,7 @@ import logging
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from processors.config import Config
 from processors.domain.model import Crm
@@ -31,8 +31,12 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
     as the dead letters themselves.
 
     The settings audit is append-only (never compacted) and kept two years.
+
+    The retry tiers keep `CRM_SYNC_RETRY_RETENTION_HOURS` (8 days): longer than the longest wait
+    (7 days) plus the time a paused action stays parked before it is copied on.
     """
     t = config.topics
+    retry = {"retention.ms": str(int(config.retry_retention_hours * 3600 * 1000))}
     ledger = {"cleanup.policy": "compact,delete", "retention.ms": str(int(config.ledger_keep_hours * 3600 * 1000))}
     return {
         t.meetings: {},
@@ -45,7 +49,9 @@ def topic_specs(config: Config) -> dict[str, dict[str, str]]:
         t.due_salesforce: {"retention.ms": SEVEN_DAYS_MS},
         t.due_hubspot: {"retention.ms": SEVEN_DAYS_MS},
         t.history: {"cleanup.policy": "compact,delete", "retention.ms": str(8 * 24 * 3600 * 1000)},
-        t.retry: {"retention.ms": SEVEN_DAYS_MS},
+        t.retry: retry,
+        t.retry_medium: retry,
+        t.retry_long: retry,
         t.ledger_salesforce: ledger,
         t.ledger_hubspot: ledger,
         t.audit: {"cleanup.policy": "delete", "retention.ms": str(AUDIT_RETENTION_MS)},
@@ -155,6 +161,7 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
         missing = ", ".join(name for name in t.inputs if name not in partitions)
         raise clients.BrokerRefused(f"{refused}: the input topics {missing} are missing (or not readable by it); their owner creates them") from exc
     check_ledgers(config, partitions)
+    check_retention(config, timeout)
     return partitions
 
 
@@ -165,6 +172,39 @@ class TopicsMissing(ValueError):
 def _partitions(config: Config, names: list[str], timeout: float) -> dict[str, int]:
     admin = AdminClient(clients.librdkafka(config))
     return {name: len(meta.partitions) for name, meta in admin.list_topics(timeout=timeout).topics.items() if name in names}
+
+
+def needed_retention_ms(config: Config) -> dict[str, int]:
+    """What each holding topic's retention must exceed: its longest wait plus the repark time (a
+    parked action is re-read from its offset after a restart until it is copied on)."""
+    repark = int(config.paused_repark_seconds * 1000)
+    delay = int((config.delay_seconds + config.delay_lookahead_seconds) * 1000)
+    return {config.topics.delay: delay + repark, **{tier.topic: tier.max_wait_ms + repark for tier in config.retry_tiers()}}
+
+
+def retention_problems(config: Config, retention_ms: dict[str, int]) -> list[str]:
+    """Topics whose retention (`-1`: forever) would delete records before they are due."""
+    return [
+        f"topic {topic} keeps records {retention_ms[topic]} ms but must keep them more than {need} ms "
+        "(its longest wait plus CRM_SYNC_PAUSED_REPARK_SECONDS): raise its retention.ms"
+        for topic, need in needed_retention_ms(config).items()
+        if topic in retention_ms and 0 <= retention_ms[topic] <= need
+    ]
+
+
+def check_retention(config: Config, timeout: float = 30.0) -> None:
+    """Refuse to start when an existing topic would expire actions before they are due."""
+    if problems := config.retry_problems():
+        raise ValueError("; ".join(problems))
+    admin = AdminClient(clients.librdkafka(config))
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in needed_retention_ms(config)]
+    retention = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        entry = future.result().get("retention.ms")
+        if entry is not None and entry.value is not None:
+            retention[resource.name] = int(entry.value)
+    if problems := retention_problems(config, retention):
+        raise ValueError("; ".join(problems))
 
 
 def check_ledgers(config: Config, partitions: dict[str, int]) -> None:

@@ -53,7 +53,7 @@ class Grant:
 def grants(config: Config) -> list[Grant]:
     """Every grant of every role, in the order `print` shows them."""
     t = config.topics
-    internal = [t.delay, t.retry, t.due_salesforce, t.due_hubspot, t.ledger_salesforce, t.ledger_hubspot]
+    internal = [t.delay, t.retry, t.retry_medium, t.retry_long, t.due_salesforce, t.due_hubspot, t.ledger_salesforce, t.ledger_hubspot]
     out: list[Grant] = []
 
     def topic(role: str, names: Iterable[str], ops: tuple[str, ...], why: str) -> None:
@@ -62,6 +62,7 @@ def grants(config: Config) -> list[Grant]:
     topic("worker", t.inputs, ("READ",), "ingest (the upstream creates them)")
     topic("worker", [t.settings], ("READ", "CREATE"), "the settings table")
     topic("worker", internal, ("READ", "WRITE", "CREATE"), "delay, retry, due topics and ledgers")
+    topic("worker", [t.delay, t.retry, t.retry_medium, t.retry_long], ("DESCRIBE_CONFIGS",), "retention checked at start")
     topic("worker", [t.dead_letter], ("WRITE", "CREATE"), "dead letters")
     topic("worker", [t.dead_letter_index], ("WRITE", "CREATE"), "the dead letters' index (by id)")
     topic("worker", [t.history], ("READ", "WRITE", "CREATE"), "sync history (and /history)")

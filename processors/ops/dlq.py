@@ -8,7 +8,8 @@ The dead-letter topic holds the dead letters and, beside them, what admins did a
   delivery (held while paused, dropped as `integration_disabled` when disconnected), and the
   sinks' ledger keeps it idempotent (retrying something that did succeed creates nothing).
 - A failure from before planning (decode, validate, plan) is retried by re-ingesting the original
-  record on its original topic, once its cause is fixed.
+  record on its original topic, once its cause is fixed; a letter that keeps only a prefix of a
+  large original cannot be re-ingested (it says where the whole record is).
 - Retries and resolutions are counted in sync history.
 
 Reads take only the range asked for. Dead letters are keyed by company, so one company's are on
@@ -239,6 +240,11 @@ class FailureAdmin:
         if record["stage"] in RE_INGEST_STAGES and record.get("original_value") is not None:
             if record["source_topic"] not in self._config.topics.inputs:
                 return f"its source topic {record['source_topic']} is not an input topic"
+            if (record.get("original_length") or 0) > len(record["original_value"]):
+                return (
+                    f"it keeps only the first {len(record['original_value'])} of the original's {record['original_length']} bytes; "
+                    f"the whole record is at {record['source_topic']} partition {record['source_partition']} offset {record['source_offset']}"
+                )
             self._producer.produce(record["source_topic"], key=record.get("original_key"), value=record["original_value"])
             return None
         return f"a {record['stage']} failure carries no action or input record to send again; resolve it instead"

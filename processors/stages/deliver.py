@@ -111,7 +111,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             retried = decision.retry
             acks.append(
                 await ctx.send(
-                    cfg.topics.retry, action.company_id.encode(), ctx.codec.encode("Action", action_to_record(retried)), action_headers(retried)
+                    cfg.retry_topic(retried.due_at - now_ms()), action.company_id.encode(), ctx.codec.encode("Action", action_to_record(retried)), action_headers(retried)
                 )
             )
         elif decision.kind in (DEAD_LETTER, GIVE_UP):

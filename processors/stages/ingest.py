@@ -28,12 +28,12 @@ from processors.codec import Codec, RegistryUnavailableError
 from processors.domain import errors
 from processors.domain.deadletter import Source, dead_letter
 from processors.domain.ingest import ingest
-from processors.domain.model import Crm
 from processors.domain.records import action_to_record, headers_of
 from processors.domain.rules import SettingsView
 from processors.kafka import clients
 from processors.kafka.consumer import BatchConsumer
 from processors.kafka.producer import Acks, all_acked
+from processors.kafka.sender import RecordTooLarge
 from processors.stages.common import StageContext, now_ms, source_of, until_registry_answers
 from processors.state.settings import parse_settings_record
 
@@ -191,11 +191,13 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
             log.debug("skipped", extra={"event_id": done.event_id, "reason": reason})
         for action in done.actions:
             planned[action.crm, done.event_type] += 1
-            headers = headers_of(action.due_at, action.crm, action.company_id, action.action_id, action.event_id, done.event_type)
-            if action.due_at <= done.now_ms:
-                acks.append(await ctx.send(cfg.topics.due(Crm(action.crm)), action.action_id.encode(), action.value, headers))
-            else:
-                acks.append(await ctx.send(cfg.topics.delay, action.company_id.encode(), action.value, headers))
+            # Already due (a late event, a backlog, a re-ingest): the first retry tier, whose releaser
+            # releases it at once unless the company is paused. Never straight to a due topic.
+            overdue = action.due_at <= done.now_ms
+            headers = headers_of(action.due_at, action.crm, action.company_id, action.action_id, action.event_id, done.event_type,
+                                 planned_at=done.now_ms if overdue else None)
+            topic = cfg.retry_topic(0) if overdue else cfg.topics.delay
+            acks.append(await ctx.send(topic, action.company_id.encode(), action.value, headers))
             log.debug(
                 "planned",
                 extra={"event_id": action.event_id, "action_id": action.action_id, "crm": action.crm, "due_at": action.due_at},
@@ -208,20 +210,39 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
         for topic, count in collections.Counter(source.topic for source in sources).items():
             metrics.ingested.labels(topic).inc(count)
         acks: Acks = []
+        owners: list[tuple[Source, int, int]] = []  # each record's acks: acks[start:end]
         planned: collections.Counter[tuple[str, str]] = collections.Counter()
         chunks = prepared_by(sources)
         try:
             for chunk, prepared in chunks:
                 for source, done in zip(chunk, await prepared):
+                    start = len(acks)
                     try:
                         await emit(source, done, acks, planned)
                     except Exception as exc:
                         acks.append(await ctx.dead_letter(failed(source, exc, now_ms())))
+                    owners.append((source, start, len(acks)))
         finally:
             _abandon([prepared for _, prepared in chunks])
         for (crm, event_type), count in planned.items():
             metrics.planned.labels(crm, event_type).inc(count)
-        await all_acked(acks)
+        try:
+            await all_acked(acks)
+        except RecordTooLarge:
+            await all_acked(await refused_for_size(acks, owners))
+
+    async def refused_for_size(acks: Acks, owners: list[tuple[Source, int, int]]) -> Acks:
+        """A broker or topic refused a record for its size in the delivery report: dead-letter the
+        input record it came from (any other failure still fails the batch)."""
+        letters: Acks = []
+        for source, start, end in owners:
+            for ack in acks[start:end]:
+                try:
+                    await ack
+                except RecordTooLarge as exc:
+                    letters.append(await ctx.dead_letter(failed(source, exc, now_ms())))
+                    break
+        return letters
 
     async def check_settings(source: Source) -> None:
         parse_settings_record(ctx.codec, source.key, source.value)

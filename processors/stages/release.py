@@ -1,7 +1,14 @@
-"""The release stage: wires the `DelayReleaser`s (delay topic, retry topic) into the worker. Due
-decisions come from the settings table (parked actions are re-decided every tick, so a resume
+"""The release stage: wires the `DelayReleaser`s (the delay topic and the retry tiers) into the
+worker. It is the single pause gate (SPEC §3): every action reaches a due topic through one of
+these releasers (ingest sends an action already due at planning to the first retry tier, never
+straight to a due topic; `dlq retry` sends actions to the retry topic too), so nothing is created
+for a paused company by any path.
+
+Due decisions come from the settings table (parked actions are re-decided every tick, so a resume
 needs no signal); due actions go to their CRM's due topic; a disconnected company's are dropped
-and counted; a record that cannot be released is dead-lettered with the reason.
+and counted; a record that cannot be released is dead-lettered with the reason. An action that
+was parked goes on (released, or copied on by a repark) with its give-up clock moved past the
+parked time, so the pause does not count against its retries.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import logging
 from processors.domain import errors
 from processors.domain.deadletter import Source, dead_letter
 from processors.domain.model import Crm
-from processors.domain.release import Held, Release
+from processors.domain.records import action_from_record, action_to_record
+from processors.domain.release import Held, Release, resume
 from processors.domain.rules import DueDecision, decide_when_due
 from processors.kafka import clients
 from processors.kafka.producer import Ack
@@ -20,7 +28,6 @@ from processors.stages.common import StageContext, now_ms
 
 log = logging.getLogger("crm_sync.release")
 
-RETRY_LOOKAHEAD_SECONDS = 900.0
 RELEASES = {DueDecision.DELIVER: Release.DELIVER, DueDecision.HOLD: Release.PARK, DueDecision.DROP: Release.DROP}
 
 
@@ -31,15 +38,32 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
     def decide(company_id: str, crm: str) -> str:
         return RELEASES[decide_when_due(Crm(crm), ctx.settings.company(company_id))]
 
+    def resumed_value(held: Held) -> bytes:
+        """The value with the give-up clock moved past the parked time (as read if never parked;
+        a value that does not decode goes on as it is: the sink dead-letters it)."""
+        if not held.parked_at:
+            return held.value
+        try:
+            action = action_from_record(ctx.codec.decode(held.value).value)
+        except Exception:
+            return held.value
+        return ctx.codec.encode("Action", action_to_record(resume(action, held.parked_at, now_ms())))
+
     async def emit(held: Held) -> Ack:
         metrics.released.labels(held.crm).inc()
-        metrics.lateness.labels(held.crm).observe(max(0.0, (now_ms() - held.due_at) / 1000))
-        return await ctx.send(cfg.topics.due(Crm(held.crm)), held.action_id.encode(), held.value, held.headers)
+        metrics.lateness.labels(held.crm).observe(max(0.0, (now_ms() - held.late_from) / 1000))
+        return await ctx.send(cfg.topics.due(Crm(held.crm)), held.action_id.encode(), resumed_value(held), held.headers)
 
     async def repark(held: Held) -> Ack:
         metrics.reparked.labels(held.crm).inc()
         log.info("parked action moved to the retry topic", extra={"crm": held.crm, "action_id": held.action_id, "event_id": held.header("event_id")})
-        return await ctx.send(cfg.topics.retry, held.company_id.encode(), held.value, held.headers)
+        return await ctx.send(cfg.retry_topic(0), held.company_id.encode(), resumed_value(held), held.headers)
+
+    async def forward(held: Held) -> Ack:
+        """A wait beyond this tier's horizon moves on to the tier for it (the copy is due as before)."""
+        topic = cfg.retry_topic(held.due_at - now_ms())
+        log.debug("action moved to a longer retry tier", extra={"crm": held.crm, "action_id": held.action_id, "topic": topic})
+        return await ctx.send(topic, held.company_id.encode(), held.value, held.headers)
 
     async def drop(held: Held) -> Ack:
         event_type = held.header("event_type") or "unknown"
@@ -53,7 +77,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             reason="integration_disabled", event_id=held.header("event_id"), action_id=held.action_id,
         )
 
-    def make(topic: str, group: str, lookahead_seconds: float) -> DelayReleaser:
+    def make(topic: str, group: str, lookahead_seconds: float, horizon_seconds: float | None = None) -> DelayReleaser:
         async def reject(partition: int, held: Held, reason: str) -> Ack:
             source = Source(topic, partition, held.offset, held.company_id.encode() or None, held.value)
             letter = dead_letter(
@@ -72,11 +96,17 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             lookahead_seconds=lookahead_seconds,
             repark=repark,
             repark_after_seconds=cfg.paused_repark_seconds,
+            forward=forward if horizon_seconds is not None else None,
+            horizon_seconds=horizon_seconds,
         )
 
-    # Planned actions wait on the delay topic; actions a sink deferred after transient CRM failures
-    # wait on the retry topic (backoffs up to 15 min, so it reads further ahead).
-    return [
-        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds),
-        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS),
-    ]
+    # Planned actions wait on the delay topic (in due order: a short lookahead is enough). Deferred
+    # actions, re-checks, DLQ retries, reparks and actions overdue at planning wait on the retry
+    # tier for their wait; each tier reads its whole horizon ahead and forwards longer waits.
+    tiers = cfg.retry_tiers()
+    releasers = [make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds)]
+    for n, tier in enumerate(tiers):
+        last = n == len(tiers) - 1
+        horizon = tier.max_wait_ms / 1000
+        releasers.append(make(tier.topic, tier.group, horizon, None if last else horizon))
+    return releasers

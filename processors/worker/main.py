@@ -13,7 +13,7 @@ from processors.codec import registry_problems
 
 
 def run_worker(config: Config) -> None:
-    if problems := config.http_problems():
+    if problems := config.http_problems() + config.retry_problems():
         raise ConfigError(problems)
     runtime = make_runtime(config)
     # A registry that cannot answer now is a configuration problem: say so in one line, before Kafka.

@@ -129,6 +129,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "source_offset": 2**40,
         "original_key": b"acme",
         "original_value": b"\xc3\x01\x00\xff",
+        "original_length": 4,
+        "original_sha256": "9e8d2fb27b12ab66c12f4698113452f0786a58fc9d6330d73a75df0677912d48",
         "action": ACTION,
         "company_id": "acme",
         "crm": "salesforce",

@@ -1,9 +1,12 @@
 """`PartitionBuffer`: the commit offset never passes an action a restart would still need, and the
-read-ahead stops at the lookahead or the buffer budget."""
+read-ahead stops at the lookahead or the buffer budget; retry tiers by wait length, lateness, and the
+give-up clock that counts only deliverable time."""
 
 from __future__ import annotations
 
-from processors.domain.release import Held, PartitionBuffer, per_partition_cap
+import pytest
+
+from processors.domain.release import Held, PartitionBuffer, RetryTier, per_partition_cap, resumed_clock, tier_for
 
 
 def held(offset: int, due_at: int, company: str = "acme", crm: str = "salesforce") -> Held:
@@ -143,3 +146,67 @@ def test_actions_parked_too_long_are_handed_out_and_hold_the_commit_until_copied
     assert buf.commit_offset() == 11  # the other parked action still holds the partition
     assert [h.offset for h in buf.stale_parked(now_ms=6_000, after_ms=3_000)] == [11]
     assert buf.parked_groups() == []
+
+
+# ---- retry tiers, lateness and the give-up clock (pure) ------------------------------------------
+
+TIERS = (RetryTier("short", "retry", 60_000), RetryTier("medium", "retry-medium", 3_600_000), RetryTier("long", "retry-long", 7 * 86_400_000))
+
+
+@pytest.mark.parametrize(
+    ("wait_ms", "topic"),
+    [
+        (-5_000, "short"),  # already due (an overdue event, a DLQ retry, a repark)
+        (0, "short"),
+        (5_000, "short"),  # a transient failure's backoff
+        (60_000, "short"),
+        (60_001, "medium"),
+        (900_000, "medium"),  # a quota deferral, a capped Retry-After
+        (3_600_000, "medium"),
+        (3_600_001, "long"),  # a contact re-check an hour or more ahead
+        (7 * 86_400_000, "long"),
+        (8 * 86_400_000, "long"),  # longer than any tier: the last one (its releaser rejects it)
+    ],
+)
+def test_a_wait_goes_to_the_first_tier_that_holds_it(wait_ms: int, topic: str) -> None:
+    assert tier_for(wait_ms, TIERS).topic == topic
+
+
+def test_a_record_due_beyond_the_horizon_is_set_aside_to_forward_and_holds_the_commit_until_copied() -> None:
+    buf = PartitionBuffer()
+    buf.add(held(0, 3_600_000), now_ms=0, horizon_ms=60_000)
+    buf.add(held(1, 5_000), now_ms=0, horizon_ms=60_000)
+    assert not buf.should_pause(0, 60_000, 100)  # the far record does not stop reading
+    assert buf.commit_offset() == 0 and buf.size == 2
+    [far] = buf.pop_forwarding()
+    assert far.offset == 0 and buf.commit_offset() == 0  # in flight until its copy is acknowledged
+    buf.reforward(far)  # the copy failed: set aside again
+    assert [h.offset for h in buf.pop_forwarding()] == [0]
+    buf.done(0)
+    assert buf.commit_offset() == 1
+    assert [h.offset for h in buf.pop_due(5_000)] == [1]
+
+
+def test_lateness_counts_from_the_planning_time_of_an_action_overdue_when_planned() -> None:
+    base = [("due_at", b"1000"), ("company_id", b"acme"), ("crm", b"salesforce"), ("action_id", b"a")]
+    assert Held.of(0, base, b"v", 0).late_from == 1000
+    assert Held.of(0, [*base, ("planned_at", b"900000")], b"v", 0).late_from == 900_000
+    assert Held.of(0, [*base, ("planned_at", b"500")], b"v", 0).late_from == 1000
+
+
+H = 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("clock", "parked_at", "now", "expected", "why"),
+    [
+        (0, 0, 5 * H, 0, "never parked: nothing changes"),
+        (0, 1 * H, 1 * H, 0, "resumed the moment it was parked: no time to add"),
+        (0, 1 * H, 3 * H, 2 * H, "parked two hours: the clock starts two hours later"),
+        (0, 2 * H, 50 * H, 48 * H, "a pause longer than the give-up window does not count"),
+        (10 * H, 1 * H, 12 * H, 12 * H, "only parked time after the clock started counts"),
+        (0, 5 * H, 4 * H, 0, "a clock that went backwards moves nothing"),
+    ],
+)
+def test_the_give_up_clock_counts_only_deliverable_time(clock: int, parked_at: int, now: int, expected: int, why: str) -> None:
+    assert resumed_clock(clock, parked_at, now) == expected, why

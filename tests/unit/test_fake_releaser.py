@@ -701,3 +701,87 @@ def test_a_revoke_during_an_emit_waits_for_the_release_pass_and_nothing_of_the_p
         assert committed_by_revoke == {TP0: 2}
 
     run(scenario)
+
+
+# ---- retry tiers: a wait far ahead moves out of the way -----------------------------------------
+
+
+class Forwards:
+    """The `forward` of a retry tier: what it was handed, acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.forwarded: list[str] = []
+
+    async def __call__(self, held: Held) -> asyncio.Future[None]:
+        self.forwarded.append(held.action_id)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+
+def test_a_record_due_an_hour_ahead_never_holds_back_one_due_sooner_on_the_same_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        forward = Forwards()
+        rig = Rig(monkeypatch, lookahead_seconds=60.0, forward=forward, horizon_seconds=60.0)
+        fake = await rig.start()
+        fake.produce(TP0, headers("recheck", due_at=START_MS + 3_600_000))
+        await rig.rounds()
+        assert forward.forwarded == ["recheck"]  # copied on to the tier for its wait, at once
+        assert TP0 not in fake.paused()
+        fake.produce(TP0, headers("transient", due_at=START_MS + 5_000))
+        await rig.rounds()
+        rig.clock.at_ms(START_MS + 5_000)
+        await rig.rounds()
+        assert rig.emitted == ["transient"]
+        assert await rig.commit_now() == {TP0: 2}  # the forwarded record no longer holds the commit
+        await rig.stop()
+
+    run(scenario)
+
+
+def test_a_forward_that_fails_is_tried_again_and_holds_the_commit_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+
+        async def flaky(held: Held) -> asyncio.Future[None]:
+            calls.append(held.action_id)
+            if len(calls) == 1:
+                raise RuntimeError("retry tier unavailable")
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ack.set_result(None)
+            return ack
+
+        rig = Rig(monkeypatch, resend=NoWait(5.0), forward=flaky, horizon_seconds=60.0)
+        fake = await rig.start()
+        fake.produce(TP0, headers("far", due_at=START_MS + 3_600_000))
+        await rig.rounds()
+        assert calls == ["far"] and await rig.commit_now() == {TP0: 0}
+        rig.clock.tick_monotonic(5.0)  # past the resend backoff
+        await rig.until(lambda: len(calls) == 2)
+        assert await rig.commit_now() == {TP0: 1}
+        await rig.stop()
+
+    run(scenario)
+
+
+def test_an_action_kafka_refuses_for_its_size_is_rejected_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from processors.kafka.sender import RecordTooLarge
+
+    async def scenario() -> None:
+        rig = Rig(monkeypatch)
+
+        async def too_large(held: Held) -> asyncio.Future[None]:
+            rig.emitted.append(held.action_id)
+            raise RecordTooLarge("due", 1_010_000)
+
+        rig.releaser._emit = too_large
+        fake = await rig.start()
+        fake.produce(TP0, headers("big", due_at=START_MS))
+        fake.produce(TP0, headers("next", due_at=START_MS))
+        await rig.rounds(3)
+        assert [(offset, "larger than Kafka accepts" in why) for _, offset, why in rig.rejected] == [(0, True), (1, True)]
+        assert rig.emitted == ["big", "next"] and rig.resend.asked == []  # no resend loop
+        assert await rig.commit_now() == {TP0: 2}
+        await rig.stop()
+
+    run(scenario)

@@ -1,5 +1,6 @@
 """The stages' producer keeps the send/ack contract: an ack fails when the broker never took the
-record (so the batch is not committed), and `close` resolves what was queued before it stops."""
+record (so the batch is not committed), `close` resolves what was queued before it stops, and a
+record refused for its size is a per-record `RecordTooLarge`, never a producer failure."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from processors.kafka.sender import RdSender
+from processors.domain.errors import error_class
+from processors.kafka.sender import RdSender, RecordTooLarge
 
 # Nothing listens on port 1: every record times out in librdkafka's queue.
 UNREACHABLE = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300, "log_level": 0}
@@ -98,6 +100,47 @@ def test_a_fatal_error_fails_the_pending_acks_and_a_new_producer_takes_the_next_
             assert sender.replacements == 1 and len(FakeProducer.made) == 2
             await asyncio.wait_for(await sender("t", None, b"after"), 5)
             assert FakeProducer.made[1].queued == []
+        finally:
+            await sender.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_librdkafka_refuses_for_its_size_raises_record_too_large_and_the_next_goes_out() -> None:
+    """librdkafka checks `message.max.bytes` in `produce` and raises KafkaException (not BufferError):
+    that is the record's fault, so the caller gets a per-record error it can dead-letter."""
+
+    async def scenario() -> None:
+        sender = RdSender({**UNREACHABLE, "message.max.bytes": 1_000_000})
+        sender.start(asyncio.get_running_loop())
+        try:
+            with pytest.raises(RecordTooLarge) as raised:
+                await sender("t", b"k", b"x" * 1_010_000)
+            assert raised.value.size == 1_010_001 and raised.value.code == "record_too_large"
+            assert error_class(raised.value) == "RecordTooLarge"
+            assert not (await sender("t", b"k", b"small")).done()  # queued as usual
+        finally:
+            await sender.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_size_refusal_in_the_delivery_report_fails_that_ack_with_record_too_large() -> None:
+    class RefusingProducer(FakeProducer):
+        def poll(self, timeout: float) -> int:
+            time.sleep(timeout / 10)
+            queued, self.queued = self.queued, []
+            for report in queued:
+                report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)  # type: ignore[operator]
+            return len(queued)
+
+    async def scenario() -> None:
+        sender = RdSender({}, producer_factory=RefusingProducer)  # type: ignore[arg-type]
+        sender.start(asyncio.get_running_loop())
+        try:
+            ack = await sender("t", None, b"v" * 10)
+            with pytest.raises(RecordTooLarge):
+                await asyncio.wait_for(ack, 5)
         finally:
             await sender.close()
 
