@@ -1,6 +1,7 @@
 """`SettingsStore` over a fake `TopicReader`: readiness only after the topic was read to its end
-(an open admin transaction keeps it not ready), malformed records ignored and counted, tombstones,
-lookups and change listeners. No broker: the reader is injected through `reader_factory`."""
+(an open admin transaction keeps it not ready), malformed records ignored and counted, tombstones
+refused, lookups and change listeners, only audited next versions applied, and a restarted reader
+rebuilding beside the live table. No broker: the readers are injected through `reader_factory`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from processors.domain.model import CompanySettings, EventToggles, MeetingTypeSe
 from processors.domain.records import company_to_record, meeting_type_to_record
 from processors.domain.rules import company_key, meeting_type_key
 from processors.kafka.read import NotCaughtUp
-from processors.state.settings import SettingsStore
+from processors.domain.audit import Refusal
+from processors.state.settings import Decision, SettingsStore
 
 CODEC = Codec()
 WAIT = 2.0  # upper bound for things that do happen (they take milliseconds)
@@ -73,6 +75,9 @@ class FakeTopic:
         self.read_to_end_calls = 0
         self.readers = 0
         self.closed = 0
+        self.fail_follow = 0  # how many `follow` calls raise, as a broker failure would
+        self.hold_at: int | None = None  # a reader reaching this offset waits there until `release`
+        self.held = threading.Event()  # a reader waits at `hold_at`
 
     def append(self, key: bytes | None, value: bytes | None) -> None:
         with self._arrived:
@@ -88,12 +93,18 @@ class FakeTopic:
         self.readers += 1
         return FakeReader(self)
 
+    def release(self) -> None:
+        with self._arrived:
+            self.hold_at = None
+            self._arrived.notify_all()
+
 
 class FakeReader:
     def __init__(self, topic: FakeTopic) -> None:
         self.topic = topic
         self.position = 0
         self.assigned: list[int] = []
+        self.ends: dict[int, int] = {}
 
     def partitions(self, timeout: float = 10.0) -> list[int]:
         return [0]
@@ -104,7 +115,10 @@ class FakeReader:
 
     def _feed(self, on_record: Callable[[Msg], None]) -> None:
         while True:
-            with self.topic._lock:
+            with self.topic._arrived:
+                if self.position == self.topic.hold_at:
+                    self.topic.held.set()
+                self.topic._arrived.wait_for(lambda: self.position != self.topic.hold_at)
                 if self.position >= len(self.topic.records):
                     return
                 msg = self.topic.records[self.position]
@@ -122,10 +136,14 @@ class FakeReader:
             raise NotCaughtUp("settings not read to their end (transaction open)")
         before = self.position
         self._feed(on_record)
+        self.ends = {0: self.position}
         return self.position - before
 
     def follow(self, on_record: Callable[[Msg], None], seconds: float) -> None:
         with self.topic._arrived:
+            if self.topic.fail_follow:
+                self.topic.fail_follow -= 1
+                raise RuntimeError("reading settings: broker gone")
             if self.position >= len(self.topic.records):
                 self.topic._arrived.wait(0.005)
         if not self.topic.open_transaction:
@@ -141,8 +159,14 @@ class FakeReader:
         self.close()
 
 
-def make_store(topic: FakeTopic) -> SettingsStore:
-    return SettingsStore({}, "settings", CODEC, ready_timeout=0.01, reader_factory=topic.reader)
+AUDIT = FakeTopic()  # the audit topic of the tests that write no versioned record: always empty
+
+
+def make_store(topic: FakeTopic, audit: FakeTopic = AUDIT) -> SettingsStore:
+    def reader(name: str) -> FakeReader:
+        return {"settings": topic, "audit": audit}[name].reader()
+
+    return SettingsStore({}, "settings", CODEC, audit_topic="audit", ready_timeout=0.01, reader_factory=reader)
 
 
 @pytest.fixture
@@ -291,24 +315,23 @@ def test_the_latest_record_per_key_wins(topic: FakeTopic) -> None:
     assert len(s.companies()) == 1
 
 
-def test_a_tombstone_deletes(topic: FakeTopic) -> None:
+def test_a_tombstone_is_refused_it_carries_no_audit(topic: FakeTopic) -> None:
     topic.append(*company_msg(ACME))
     topic.append(*meeting_type_msg(MT1))
-    topic.append(*meeting_type_msg(MT2))
     topic.append(company_key("acme").encode(), None)
     topic.append(meeting_type_key("acme", "mt-1").encode(), None)
     s = loaded(topic)
-    assert s.company("acme") is None
-    assert s.meeting_type("acme", "mt-1") is None
-    assert s.meeting_types("acme") == [MT2]
-    assert s.rejected == 0
+    assert s.company("acme") == ACME
+    assert s.meeting_types("acme") == [MT1]
+    assert s.rejected == 2
+    assert s.wait_decision(0, 2, 0) == Decision(Refusal.TOMBSTONE, "a tombstone for company/acme: the admin tool never deletes a document")
 
 
-def test_a_tombstone_for_an_unknown_key_is_harmless(topic: FakeTopic) -> None:
+def test_a_tombstone_for_an_unknown_key_changes_nothing(topic: FakeTopic) -> None:
     topic.append(company_key("ghost").encode(), None)
     s = loaded(topic)
     assert s.company("ghost") is None
-    assert s.rejected == 0
+    assert s.rejected == 1
 
 
 def _malformed() -> list[tuple[str, bytes | None, bytes | None]]:
@@ -378,13 +401,13 @@ def test_listeners_are_called_with_the_company_id_of_every_change(topic: FakeTop
     store.start()
     assert store.wait_ready(WAIT)
     assert seen == ["acme", "globex"]
-    topic.append(meeting_type_key("globex", "mt-1").encode(), None)  # a tombstone is a change too
+    topic.append(meeting_type_key("globex", "mt-1").encode(), None)  # a tombstone: refused, no change
     topic.append(b"bad key", None)  # not a change
     topic.append(*company_msg(GLOBEX))
-    assert eventually(lambda: len(seen) == 4)
-    assert seen == ["acme", "globex", "globex", "globex"]
+    assert eventually(lambda: len(seen) == 3)
+    assert seen == ["acme", "globex", "globex"]
     assert others == seen
-    assert store.meeting_type("globex", "mt-1") is None
+    assert store.meeting_type("globex", "mt-1") == MT_GLOBEX
 
 
 def test_a_listener_sees_the_new_value_already_applied(topic: FakeTopic) -> None:
@@ -392,6 +415,38 @@ def test_a_listener_sees_the_new_value_already_applied(topic: FakeTopic) -> None
     observed: list[CompanySettings | None] = []
     s.add_listener(lambda company_id: observed.append(s.company(company_id)))
     topic.append(*company_msg(ACME))
-    topic.append(company_key("acme").encode(), None)
+    topic.append(*company_msg(GLOBEX))
+    topic.append(*company_msg(replace(ACME, paused=True)))
     s.load_once(timeout=0.01)
-    assert observed == [ACME, None]
+    assert observed == [ACME, GLOBEX, replace(ACME, paused=True)]
+
+
+# ---- a restarted reader ----------------------------------------------------------------------------
+
+
+def test_a_restarted_reader_rebuilds_beside_the_live_table_and_swaps_once_caught_up(topic: FakeTopic) -> None:
+    """The replay passes the older version first: the live table must not show it meanwhile."""
+    paused = replace(ACME, paused=True, updated_at=5)
+    topic.append(*company_msg(ACME))
+    topic.append(*company_msg(paused))
+    seen: list[str] = []
+    s = make_store(topic)
+    s.add_listener(seen.append)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        assert s.company("acme") == paused
+        topic.hold_at = 1  # the rebuild will stop after the older version
+        topic.fail_follow = 1
+        assert topic.held.wait(10.0)  # restarted (after its backoff), and read the older version
+        for _ in range(20):  # the rebuild has read the older version and waits: the live table answers
+            assert s.ready
+            assert s.company("acme") == paused
+        topic.append(*company_msg(GLOBEX))
+        topic.release()
+        assert eventually(lambda: s.company("globex") == GLOBEX)
+        assert s.company("acme") == paused
+        assert seen[-1] == "globex"  # the swap reports what changed, nothing else
+        assert seen.count("acme") == 2
+    finally:
+        s.stop()
