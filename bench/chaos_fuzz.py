@@ -318,14 +318,14 @@ def scenario_g(ctx: Any) -> Row:
     mt = rules.new_meeting_type(b.id, MEETING_TYPE, t, "chaos-g")
     for crm in Crm:
         mt = rules.set_meeting_type_toggle(mt, crm, EventType.MEETING_BOOKED, True, t, "chaos-g")
-    records = [env.admin.encode(company), env.admin.encode(mt)]
+    records = env.admin.records(env.admin.load(), [company, mt])  # the change and its audit entries
 
     txn = Producer({"bootstrap.servers": ctx.broker.bootstrap, "transactional.id": f"crm-sync-admin-chaos-{uuid.uuid4().hex}",
                     "enable.idempotence": True, "acks": "all", "transaction.timeout.ms": 120_000})
     txn.init_transactions(30)
     txn.begin_transaction()
-    for key, value in records:
-        txn.produce(env.config.topics.settings, key=key, value=value)
+    for topic, key, value in records:
+        txn.produce(topic, key=key, value=value)
     txn.flush(30)
     opened = time.monotonic()
     log("g: admin transaction open on the settings topic (2 records, neither committed nor aborted)")

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any, Mapping, Union
 
 from processors.domain.model import CompanySettings, MeetingTypeSettings
+from processors.domain.rules import SettingsError
 
 Doc = CompanySettings | MeetingTypeSettings
 # Bookkeeping, not settings: every change moves them.
@@ -89,6 +90,10 @@ class AuditRecord:
             int(value["at"]), str(value["actor"]), str(value["company_id"]), str(value["key"]), dict(value["changes"]),
             None if value.get("id") is None else str(value["id"]), None if version is None else int(version),
         )
+
+
+class SettingsConflict(SettingsError):
+    """Another admin changed the same setting of the same document meanwhile: nothing was written."""
 
 
 @dataclass(frozen=True)

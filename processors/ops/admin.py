@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from confluent_kafka import Message, Producer
 
 from processors.domain import mapping, rules
-from processors.domain.audit import AuditRecord, Stamp, changes
+from processors.domain.audit import AuditRecord, SettingsConflict, Stamp, changes
 from processors.codec import Codec, DecodeError, EncodeError
 from processors.config import Config
 from processors.domain.model import (
@@ -53,10 +53,6 @@ D = TypeVar("D", CompanySettings, MeetingTypeSettings)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class SettingsConflict(rules.SettingsError):
-    """Another admin changed the same setting of the same document meanwhile: nothing was written."""
 
 
 # Losing the race this many times in a row (a storm of edits to one document) is reported as a conflict.

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Sequence
 from authlib.deprecate import AuthlibDeprecationWarning
 
 from processors.config import Config
+from processors.domain.audit import SettingsConflict
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
 
@@ -26,6 +27,7 @@ from processors.kafka import clients
 # also break the one-line error contract.
 warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
 
+EXIT_CONFLICT = 4  # another admin changed the same setting meanwhile: nothing was saved
 EVENTS = [e.value for e in EventType]
 CRMS = [c.value for c in Crm]
 
@@ -474,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except clients.BrokerRefused as exc:
         print(f"crm-sync: error: {exc}", file=sys.stderr)
         return 3
+    except SettingsConflict as exc:
+        print(f"crm-sync: conflict: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_CONFLICT
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

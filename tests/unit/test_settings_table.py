@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -16,7 +16,7 @@ from processors.domain.model import CompanySettings, EventToggles, MeetingTypeSe
 from processors.domain.records import company_to_record, meeting_type_to_record
 from processors.domain.rules import company_key, meeting_type_key
 from processors.kafka.read import NotCaughtUp
-from processors.domain.audit import Refusal
+from processors.domain.audit import AuditRecord, Refusal, Stamp
 from processors.state.settings import Decision, SettingsStore
 
 CODEC = Codec()
@@ -448,5 +448,116 @@ def test_a_restarted_reader_rebuilds_beside_the_live_table_and_swaps_once_caught
         assert s.company("acme") == paused
         assert seen[-1] == "globex"  # the swap reports what changed, nothing else
         assert seen.count("acme") == 2
+    finally:
+        s.stop()
+
+
+# ---- only audited next versions ----------------------------------------------------------------
+
+
+PAUSED = replace(ACME, paused=True)
+
+
+def versioned(doc: CompanySettings, version: int, audit_id: str | None) -> tuple[bytes, bytes]:
+    record = {**company_to_record(doc), "version": version, "audit_id": audit_id}
+    return company_key(doc.company_id).encode(), CODEC.encode("CompanySettings", record)
+
+
+def audit_entry(audit_id: str, version: int, key: str = "company/acme") -> tuple[bytes, bytes]:
+    return b"acme", AuditRecord(1, "User:admin", "acme", key, {"paused": {"old": False, "new": True}}, id=audit_id, version=version).to_json()
+
+
+@pytest.fixture
+def audit() -> FakeTopic:
+    return FakeTopic()
+
+
+def test_a_versioned_record_is_applied_with_its_audit_entry_and_its_stamp_kept(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") == ACME
+    assert s.stamp("company/acme") == Stamp(1, "a-1")
+    assert s.wait_decision(0, 0, 0) == Decision(None, "applied")
+    assert s.rejected == 0
+
+
+@pytest.mark.parametrize(
+    "name, record, entries, reason",
+    [
+        ("no audit entry", versioned(PAUSED, 2, "a-2"), [], Refusal.AUDIT_MISSING),
+        ("no audit id", versioned(PAUSED, 2, None), [], Refusal.AUDIT_MISSING),
+        ("entry for another version", versioned(PAUSED, 2, "a-2"), [("a-2", 1)], Refusal.AUDIT_MISMATCH),
+        ("entry for another document", versioned(PAUSED, 2, "a-2"), [("a-2", 2, "company/globex")], Refusal.AUDIT_MISMATCH),
+        ("a replay", versioned(ACME, 1, "a-1"), [], Refusal.VERSION_REPEATED),
+        ("a skipped version", versioned(PAUSED, 3, "a-3"), [("a-3", 3)], Refusal.VERSION_SKIPPED),
+        ("old format after versions", company_msg(PAUSED), [], Refusal.UNVERSIONED),
+        ("a tombstone", (company_key("acme").encode(), None), [], Refusal.TOMBSTONE),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_record_that_is_not_the_audited_next_version_is_refused_and_the_document_kept(
+    topic: FakeTopic, audit: FakeTopic, name: str, record: tuple[bytes, bytes | None], entries: list[tuple[Any, ...]], reason: Refusal
+) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        for found in entries:
+            audit.append(*audit_entry(*found))
+        topic.append(*record)
+        decision = s.wait_decision(0, 1, WAIT)
+        assert decision is not None and decision.refusal is reason and "company/acme" in decision.detail
+        assert s.company("acme") == ACME and s.stamp("company/acme") == Stamp(1, "a-1")
+        assert s.rejected == 1 and s.ready
+    finally:
+        s.stop()
+
+
+def test_old_format_records_are_a_baseline_that_the_first_version_follows(topic: FakeTopic, audit: FakeTopic) -> None:
+    topic.append(*company_msg(ACME))
+    topic.append(*company_msg(replace(ACME, paused=True)))  # still no version: the baseline moves
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(replace(ACME, paused=False, timezone="Europe/Paris"), 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") == replace(ACME, timezone="Europe/Paris")
+    assert s.rejected == 0
+
+
+def test_a_record_whose_entry_comes_later_waits_for_it_and_records_after_it_wait_too(topic: FakeTopic, audit: FakeTopic) -> None:
+    """Audit and settings are different topics: the reader may see the record first."""
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        audit.hold_at = 0  # the entry is not readable yet
+        topic.append(*versioned(ACME, 1, "a-1"))
+        topic.append(*company_msg(GLOBEX))
+        audit.append(*audit_entry("a-1", 1))
+        assert audit.held.wait(WAIT)
+        assert s.wait_decision(0, 0, SHORT) is None and s.company("acme") is None
+        assert s.company("globex") is None  # behind it, in the topic's order
+        audit.release()
+        assert s.wait_decision(0, 1, WAIT) == Decision(None, "applied")
+        assert s.company("acme") == ACME and s.company("globex") == GLOBEX
+    finally:
+        s.stop()
+
+
+def test_a_followed_record_without_an_entry_is_refused_once_the_audit_was_read_past_it(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        topic.append(*versioned(replace(ACME, paused=True), 2, "forged"))  # a console producer's record
+        decision = s.wait_decision(0, 1, WAIT)
+        assert decision is not None and decision.refusal is Refusal.AUDIT_MISSING
+        assert s.company("acme") == ACME and s.ready
     finally:
         s.stop()
