@@ -227,13 +227,21 @@ class SettingsStore:
 
         Raises `NotCaughtUp` when the end is not reached in time (e.g. a transaction left open).
         """
+        replica = self._fresh()
         with self._reader(self._topic) as reader, self._reader(self._audit_topic) as audit_reader:
             audit = _AuditFeed(audit_reader)
             reader.assign(reader.partitions(timeout))
-            audit.read(lambda msg: self._index(self._live, msg), timeout)
-            reader.read_to_end(lambda msg: self._offer(self._live, msg, True), timeout)
+            audit.read(lambda msg: self._index(replica, msg), timeout)
+            reader.read_to_end(lambda msg: self._offer(replica, msg, True), timeout)
             self.ends = dict(reader.ends)
-            self._settle(self._live, audit, timeout, True)
+            self._settle(replica, audit, timeout, True)
+
+    def _fresh(self) -> _Replica:
+        """An empty live table, to build before the store is ready."""
+        with self._decided:
+            self._live = _Replica()
+            self._decided.notify_all()
+            return self._live
 
     def _run(self) -> None:
         failures = 0
@@ -241,10 +249,11 @@ class SettingsStore:
             try:
                 with self._reader(self._topic) as reader, self._reader(self._audit_topic) as audit_reader:
                     audit = _AuditFeed(audit_reader)
-                    # The first build is the live table (nothing to serve meanwhile); a rebuild after
-                    # a failure goes beside it, so the live one keeps answering until this is caught up.
+                    # Until ready, the table being built is the live one (nothing is served from it
+                    # meanwhile, and a failed attempt's records are not kept); once ready, a rebuild
+                    # goes beside it, so the live one keeps answering until this one is caught up.
                     first = not self._ready.is_set()
-                    replica = self._live if first else _Replica()
+                    replica = self._fresh() if first else _Replica()
                     if not self._catch_up(replica, reader, audit, notify=first):
                         return
                     if not first:

@@ -76,6 +76,7 @@ class FakeTopic:
         self.readers = 0
         self.closed = 0
         self.fail_follow = 0  # how many `follow` calls raise, as a broker failure would
+        self.fail_read = 0  # how many `read_to_end` calls raise once they have fed the records
         self.hold_at: int | None = None  # a reader reaching this offset waits there until `release`
         self.held = threading.Event()  # a reader waits at `hold_at`
 
@@ -136,6 +137,9 @@ class FakeReader:
             raise NotCaughtUp("settings not read to their end (transaction open)")
         before = self.position
         self._feed(on_record)
+        if self.topic.fail_read:
+            self.topic.fail_read -= 1
+            raise RuntimeError("reading settings: broker gone")
         self.ends = {0: self.position}
         return self.position - before
 
@@ -559,5 +563,21 @@ def test_a_followed_record_without_an_entry_is_refused_once_the_audit_was_read_p
         decision = s.wait_decision(0, 1, WAIT)
         assert decision is not None and decision.refusal is Refusal.AUDIT_MISSING
         assert s.company("acme") == ACME and s.ready
+    finally:
+        s.stop()
+
+
+def test_a_reader_failing_before_ready_starts_its_table_again_not_on_top_of_the_half_read_one(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    audit.append(*audit_entry("a-2", 2))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    topic.append(*versioned(PAUSED, 2, "a-2"))
+    topic.fail_read = 1  # fails once it has fed both records, before ready
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(10.0)  # after the restart's backoff
+        assert topic.readers == 2
+        assert s.company("acme") == PAUSED and s.rejected == 0  # the replay is no repeated version
     finally:
         s.stop()

@@ -469,7 +469,7 @@ def _now_ms() -> int:
 def _version(form: Any) -> int | None:
     """The document version a whole-document form was rendered from (None: not sent, or not a number)."""
     text = _text(form.get("version"))
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def serve(config: Config) -> None:
