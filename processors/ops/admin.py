@@ -139,8 +139,7 @@ class SettingsAdmin:
         audits: list[AuditRecord] = []
         for doc in docs:
             key = doc_key(doc)
-            applied = store.stamp(key)
-            stamp = Stamp((applied.version if applied is not None else 0) + 1, uuid.uuid4().hex)
+            stamp = Stamp(store.next_version(key), uuid.uuid4().hex)
             out.append((self._config.topics.settings, *self.encode(doc, stamp)))
             audits.append(
                 AuditRecord(

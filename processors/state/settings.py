@@ -192,6 +192,14 @@ class SettingsStore:
         with self._lock:
             return self._live.stamps.get(key)
 
+    def next_version(self, key: str) -> int:
+        """The version a change of `key` writes: after the applied one, and after any the audit
+        vouches for (a document whose record compaction removed after a refused one is re-saved
+        past it, so rebuilt tables do not pass the new one over as superseded)."""
+        with self._lock:
+            stamp = self._live.stamps.get(key)
+            return max(stamp.version if stamp is not None else 0, self._live.latest_audited.get(key, 0)) + 1
+
     def add_listener(self, listener: ChangeListener) -> None:
         """Called from the reader thread with the company id of every change."""
         self._listeners.append(listener)

@@ -581,3 +581,20 @@ def test_a_reader_failing_before_ready_starts_its_table_again_not_on_top_of_the_
         assert s.company("acme") == PAUSED and s.rejected == 0  # the replay is no repeated version
     finally:
         s.stop()
+
+
+def test_the_next_version_follows_the_applied_one_and_any_the_audit_vouches_for(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.next_version("company/acme") == 2
+    assert s.next_version("company/globex") == 1
+    # Version 1 replayed after version 2: compaction kept only the replay; version 2's entry is left.
+    gone = FakeTopic()
+    gone.append(*versioned(ACME, 1, "a-1"))
+    audit.append(*audit_entry("a-2", 2))
+    s = make_store(gone, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") is None  # version 1 is superseded by the audited version 2
+    assert s.next_version("company/acme") == 3
