@@ -19,6 +19,7 @@ from processors.domain.deadletter import Source
 from processors.domain.ingest import ingest
 from processors.domain.model import CompanySettings, Crm, EventType, ValidationError
 from processors.domain.records import company_to_record
+from processors.domain.audit import Stamp
 from processors.state.settings import parse_settings_record
 from processors.codec import DecodeError
 
@@ -190,7 +191,7 @@ def scenario_e(ctx: Any) -> Row:
             producer.produce(topic, key=key, value=mutated, on_delivery=on_delivery({"topic": topic, "kind": kind, "expect": expect}))
             producer.poll(0)
 
-    s_bases = [env.admin.encode(doc) for doc in (before[0], *before[1])]
+    s_bases = [env.admin.encode(doc, Stamp(0, None)) for doc in (before[0], *before[1])]  # mutated, then dead-lettered
     odd = 0
     made = 0
     while made < settings_count:
