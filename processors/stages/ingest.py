@@ -33,7 +33,7 @@ from processors.domain.records import action_to_record, headers_of
 from processors.domain.rules import SettingsView
 from processors.kafka import clients
 from processors.kafka.consumer import BatchConsumer
-from processors.kafka.producer import Acks, all_acked
+from processors.kafka.producer import Ack, Acks, all_acked
 from processors.stages.common import StageContext, now_ms, source_of, until_registry_answers
 from processors.state.settings import Decision, parse_settings_record
 
@@ -236,7 +236,7 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
                 return found
             log.warning("settings guard waits for the settings table to decide a record", extra={"partition": source.partition, "offset": source.offset})
 
-    async def refuse(source: Source, refusal: Refusal, error_class: str, message: str) -> Any:
+    async def refuse(source: Source, refusal: Refusal, error_class: str, message: str) -> Ack:
         metrics.settings_refused.labels(refusal.value).inc()
         letter = dead_letter(
             stage="settings", error_class=error_class, error_code=refusal.value, message=message, source=source, now_ms=now_ms()
