@@ -268,11 +268,8 @@ class SettingsStore:
                         self._swap(replica)
                     failures = 0
                     while not self._stop.is_set():
-                        reader.follow(lambda msg: self._offer(replica, msg, True), 0.5)
-                        try:
-                            self._settle(replica, audit, self._ready_timeout, True)
-                        except NotCaughtUp as exc:
-                            log.warning("settings audit not read to its end yet: records wait for their entry", extra={"reason": str(exc)})
+                        reader.follow(lambda msg: self._follow(replica, audit, msg), 0.5)
+                        self._follow_settle(replica, audit)
             except Exception:
                 failures += 1
                 wait = RESTART_POLICY.backoff(failures)
@@ -342,6 +339,18 @@ class SettingsStore:
             replica.pending.append((msg, parsed))
         else:
             self._decide(replica, msg, parsed, notify)
+
+    def _follow(self, replica: _Replica, audit: _AuditFeed, msg: Message) -> None:
+        """A record arriving on the live table: one waiting for its audit entry is settled at once
+        (planning sees a change as soon as its entry is read, not after the follow period)."""
+        self._offer(replica, msg, True)
+        self._follow_settle(replica, audit)
+
+    def _follow_settle(self, replica: _Replica, audit: _AuditFeed) -> None:
+        try:
+            self._settle(replica, audit, self._ready_timeout, True)
+        except NotCaughtUp as exc:
+            log.warning("settings audit not read to its end yet: records wait for their entry", extra={"reason": str(exc)})
 
     def _settle(self, replica: _Replica, audit: _AuditFeed, timeout: float, notify: bool) -> None:
         """Decide the waiting records: after the audit topic was read to an end measured now (after
