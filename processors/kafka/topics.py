@@ -79,7 +79,8 @@ def create_missing(config: Config, names: list[str] | None = None, timeout: floa
 def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
     """The worker's start: every topic it uses exists and the ledgers match their due topics.
 
-    The audit topic is the admins' (`SettingsAdmin` creates it): the worker neither reads nor writes it.
+    The audit topic is the admins' (`SettingsAdmin` creates it): the worker only reads it (it applies
+    audited settings changes only).
     """
     partitions = create_missing(config, [name for name in topic_specs(config) if name != config.topics.audit], timeout=timeout)
     check_ledgers(config, partitions)
