@@ -280,7 +280,7 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
     if cmd == "log":
         for record in admin.audit_log(args.company, args.since):
             if args.json:
-                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "changes": record.changes}, ensure_ascii=False))
+                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "version": record.version, "changes": record.changes}, ensure_ascii=False))
             else:
                 when = datetime.fromtimestamp(record.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
                 print(f"{when}  {record.actor}  {record.key}  {record.summary}")

@@ -259,3 +259,28 @@ def test_the_cli_reports_a_conflict_with_its_own_exit_code(deployment: Deploymen
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 4, run.stderr
     assert run.stderr.splitlines()[-1] == "crm-sync: conflict: company/acme: paused changed meanwhile (by bob): nothing saved"
+
+
+def test_two_cli_runs_at_once_on_different_settings_both_land(deployment: Deployment) -> None:
+    cli(deployment, "settings", "connect", "--company", "acme", "--crm", "salesforce")
+    commands = [
+        ["settings", "timezone", "--company", "acme", "--tz", "Europe/Paris", "--actor", "alice"],
+        ["settings", "pause", "--company", "acme", "--actor", "bob"],
+        ["settings", "company-todo", "--company", "acme", "--event", "meeting_booked", "--on", "--actor", "carol"],
+    ]
+    runs = [
+        subprocess.Popen([sys.executable, "-m", "processors.ops.cli", *args], cwd=ROOT, env=deployment.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in commands
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+    company = SettingsAdmin(deployment.config()).show("acme")[0]
+    assert (company.timezone, company.paused, company.salesforce_company_todo.meeting_booked) == ("Europe/Paris", True, True)
+    log = json_lines(cli(deployment, "settings", "log", "--company", "acme", "--json").stdout)
+    assert sorted(r["actor"] for r in log[1:]) == ["alice", "bob", "carol"]
+    assert sorted(r["version"] for r in log) == [1, 2, 3, 4]
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
