@@ -247,7 +247,7 @@ class Env:
                 doc = rules.set_connected(doc, crm, True, t, by)
                 mt = rules.set_meeting_type_toggle(mt, crm, EventType.MEETING_BOOKED, True, t, by)
             docs += [doc, mt]
-        self.admin.publish(docs)
+        self.admin.change(lambda store: docs)
 
     # -- bookings --
     def booking(self, company: Company, key: str, booker: str, *, event_id: str | None = None) -> dict[str, Any]:

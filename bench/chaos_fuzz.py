@@ -19,6 +19,7 @@ from processors.domain.deadletter import Source
 from processors.domain.ingest import ingest
 from processors.domain.model import CompanySettings, Crm, EventType, ValidationError
 from processors.domain.records import company_to_record
+from processors.domain.audit import Stamp
 from processors.state.settings import parse_settings_record
 from processors.codec import DecodeError
 
@@ -190,7 +191,7 @@ def scenario_e(ctx: Any) -> Row:
             producer.produce(topic, key=key, value=mutated, on_delivery=on_delivery({"topic": topic, "kind": kind, "expect": expect}))
             producer.poll(0)
 
-    s_bases = [env.admin.encode(doc) for doc in (before[0], *before[1])]
+    s_bases = [env.admin.encode(doc, Stamp(0, None)) for doc in (before[0], *before[1])]  # mutated, then dead-lettered
     odd = 0
     made = 0
     while made < settings_count:
@@ -318,14 +319,14 @@ def scenario_g(ctx: Any) -> Row:
     mt = rules.new_meeting_type(b.id, MEETING_TYPE, t, "chaos-g")
     for crm in Crm:
         mt = rules.set_meeting_type_toggle(mt, crm, EventType.MEETING_BOOKED, True, t, "chaos-g")
-    records = [env.admin.encode(company), env.admin.encode(mt)]
+    records = env.admin.records(env.admin.load(), [company, mt])  # the change and its audit entries
 
     txn = Producer({"bootstrap.servers": ctx.broker.bootstrap, "transactional.id": f"crm-sync-admin-chaos-{uuid.uuid4().hex}",
                     "enable.idempotence": True, "acks": "all", "transaction.timeout.ms": 120_000})
     txn.init_transactions(30)
     txn.begin_transaction()
-    for key, value in records:
-        txn.produce(env.config.topics.settings, key=key, value=value)
+    for topic, key, value in records:
+        txn.produce(topic, key=key, value=value)
     txn.flush(30)
     opened = time.monotonic()
     log("g: admin transaction open on the settings topic (2 records, neither committed nor aborted)")

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from processors import version
+from processors.domain.audit import Refusal
 from processors.domain.model import Crm, EventType, ObjectType
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -49,6 +50,7 @@ class Metrics:
     retries: Counter
     paused_tenants: Gauge
     settings_rejected: Counter
+    settings_refused: Counter
     deferred: Counter
     paused_targets: Gauge
     consumer_lag: Gauge
@@ -96,6 +98,12 @@ class Metrics:
             retries=Counter("crm_sync_crm_retries_total", "CRM calls retried", ["crm", "error_code"], registry=r),
             paused_tenants=Gauge("crm_sync_paused_tenants", "Companies whose delivery is paused", registry=r),
             settings_rejected=Counter("crm_sync_settings_rejected_total", "Malformed settings records", registry=r),
+            settings_refused=Counter(
+                "crm_sync_settings_refused_total",
+                "Settings records not applied: malformed, unaudited, or not the next version (counted once, by the settings guard)",
+                ["reason"],
+                registry=r,
+            ),
             deferred=Counter(
                 "crm_sync_actions_deferred_total", "Actions parked on the retry topic after transient failures", ["crm", "reason"], registry=r
             ),
@@ -146,6 +154,8 @@ class Metrics:
             for event_type in EventType:
                 for reason in reasons:
                     self.skipped.labels(crm, event_type.value, reason)
+        for refusal in Refusal:
+            self.settings_refused.labels(refusal.value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

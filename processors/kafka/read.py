@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -46,7 +46,7 @@ class TopicReader:
             }
         )
         self._assigned: list[TopicPartition] = []
-        self._starts: dict[int, int] = {}
+        self.ends: dict[int, int] = {}  # what the last `read_to_end` read up to, per partition
         # The end to reach is the high watermark: under read_committed the consumer's own watermark
         # query answers the last stable offset, which an open transaction holds back — reading to
         # it would pass for caught up while the transaction's records are still unseen.
@@ -61,18 +61,19 @@ class TopicReader:
             return []
         return sorted(meta.partitions)
 
-    def assign(self, partitions: Iterable[int], since_ms: int | None = None, timeout: float = 10.0) -> None:
-        """Read these partitions from their beginning, or from their first record stamped at or
-        after `since_ms`: the broker's time index finds it, so an old tail is never read."""
-        self._assigned = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions]
-        self._starts = {}
+    def assign(
+        self, partitions: Iterable[int], since_ms: int | None = None, timeout: float = 10.0, *, start: Mapping[int, int] | None = None
+    ) -> None:
+        """Read these partitions from their beginning, from the offsets in `start`, or from their
+        first record stamped at or after `since_ms`: the broker's time index finds it, so an old
+        tail is never read."""
+        self._assigned = [TopicPartition(self.topic, p, (start or {}).get(p, OFFSET_BEGINNING)) for p in partitions]
         if since_ms is not None and self._assigned:
             wanted = [TopicPartition(self.topic, tp.partition, since_ms) for tp in self._assigned]
             found = self._offsets_for_times(wanted, timeout)
             for tp in found:
                 if tp.offset < 0:  # nothing at or after that time: start at the end
                     tp.offset = self._probe.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout, cached=False)[1]
-                self._starts[tp.partition] = tp.offset
             self._assigned = [TopicPartition(self.topic, tp.partition, tp.offset) for tp in found]
         self._consumer.assign(self._assigned)
 
@@ -89,16 +90,19 @@ class TopicReader:
                     raise
                 time.sleep(0.2)
 
-    def read_to_end(self, on_record: OnRecord, timeout: float = 30.0) -> int:
-        """Feed every record up to the end of the assigned partitions to `on_record`; returns how many.
+    def read_to_end(self, on_record: OnRecord, timeout: float = 30.0, until: Mapping[int, int] | None = None) -> int:
+        """Feed every record up to the end of the assigned partitions (or up to the offsets in
+        `until`, exclusive) to `on_record`; returns how many.
 
         Raises `NotCaughtUp` after `timeout` seconds (records read so far were fed).
         """
-        ends = {
+        ends = dict(until) if until is not None else {
             tp.partition: self._probe.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=timeout, cached=False)[1]
             for tp in self._assigned
         }
-        position = {p: self._starts.get(p, 0) for p in ends}
+        self.ends = ends
+        starts = {tp.partition: max(tp.offset, 0) for tp in self._assigned}
+        position = {p: starts.get(p, 0) for p in ends}
         deadline = time.monotonic() + timeout
         count = 0
         while any(position[p] < ends[p] for p in ends):

@@ -138,7 +138,7 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> dict[str, int]:
     """The worker's start: every topic it uses exists and the ledgers match their due topics.
 
     The worker creates the topics it owns. The audit topic is the admins' (`SettingsAdmin` creates
-    it): the worker neither reads nor writes it. The input topics are the upstream's: the worker only
+    it): the worker only reads it (it applies audited settings changes only). The input topics are the upstream's: the worker only
     reads them, so a secured broker does not let it create them (`processors.ops.acls`) and their
     owner creates them first; a missing one is then a one-line refusal naming it. A broker without
     ACLs (development) lets the worker create them.

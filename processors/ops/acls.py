@@ -6,7 +6,7 @@ so a deployment with its own topic names gets ACLs for those names. `docs/securi
 output of `crm-sync acls print` for the defaults, and a unit test checks that it still matches.
 
 Roles and what they need, no more:
-- worker: reads the inputs, the settings and its internal topics, writes its internal topics, the
+- worker: reads the inputs, the settings, the settings audit and its internal topics, writes its internal topics, the
   dead letters and the history, creates the topics it needs at start, and uses the groups
   `<app id>-*`. It uses no transactions (its producer is idempotent, which needs only WRITE). It
   does not create the input topics: they are the upstream's, and their owner creates them.
@@ -61,6 +61,7 @@ def grants(config: Config) -> list[Grant]:
 
     topic("worker", t.inputs, ("READ",), "ingest (the upstream creates them)")
     topic("worker", [t.settings], ("READ", "CREATE"), "the settings table")
+    topic("worker", [t.audit], ("READ",), "the settings table applies only audited changes")
     topic("worker", internal, ("READ", "WRITE", "CREATE"), "delay, retry, due topics and ledgers")
     topic("worker", [t.delay, t.retry, t.retry_medium, t.retry_long], ("DESCRIBE_CONFIGS",), "retention checked at start")
     topic("worker", [t.dead_letter], ("WRITE", "CREATE"), "dead letters")

@@ -17,11 +17,13 @@ from typing import Any, NoReturn, Sequence
 
 from processors import version
 from processors.config import Config
+from processors.domain.audit import SettingsConflict
 from processors.domain.model import Crm, EventType, ValidationError
 from processors.kafka import clients
 from processors.worker.logs import redact
 
 
+EXIT_CONFLICT = 4  # another admin changed the same setting meanwhile: nothing was saved
 EVENTS = [e.value for e in EventType]
 CRMS = [c.value for c in Crm]
 
@@ -328,7 +330,7 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
     if cmd == "log":
         for record in admin.audit_log(args.company, args.since):
             if args.json:
-                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "changes": record.changes}, ensure_ascii=False))
+                print(json.dumps({"at": record.at, "actor": record.actor, "key": record.key, "version": record.version, "changes": record.changes}, ensure_ascii=False))
             else:
                 when = datetime.fromtimestamp(record.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
                 print(f"{when}  {record.actor}  {record.key}  {record.summary}")
@@ -673,6 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except clients.BrokerRefused as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 3
+    except SettingsConflict as exc:
+        print(f"crm-sync: conflict: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_CONFLICT
     except (CliError, ValueError, ValidationError) as exc:
         print(f"crm-sync: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

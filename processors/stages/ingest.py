@@ -26,18 +26,20 @@ from aiokafka.structs import ConsumerRecord
 
 from processors.codec import Codec, RegistryUnavailableError
 from processors.domain import errors
+from processors.domain.audit import Refusal
 from processors.domain.deadletter import Source, dead_letter
 from processors.domain.ingest import ingest
 from processors.domain.records import action_to_record, headers_of
 from processors.domain.rules import SettingsView
 from processors.kafka import clients
 from processors.kafka.consumer import BatchConsumer
-from processors.kafka.producer import Acks, all_acked
+from processors.kafka.producer import Ack, Acks, all_acked
 from processors.kafka.sender import RecordTooLarge
 from processors.stages.common import StageContext, now_ms, source_of, until_registry_answers
-from processors.state.settings import parse_settings_record
+from processors.state.settings import Decision, parse_settings_record
 
 log = logging.getLogger("crm_sync.ingest")
+GUARD_WAIT_LOG_SECONDS = 30.0  # how long the settings guard waits for a verdict before saying so
 
 
 async def wait_for_settings(ctx: StageContext) -> None:
@@ -247,8 +249,25 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
     async def check_settings(source: Source) -> None:
         parse_settings_record(ctx.codec, source.key, source.value)
 
+    async def decision(source: Source) -> Decision:
+        """The settings table's own verdict on the record (one place decides what is applied)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            found = await loop.run_in_executor(None, ctx.settings.wait_decision, source.partition, source.offset, GUARD_WAIT_LOG_SECONDS)
+            if found is not None:
+                return found
+            log.warning("settings guard waits for the settings table to decide a record", extra={"partition": source.partition, "offset": source.offset})
+
+    async def refuse(source: Source, refusal: Refusal, error_class: str, message: str) -> Ack:
+        metrics.settings_refused.labels(refusal.value).inc()
+        letter = dead_letter(
+            stage="settings", error_class=error_class, error_code=refusal.value, message=message, source=source, now_ms=now_ms()
+        )
+        return await ctx.dead_letter(letter)
+
     async def guard_batch(records: list[ConsumerRecord]) -> None:
-        """Each malformed settings record is dead-lettered once (the settings table only ignores it)."""
+        """Each malformed or refused settings record is dead-lettered once, with the reason (the
+        settings table only ignores it)."""
         acks: Acks = []
         for rec in records:
             source = source_of(rec)
@@ -256,8 +275,11 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
                 await until_registry_answers(lambda: check_settings(source))
             except Exception as exc:
                 metrics.settings_rejected.inc()
-                letter = dead_letter(stage="settings", error_class=errors.error_class(exc), message=str(exc), source=source, now_ms=now_ms())
-                acks.append(await ctx.dead_letter(letter))
+                acks.append(await refuse(source, Refusal.MALFORMED, errors.error_class(exc), str(exc)))
+                continue
+            found = await decision(source)
+            if found.refusal is not None:
+                acks.append(await refuse(source, found.refusal, errors.SETTINGS, found.detail))
         await asyncio.gather(*acks)
 
     def make(

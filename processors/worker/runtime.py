@@ -87,7 +87,8 @@ def make_codec(config: Config) -> Codec:
 
 def make_settings(config: Config, codec: Codec) -> SettingsStore:
     return SettingsStore(
-        clients.librdkafka(config), config.topics.settings, codec, ready_timeout=config.settings_ready_timeout_seconds
+        clients.librdkafka(config), config.topics.settings, codec, audit_topic=config.topics.audit,
+        ready_timeout=config.settings_ready_timeout_seconds,
     )
 
 

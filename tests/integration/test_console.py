@@ -254,6 +254,29 @@ def test_log_in_then_a_ticked_checkbox_makes_a_booking_a_task(page: Page, deploy
     assert task["Subject"]
 
 
+def test_saving_a_form_over_another_admins_newer_change_shows_a_conflict_and_keeps_it(
+    page: Page, deployment: Deployment
+) -> None:
+    company = company_id()
+    prepare(deployment, company, "intro")
+    page.go(f"/c/{company}")
+    # Another admin saves the same meeting type after this page was rendered.
+    SettingsAdmin(deployment.config(), actor="bob").set_content(company, "intro", hubspot_meeting_title="bob's title")
+    page.d.find_element("id", "intro-salesforce-meeting_booked").click()
+    page.submit("save-intro")
+    flash = page.flash()
+    assert "changed meanwhile" in flash and "bob" in flash
+    [doc] = admin(deployment).show(company)[1]
+    assert doc.hubspot_meeting_title == "bob's title" and not doc.salesforce_todo.meeting_booked  # nothing overwritten
+    # Reloaded, the form edits the fresh version and saves.
+    page.go(f"/c/{company}")
+    page.d.find_element("id", "intro-salesforce-meeting_booked").click()
+    page.submit("save-intro")
+    assert page.flash() == "保存しました"
+    [doc] = admin(deployment).show(company)[1]
+    assert doc.hubspot_meeting_title == "bob's title" and doc.salesforce_todo.meeting_booked
+
+
 def test_apply_to_other_meeting_types_after_a_confirm_step(page: Page, deployment: Deployment) -> None:
     company = company_id()
     prepare(deployment, company, "src", "t1", "t2")

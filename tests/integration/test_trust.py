@@ -127,11 +127,11 @@ def test_an_open_admin_transaction_holds_planning_back_and_nothing_is_skipped(
     seed(sandbox, ["txn@buyer.example"])
     admin = configure(deployment, "acme")
     company, _ = admin.show("acme")
-    key, value = admin.encode(company)
     producer = Producer({"bootstrap.servers": deployment.bootstrap, "transactional.id": f"crm-sync-admin-{uuid.uuid4().hex}"})
     producer.init_transactions(30)
     producer.begin_transaction()
-    producer.produce(deployment.topics.settings, key=key, value=value)
+    for topic, key, value in admin.records(admin.load(), [company]):  # the change and its audit entry
+        producer.produce(topic, key=key, value=value)
     producer.flush(10)
 
     worker = WorkerProcess(deployment, tmp_path / "worker.log").start()

@@ -100,6 +100,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "contact_recheck_seconds": [1200, 3600],
         "updated_at": T0,
         "updated_by": "admin@example.com",
+        "version": 3,
+        "audit_id": "audit-1",
     },
     "MeetingTypeSettings": {
         "company_id": "acme",
@@ -116,6 +118,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         ],
         "updated_at": T0,
         "updated_by": None,
+        "version": 1,
+        "audit_id": "audit-2",
     },
     "Action": ACTION,
     "DeadLetter": {
@@ -373,20 +377,31 @@ def test_older_writer_version_decodes_into_the_current_shape(codec: Codec) -> No
     assert decoded.value == {**record, "meeting_url": None}
 
 
+UNVERSIONED = {"version": 0, "audit_id": None}  # what settings written before versions decode to
+
+
+@pytest.mark.parametrize("name, file", [("CompanySettings", "CompanySettings.v3.avsc"), ("MeetingTypeSettings", "MeetingTypeSettings.v2.avsc")])
+def test_settings_written_before_versions_decode_as_version_0_without_an_audit_id(codec: Codec, name: str, file: str) -> None:
+    old = history_schema(file)
+    record = {k: v for k, v in RECORDS[name].items() if k not in UNVERSIONED}
+    decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
+    assert decoded.value == {**record, **UNVERSIONED}
+
+
 def test_older_company_settings_get_the_default_timezone(codec: Codec) -> None:
     old = history_schema("CompanySettings.v1.avsc")
-    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k not in ("timezone", "contact_recheck_seconds")}
+    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k not in ("timezone", "contact_recheck_seconds", *UNVERSIONED)}
     decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
-    assert decoded.value == {**record, "timezone": "Asia/Tokyo", "contact_recheck_seconds": []}
+    assert decoded.value == {**record, "timezone": "Asia/Tokyo", "contact_recheck_seconds": [], **UNVERSIONED}
 
 
 def test_older_settings_get_no_recheck_and_no_core_overwrite(codec: Codec) -> None:
     old = history_schema("CompanySettings.v2.avsc")
-    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k != "contact_recheck_seconds"}
+    record = {k: v for k, v in RECORDS["CompanySettings"].items() if k not in ("contact_recheck_seconds", *UNVERSIONED)}
     decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
-    assert decoded.value == {**record, "contact_recheck_seconds": []}
+    assert decoded.value == {**record, "contact_recheck_seconds": [], **UNVERSIONED}
     old = history_schema("MeetingTypeSettings.v1.avsc")
-    record = dict(RECORDS["MeetingTypeSettings"])
+    record = {k: v for k, v in RECORDS["MeetingTypeSettings"].items() if k not in UNVERSIONED}
     record["field_mappings"] = [{k: v for k, v in m.items() if k != "allow_core"} for m in record["field_mappings"]]
     decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
     assert decoded.value["field_mappings"] == [{**record["field_mappings"][0], "allow_core": False}]

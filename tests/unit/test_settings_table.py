@@ -1,12 +1,13 @@
 """`SettingsStore` over a fake `TopicReader`: readiness only after the topic was read to its end
-(an open admin transaction keeps it not ready), malformed records ignored and counted, tombstones,
-lookups and change listeners. No broker: the reader is injected through `reader_factory`."""
+(an open admin transaction keeps it not ready), malformed records ignored and counted, tombstones
+refused, lookups and change listeners, only audited next versions applied, and a restarted reader
+rebuilding beside the live table. No broker: the readers are injected through `reader_factory`."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -15,7 +16,8 @@ from processors.domain.model import CompanySettings, EventToggles, MeetingTypeSe
 from processors.domain.records import company_to_record, meeting_type_to_record
 from processors.domain.rules import company_key, meeting_type_key
 from processors.kafka.read import NotCaughtUp
-from processors.state.settings import SettingsStore
+from processors.domain.audit import AuditRecord, Refusal, Stamp
+from processors.state.settings import Decision, SettingsStore
 
 CODEC = Codec()
 WAIT = 2.0  # upper bound for things that do happen (they take milliseconds)
@@ -73,6 +75,10 @@ class FakeTopic:
         self.read_to_end_calls = 0
         self.readers = 0
         self.closed = 0
+        self.fail_follow = 0  # how many `follow` calls raise, as a broker failure would
+        self.fail_read = 0  # how many `read_to_end` calls raise once they have fed the records
+        self.hold_at: int | None = None  # a reader reaching this offset waits there until `release`
+        self.held = threading.Event()  # a reader waits at `hold_at`
 
     def append(self, key: bytes | None, value: bytes | None) -> None:
         with self._arrived:
@@ -88,12 +94,18 @@ class FakeTopic:
         self.readers += 1
         return FakeReader(self)
 
+    def release(self) -> None:
+        with self._arrived:
+            self.hold_at = None
+            self._arrived.notify_all()
+
 
 class FakeReader:
     def __init__(self, topic: FakeTopic) -> None:
         self.topic = topic
         self.position = 0
         self.assigned: list[int] = []
+        self.ends: dict[int, int] = {}
 
     def partitions(self, timeout: float = 10.0) -> list[int]:
         return [0]
@@ -104,7 +116,10 @@ class FakeReader:
 
     def _feed(self, on_record: Callable[[Msg], None]) -> None:
         while True:
-            with self.topic._lock:
+            with self.topic._arrived:
+                if self.position == self.topic.hold_at:
+                    self.topic.held.set()
+                self.topic._arrived.wait_for(lambda: self.position != self.topic.hold_at)
                 if self.position >= len(self.topic.records):
                     return
                 msg = self.topic.records[self.position]
@@ -122,10 +137,17 @@ class FakeReader:
             raise NotCaughtUp("settings not read to their end (transaction open)")
         before = self.position
         self._feed(on_record)
+        if self.topic.fail_read:
+            self.topic.fail_read -= 1
+            raise RuntimeError("reading settings: broker gone")
+        self.ends = {0: self.position}
         return self.position - before
 
     def follow(self, on_record: Callable[[Msg], None], seconds: float) -> None:
         with self.topic._arrived:
+            if self.topic.fail_follow:
+                self.topic.fail_follow -= 1
+                raise RuntimeError("reading settings: broker gone")
             if self.position >= len(self.topic.records):
                 self.topic._arrived.wait(0.005)
         if not self.topic.open_transaction:
@@ -141,8 +163,14 @@ class FakeReader:
         self.close()
 
 
-def make_store(topic: FakeTopic) -> SettingsStore:
-    return SettingsStore({}, "settings", CODEC, ready_timeout=0.01, reader_factory=topic.reader)
+AUDIT = FakeTopic()  # the audit topic of the tests that write no versioned record: always empty
+
+
+def make_store(topic: FakeTopic, audit: FakeTopic = AUDIT) -> SettingsStore:
+    def reader(name: str) -> FakeReader:
+        return {"settings": topic, "audit": audit}[name].reader()
+
+    return SettingsStore({}, "settings", CODEC, audit_topic="audit", ready_timeout=0.01, reader_factory=reader)
 
 
 @pytest.fixture
@@ -291,24 +319,23 @@ def test_the_latest_record_per_key_wins(topic: FakeTopic) -> None:
     assert len(s.companies()) == 1
 
 
-def test_a_tombstone_deletes(topic: FakeTopic) -> None:
+def test_a_tombstone_is_refused_it_carries_no_audit(topic: FakeTopic) -> None:
     topic.append(*company_msg(ACME))
     topic.append(*meeting_type_msg(MT1))
-    topic.append(*meeting_type_msg(MT2))
     topic.append(company_key("acme").encode(), None)
     topic.append(meeting_type_key("acme", "mt-1").encode(), None)
     s = loaded(topic)
-    assert s.company("acme") is None
-    assert s.meeting_type("acme", "mt-1") is None
-    assert s.meeting_types("acme") == [MT2]
-    assert s.rejected == 0
+    assert s.company("acme") == ACME
+    assert s.meeting_types("acme") == [MT1]
+    assert s.rejected == 2
+    assert s.wait_decision(0, 2, 0) == Decision(Refusal.TOMBSTONE, "a tombstone for company/acme: the admin tool never deletes a document")
 
 
-def test_a_tombstone_for_an_unknown_key_is_harmless(topic: FakeTopic) -> None:
+def test_a_tombstone_for_an_unknown_key_changes_nothing(topic: FakeTopic) -> None:
     topic.append(company_key("ghost").encode(), None)
     s = loaded(topic)
     assert s.company("ghost") is None
-    assert s.rejected == 0
+    assert s.rejected == 1
 
 
 def _malformed() -> list[tuple[str, bytes | None, bytes | None]]:
@@ -378,13 +405,13 @@ def test_listeners_are_called_with_the_company_id_of_every_change(topic: FakeTop
     store.start()
     assert store.wait_ready(WAIT)
     assert seen == ["acme", "globex"]
-    topic.append(meeting_type_key("globex", "mt-1").encode(), None)  # a tombstone is a change too
+    topic.append(meeting_type_key("globex", "mt-1").encode(), None)  # a tombstone: refused, no change
     topic.append(b"bad key", None)  # not a change
     topic.append(*company_msg(GLOBEX))
-    assert eventually(lambda: len(seen) == 4)
-    assert seen == ["acme", "globex", "globex", "globex"]
+    assert eventually(lambda: len(seen) == 3)
+    assert seen == ["acme", "globex", "globex"]
     assert others == seen
-    assert store.meeting_type("globex", "mt-1") is None
+    assert store.meeting_type("globex", "mt-1") == MT_GLOBEX
 
 
 def test_a_listener_sees_the_new_value_already_applied(topic: FakeTopic) -> None:
@@ -392,6 +419,182 @@ def test_a_listener_sees_the_new_value_already_applied(topic: FakeTopic) -> None
     observed: list[CompanySettings | None] = []
     s.add_listener(lambda company_id: observed.append(s.company(company_id)))
     topic.append(*company_msg(ACME))
-    topic.append(company_key("acme").encode(), None)
+    topic.append(*company_msg(GLOBEX))
+    topic.append(*company_msg(replace(ACME, paused=True)))
     s.load_once(timeout=0.01)
-    assert observed == [ACME, None]
+    assert observed == [ACME, GLOBEX, replace(ACME, paused=True)]
+
+
+# ---- a restarted reader ----------------------------------------------------------------------------
+
+
+def test_a_restarted_reader_rebuilds_beside_the_live_table_and_swaps_once_caught_up(topic: FakeTopic) -> None:
+    """The replay passes the older version first: the live table must not show it meanwhile."""
+    paused = replace(ACME, paused=True, updated_at=5)
+    topic.append(*company_msg(ACME))
+    topic.append(*company_msg(paused))
+    seen: list[str] = []
+    s = make_store(topic)
+    s.add_listener(seen.append)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        assert s.company("acme") == paused
+        topic.hold_at = 1  # the rebuild will stop after the older version
+        topic.fail_follow = 1
+        assert topic.held.wait(10.0)  # restarted (after its backoff), and read the older version
+        for _ in range(20):  # the rebuild has read the older version and waits: the live table answers
+            assert s.ready
+            assert s.company("acme") == paused
+        topic.append(*company_msg(GLOBEX))
+        topic.release()
+        assert eventually(lambda: s.company("globex") == GLOBEX)
+        assert s.company("acme") == paused
+        assert seen[-1] == "globex"  # the swap reports what changed, nothing else
+        assert seen.count("acme") == 2
+    finally:
+        s.stop()
+
+
+# ---- only audited next versions ----------------------------------------------------------------
+
+
+PAUSED = replace(ACME, paused=True)
+
+
+def versioned(doc: CompanySettings, version: int, audit_id: str | None) -> tuple[bytes, bytes]:
+    record = {**company_to_record(doc), "version": version, "audit_id": audit_id}
+    return company_key(doc.company_id).encode(), CODEC.encode("CompanySettings", record)
+
+
+def audit_entry(audit_id: str, version: int, key: str = "company/acme") -> tuple[bytes, bytes]:
+    return b"acme", AuditRecord(1, "User:admin", "acme", key, {"paused": {"old": False, "new": True}}, id=audit_id, version=version).to_json()
+
+
+@pytest.fixture
+def audit() -> FakeTopic:
+    return FakeTopic()
+
+
+def test_a_versioned_record_is_applied_with_its_audit_entry_and_its_stamp_kept(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") == ACME
+    assert s.stamp("company/acme") == Stamp(1, "a-1")
+    assert s.wait_decision(0, 0, 0) == Decision(None, "applied")
+    assert s.rejected == 0
+
+
+@pytest.mark.parametrize(
+    "name, record, entries, reason",
+    [
+        ("no audit entry", versioned(PAUSED, 2, "a-2"), [], Refusal.AUDIT_MISSING),
+        ("no audit id", versioned(PAUSED, 2, None), [], Refusal.AUDIT_MISSING),
+        ("entry for another version", versioned(PAUSED, 2, "a-2"), [("a-2", 1)], Refusal.AUDIT_MISMATCH),
+        ("entry for another document", versioned(PAUSED, 2, "a-2"), [("a-2", 2, "company/globex")], Refusal.AUDIT_MISMATCH),
+        ("a replay", versioned(ACME, 1, "a-1"), [], Refusal.VERSION_REPEATED),
+        ("a skipped version", versioned(PAUSED, 3, "a-3"), [("a-3", 3)], Refusal.VERSION_SKIPPED),
+        ("old format after versions", company_msg(PAUSED), [], Refusal.UNVERSIONED),
+        ("a tombstone", (company_key("acme").encode(), None), [], Refusal.TOMBSTONE),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_record_that_is_not_the_audited_next_version_is_refused_and_the_document_kept(
+    topic: FakeTopic, audit: FakeTopic, name: str, record: tuple[bytes, bytes | None], entries: list[tuple[Any, ...]], reason: Refusal
+) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        for found in entries:
+            audit.append(*audit_entry(*found))
+        topic.append(*record)
+        decision = s.wait_decision(0, 1, WAIT)
+        assert decision is not None and decision.refusal is reason and "company/acme" in decision.detail
+        assert s.company("acme") == ACME and s.stamp("company/acme") == Stamp(1, "a-1")
+        assert s.rejected == 1 and s.ready
+    finally:
+        s.stop()
+
+
+def test_old_format_records_are_a_baseline_that_the_first_version_follows(topic: FakeTopic, audit: FakeTopic) -> None:
+    topic.append(*company_msg(ACME))
+    topic.append(*company_msg(replace(ACME, paused=True)))  # still no version: the baseline moves
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(replace(ACME, paused=False, timezone="Europe/Paris"), 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") == replace(ACME, timezone="Europe/Paris")
+    assert s.rejected == 0
+
+
+def test_a_record_whose_entry_comes_later_waits_for_it_and_records_after_it_wait_too(topic: FakeTopic, audit: FakeTopic) -> None:
+    """Audit and settings are different topics: the reader may see the record first."""
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        audit.hold_at = 0  # the entry is not readable yet
+        topic.append(*versioned(ACME, 1, "a-1"))
+        topic.append(*company_msg(GLOBEX))
+        audit.append(*audit_entry("a-1", 1))
+        assert audit.held.wait(WAIT)
+        assert s.wait_decision(0, 0, SHORT) is None and s.company("acme") is None
+        assert s.company("globex") is None  # behind it, in the topic's order
+        audit.release()
+        assert s.wait_decision(0, 1, WAIT) == Decision(None, "applied")
+        assert s.company("acme") == ACME and s.company("globex") == GLOBEX
+    finally:
+        s.stop()
+
+
+def test_a_followed_record_without_an_entry_is_refused_once_the_audit_was_read_past_it(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(WAIT)
+        topic.append(*versioned(replace(ACME, paused=True), 2, "forged"))  # a console producer's record
+        decision = s.wait_decision(0, 1, WAIT)
+        assert decision is not None and decision.refusal is Refusal.AUDIT_MISSING
+        assert s.company("acme") == ACME and s.ready
+    finally:
+        s.stop()
+
+
+def test_a_reader_failing_before_ready_starts_its_table_again_not_on_top_of_the_half_read_one(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    audit.append(*audit_entry("a-2", 2))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    topic.append(*versioned(PAUSED, 2, "a-2"))
+    topic.fail_read = 1  # fails once it has fed both records, before ready
+    s = make_store(topic, audit)
+    s.start()
+    try:
+        assert s.wait_ready(10.0)  # after the restart's backoff
+        assert topic.readers == 2
+        assert s.company("acme") == PAUSED and s.rejected == 0  # the replay is no repeated version
+    finally:
+        s.stop()
+
+
+def test_the_next_version_follows_the_applied_one_and_any_the_audit_vouches_for(topic: FakeTopic, audit: FakeTopic) -> None:
+    audit.append(*audit_entry("a-1", 1))
+    topic.append(*versioned(ACME, 1, "a-1"))
+    s = make_store(topic, audit)
+    s.load_once(timeout=0.01)
+    assert s.next_version("company/acme") == 2
+    assert s.next_version("company/globex") == 1
+    # Version 1 replayed after version 2: compaction kept only the replay; version 2's entry is left.
+    gone = FakeTopic()
+    gone.append(*versioned(ACME, 1, "a-1"))
+    audit.append(*audit_entry("a-2", 2))
+    s = make_store(gone, audit)
+    s.load_once(timeout=0.01)
+    assert s.company("acme") is None  # version 1 is superseded by the audited version 2
+    assert s.next_version("company/acme") == 3

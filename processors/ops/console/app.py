@@ -31,7 +31,7 @@ from processors.config import Config, ConfigError
 from processors.domain.mapping import mapping_sources
 from processors.domain.history import DEFAULT_TIMEZONE, KEEP_DAYS, company_timezone, fold, local_day, report
 from processors.domain.model import Crm, EventType, ValidationError
-from processors.domain.rules import SettingsError
+from processors.domain.rules import SettingsError, company_key, meeting_type_key
 from processors.ops.admin import SettingsAdmin
 from processors.ops.console import views
 from processors.ops.console.auth import (
@@ -336,9 +336,14 @@ class Console:
         meeting_types = sorted(store.meeting_types(company_id), key=lambda m: m.meeting_type_id)
         sources = {e: mapping_sources(e) for e in EVENTS}
         recheck_minutes = ",".join(f"{seconds / 60:g}" for seconds in company.contact_recheck_seconds) if company else ""
+        # The version each whole-document form edits: saving over another one is a conflict, not an overwrite.
+        stamps = {company_id: store.stamp(company_key(company_id))} | {
+            m.meeting_type_id: store.stamp(meeting_type_key(company_id, m.meeting_type_id)) for m in meeting_types
+        }
+        versions = {name: stamp.version if stamp is not None else 0 for name, stamp in stamps.items()}
         return self.render(
             request, "company.html", company_id=company_id, company=company, meeting_types=meeting_types, sources=sources,
-            recheck_minutes=recheck_minutes, tab="settings",
+            recheck_minutes=recheck_minutes, versions=versions, tab="settings",
         )
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
@@ -351,7 +356,8 @@ class Console:
     async def company_todo(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
         toggles = {e: form.get(f"todo_{e.value}") == "1" for e in EVENTS}
-        return await self._change(request, f"/c/{quote(company_id, safe='')}", lambda a: a.set_company_todos(company_id, toggles))
+        version = _version(form)
+        return await self._change(request, f"/c/{quote(company_id, safe='')}", lambda a: a.set_company_todos(company_id, toggles, version))
 
     async def pause(self, request: web.Request) -> web.StreamResponse:
         company_id, form = request.match_info["company"], await request.post()
@@ -376,7 +382,8 @@ class Console:
             return self.redirect(back, error="meeting type: required")
         toggles = {(crm, e): form.get(f"{crm.value}_{e.value}") == "1" for crm in CRMS for e in EVENTS}
         texts = {name: _text(form.get(name)) if name in form else None for name in ("meeting_type_name", "hubspot_meeting_title", "hubspot_meeting_body")}
-        return await self._change(request, back, lambda a: a.save_meeting_type(company_id, meeting_type_id, toggles, **texts))
+        version = _version(form)
+        return await self._change(request, back, lambda a: a.save_meeting_type(company_id, meeting_type_id, toggles, version, **texts))
 
     async def map_field(self, request: web.Request) -> web.StreamResponse:
         """Add (or replace) a field mapping; the source is `event_type|path`, one drop-down of the
@@ -682,6 +689,12 @@ def _safe_next(target: str | None) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _version(form: Any) -> int | None:
+    """The document version a whole-document form was rendered from (None: not sent, or not a number)."""
+    text = _text(form.get("version"))
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def serve(config: Config) -> None:
