@@ -156,12 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(ss, "timezone", "the company's time zone (IANA name)")
     p.add_argument("--company", required=True)
     p.add_argument("--tz", required=True)
-    p = _command(ss, "apply", "apply one meeting type's settings to others (atomic)")
-    p.add_argument("--company", required=True)
-    p.add_argument("--from", dest="source", required=True, help="source meeting type")
-    p.add_argument("--to", dest="targets", required=True, help="comma-separated target meeting types")
-    p.add_argument("--crm", required=True, choices=CRMS)
-    p.add_argument("--event", required=True, type=_events, help="comma-separated event types")
+    p = _command(ss, "apply", "apply one meeting type's settings to others (atomic), or apply a settings file (settings as code)")
+    p.add_argument("file", nargs="?", help="a settings file from `settings export` (then no other option but --dry-run/--json)")
+    p.add_argument("--company")
+    p.add_argument("--from", dest="source", help="source meeting type")
+    p.add_argument("--to", dest="targets", help="comma-separated target meeting types")
+    p.add_argument("--crm", choices=CRMS)
+    p.add_argument("--event", type=_events, help="comma-separated event types")
+    p.add_argument("--dry-run", action="store_true", help="with FILE: print what would change, write nothing")
+    p.add_argument("--json", action="store_true", help="with FILE: machine-readable output")
+    p = _command(ss, "export", "the whole settings as a YAML file (settings as code)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--company", action="append", help="this company (repeat for more)")
+    which.add_argument("--all", action="store_true", help="every company")
+    p = _command(ss, "diff", "what applying a settings file would change")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (("pause", "pause delivery (actions are held)"), ("resume", "resume delivery")):
         p = _command(ss, name, text)
         p.add_argument("--company", required=True)
@@ -181,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_since, help="ISO-8601 time")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, p in ss.choices.items():
-        if name not in ("show", "log"):  # the commands that change settings
+        if name not in ("show", "log", "export", "diff"):  # the commands that change settings
             p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
 
     dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
@@ -300,6 +310,34 @@ def _run_crm(args: argparse.Namespace, config: Config) -> None:
             print(crm.prepare_hubspot(store, args.company, config.ca_bundle, args.property or crm.DEFAULT_HUBSPOT_PROPERTY))
 
 
+def _settings_file(args: argparse.Namespace, admin: Any, cmd: str, actor: str) -> None:
+    """Settings as code: export, diff, apply FILE (docs/settings-as-code.md)."""
+    from processors.ops import settings_file as sf
+
+    if cmd == "export":
+        print(sf.export_store(admin.load(), None if args.all else args.company), end="")
+        return
+    if cmd == "apply" and (args.company or args.source or args.targets or args.crm or args.event):
+        raise CliError("settings apply FILE takes no --company/--from/--to/--crm/--event")
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    desired = sf.parse(text)
+    if cmd == "diff" or args.dry_run:
+        _, found = sf.plan(desired, sf.current_of(admin.load()))
+    else:
+        found = sf.apply(admin, desired, actor)
+    if args.json:
+        print(json.dumps({"dry_run": cmd == "diff" or args.dry_run, "changes": [
+            {"key": c.key, "new": c.new, "fields": c.fields} for c in found]}, ensure_ascii=False, default=str))
+        return
+    for change in found:
+        print(change.line())
+    verb = "would change" if cmd == "diff" or args.dry_run else "changed"
+    print(f"{len(found)} document(s) {verb}" + ("" if found or cmd == "diff" or args.dry_run else " (the file matches the settings)"))
+
+
 def _print_settings(company: Any, meeting_types: list[Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"company": asdict(company), "meeting_types": [asdict(m) for m in meeting_types]}, default=str, ensure_ascii=False))
@@ -355,7 +393,11 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
     elif cmd == "timezone":
         admin.set_timezone(args.company, args.tz)
         print(f"{args.company}: timezone {args.tz}")
+    elif cmd in ("export", "diff") or (cmd == "apply" and args.file):
+        _settings_file(args, admin, cmd, _actor(args, config))
     elif cmd == "apply":
+        if not (args.company and args.source and args.targets and args.crm and args.event):
+            raise CliError("settings apply needs a FILE, or --company, --from, --to, --crm and --event")
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         docs = admin.apply(args.company, args.source, targets, Crm(args.crm), args.event)
         print(f"{args.company}: applied {args.crm} {','.join(e.value for e in args.event)} from {args.source} to {', '.join(d.meeting_type_id for d in docs)}")
