@@ -30,7 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from connectors.retry import RetryPolicy
 from processors.domain.release import Held, PartitionBuffer, Release, per_partition_cap
-from processors.kafka.consumer import StopSignal
+from processors.kafka.consumer import Settling, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class DelayReleaser:
         resend_policy: RetryPolicy = RESEND_POLICY,
         clock: Callable[[], float] = time.time,
         consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
+        new_group_lookback_seconds: float | None = None,
     ) -> None:
         self._topic = topic
         self.topics = (topic,)
@@ -94,11 +95,13 @@ class DelayReleaser:
         self._pass = asyncio.Lock()
         self.stopping = StopSignal()
         self._consumer_config = consumer_config
+        # A brand-new group starts at its lookback, not at the topic's beginning (`Settling`).
+        self._settling = Settling(self.name, lookback_seconds=new_group_lookback_seconds, clock=clock)
 
     @property
     def running(self) -> bool:
-        """Joined its group and releasing (what readiness asks)."""
-        return self._active
+        """Joined its group, its assignment settled, and releasing (what readiness asks)."""
+        return self._active and self._settling.settled
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
@@ -122,10 +125,13 @@ class DelayReleaser:
                         releaser._buffers.pop(tp, None)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-                for tp in assigned:
-                    releaser._buffers[tp] = PartitionBuffer()
+                async with releaser._pass:
+                    for tp in assigned:
+                        releaser._buffers[tp] = PartitionBuffer()
+                    await releaser._settling.assigned(consumer, assigned)
 
         self._buffers = {}
+        self._settling.reset()
         self.stopping.started()
         consumer = self._consumer = self._consumer_factory(**self._consumer_config)
         last_commit = time.monotonic()
@@ -134,6 +140,9 @@ class DelayReleaser:
             await consumer.start()
             self._active = True
             while not self.stopping.requested:
+                if self._settling.due():
+                    async with self._pass:
+                        await self._settling.again(consumer)
                 # Polling goes on while every partition is paused: that keeps max.poll.interval.
                 batches = await consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 read_at = self._now_ms()
@@ -162,6 +171,8 @@ class DelayReleaser:
 
     def _flow_control(self, now_ms: int) -> None:
         assert self._consumer is not None
+        if not self._settling.settled:
+            return  # its partitions stay paused until started
         assigned = self._consumer.assignment()
         paused = self._consumer.paused()
         cap = per_partition_cap(self._max_buffered, len(assigned))
@@ -249,7 +260,7 @@ class DelayReleaser:
         for tp, buf in self._buffers.items():
             offset = buf.commit_offset()
             if offset is not None:
-                offsets[tp] = OffsetAndMetadata(offset, "")
+                offsets[tp] = OffsetAndMetadata(offset, self._settling.metadata)
         if offsets:
             try:
                 await self._consumer.commit(offsets)

@@ -225,6 +225,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             on_assigned=assigned,
             max_records=cfg.sink_batch_size,
             batch_window_seconds=cfg.sink_batch_window_seconds,
+            new_group_lookback_seconds=cfg.new_group_lookback_seconds,
         )
 
     return [make(crm) for crm in Crm]

@@ -53,7 +53,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             reason="integration_disabled", event_id=held.header("event_id"), action_id=held.action_id,
         )
 
-    def make(topic: str, group: str, lookahead_seconds: float) -> DelayReleaser:
+    def make(topic: str, group: str, lookahead_seconds: float, lookback_seconds: float) -> DelayReleaser:
         async def reject(partition: int, held: Held, reason: str) -> Ack:
             source = Source(topic, partition, held.offset, held.company_id.encode() or None, held.value)
             letter = dead_letter(
@@ -72,11 +72,15 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             lookahead_seconds=lookahead_seconds,
             repark=repark,
             repark_after_seconds=cfg.paused_repark_seconds,
+            new_group_lookback_seconds=lookback_seconds,
         )
 
     # Planned actions wait on the delay topic; actions a sink deferred after transient CRM failures
     # wait on the retry topic (backoffs up to 15 min, so it reads further ahead).
+    # A brand-new group reads back what an earlier group may not have released yet: the lookback
+    # plus the longest wait on the topic (docs/operations.md, "New consumer groups").
+    lookback = cfg.new_group_lookback_seconds
     return [
-        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds),
-        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS),
+        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds, lookback + cfg.delay_seconds),
+        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS, lookback + max(RETRY_LOOKAHEAD_SECONDS, cfg.paused_repark_seconds)),
     ]

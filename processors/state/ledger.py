@@ -62,10 +62,15 @@ class Ledger:
         return len(self._table)
 
     async def hold(self, partitions: Iterable[int]) -> None:
-        """Keep exactly these partitions, reading back the ones not held yet."""
-        missing = self._table.hold(partitions)
-        if missing:
-            await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
+        """Keep exactly these partitions, read back to their end; raises when a read fails (the
+        stage then delivers nothing from them, `processors.kafka.consumer`)."""
+        wanted = self._table.hold(partitions)
+        if wanted:
+            await asyncio.get_running_loop().run_in_executor(None, self._read, wanted)
+        self._table.loaded(wanted)
+
+    def ready(self, partition: int) -> bool:
+        return self._table.ready(partition)
 
     def _read(self, partitions: list[int]) -> None:
         def load(msg: Message) -> None:
