@@ -5,10 +5,12 @@ external-id check, a reconciliation of actions that may have been created before
 ledger entry is an intent with no outcome), and one batched create — never an exception, so the
 stage goes on. The decisions (fields, matching, outcomes) are pure, in `processors.domain.deliver`.
 
-Containment (SPEC §11): each company's batch has a time budget; past it the company's actions are
+Containment (SPEC §11): each (CRM, company) has threads of its own (`TenantExecutors`), so a hung
+call holds a thread of its own tenant only, never one another tenant's calls wait for, however
+many tenants hang. Each company's batch has a time budget; past it the company's actions are
 deferred (the call goes on in its thread; whatever it created is found by reconciliation later),
 and while a company's earlier call still runs its new actions are deferred at once, so a hung CRM
-holds neither the batch nor more than one worker thread. A transient failure is retried inline for
+holds neither the batch nor more than one thread. A transient failure is retried inline for
 a short while (the one retry policy); a retry re-runs the batch with reconciliation, since the
 failed attempt may have created some objects. Repeated authentication failures open a
 per-company circuit. A company that used `quota_defer_ratio` of its daily API quota (read from the
@@ -23,7 +25,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -62,6 +64,11 @@ AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
 SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
 SLOW_PROBE_BUDGET_S = 0.5
 RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
+# Threads per (CRM, company): one call runs at a time (a busy company is deferred), one spare.
+TENANT_THREADS = 2
+# A tenant's threads end after this long without a call (longer than any inline retry's pause).
+TENANT_IDLE_SECONDS = 120.0
+REAP_EVERY_SECONDS = 30.0
 
 
 def from_result(result: Result) -> Outcome:
@@ -72,6 +79,85 @@ def from_result(result: Result) -> Outcome:
     if isinstance(result.error, TransientError):
         return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
     return Outcome(FAILED, reason=result.error.code, error=result.error)
+
+
+class TenantPool(Executor):
+    """One (CRM, company)'s threads, counting the calls under way (a pool with one is never reaped)."""
+
+    def __init__(self, name: str, threads: int, clock: Callable[[], float]) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle_since = clock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self._inflight += 1
+        try:
+            future = self._executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, future: Future[Any] | None) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._idle_since = self._clock()
+
+    def touch(self) -> None:
+        with self._lock:
+            self._idle_since = max(self._idle_since, self._clock())
+
+    def idle_for(self) -> float | None:
+        """Seconds without a call, None while one runs."""
+        with self._lock:
+            return None if self._inflight else self._clock() - self._idle_since
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class TenantExecutors:
+    """A small thread pool per (CRM, company), made on first use and ended when idle.
+
+    Why not one shared pool: a call past its budget keeps its thread (Python cannot stop it), so
+    with one pool of N threads, N hung (CRM, company) pairs starve every healthy company. Here a
+    hung call holds a thread of its own tenant only; others get threads of their own at once.
+    Threads alive ≈ tenants called within `idle_seconds`, at most `threads` each. Used from the
+    event loop only (the calls' completions, in their threads, only count).
+    """
+
+    def __init__(self, threads: int = TENANT_THREADS, idle_seconds: float = TENANT_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threads = threads
+        self._idle = idle_seconds
+        self._clock = clock
+        self._pools: dict[tuple[str, str], TenantPool] = {}
+        self._next_reap = clock() + REAP_EVERY_SECONDS
+
+    def get(self, key: tuple[str, str]) -> TenantPool:
+        """The tenant's pool (touched, so a reap before its call is submitted keeps it); reaps
+        idle pools now and then."""
+        if self._clock() >= self._next_reap:
+            self.reap()
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = TenantPool(f"crm-{key[0]}", self._threads, self._clock)
+        pool.touch()
+        return pool
+
+    def reap(self) -> int:
+        """End the pools idle longer than `idle_seconds`; returns how many."""
+        self._next_reap = self._clock() + REAP_EVERY_SECONDS
+        idle = [key for key, pool in self._pools.items() if (pool.idle_for() or 0.0) > self._idle]
+        for key in idle:
+            self._pools.pop(key).shutdown(wait=False)
+        return len(idle)
+
+    def __len__(self) -> int:
+        return len(self._pools)
 
 
 class Deliverer:
@@ -109,7 +195,9 @@ class Deliverer:
         # Access tokens per (CRM, company), shared by the clients rebuilt when a file changes.
         self.tokens = TokenCache()
         self._clients: dict[tuple[Crm, str], tuple[Any, Any]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
+        self._executors = TenantExecutors()
+        # At most this many companies' calls at once within their budgets (a hung call gives its
+        # slot back at its budget; its thread is its tenant's, `TenantExecutors`).
         self._slots = asyncio.Semaphore(concurrency)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
@@ -341,7 +429,7 @@ class Deliverer:
         async with self._slots:
             try:
                 outcomes = await asyncio.wait_for(
-                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), budget
+                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executors.get(key)), budget
                 )
                 self.circuit.succeeded(key)
                 self.slow.succeeded(key)
