@@ -172,6 +172,9 @@ class Config:
     # A brand-new consumer group starts from now minus this, not from the topic's beginning.
     new_group_lookback_seconds: _Seconds = _env("CRM_SYNC_NEW_GROUP_LOOKBACK_SECONDS", 600.0)
     settings_ready_timeout_seconds: _Seconds = _env("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", 30.0)
+    # A sink's ledger read (on every assignment) that has not reached the end by then fails and is
+    # tried again; meanwhile nothing is delivered from those partitions and the worker is not ready.
+    ledger_read_timeout_seconds: _Seconds = _env("CRM_SYNC_LEDGER_READ_TIMEOUT_SECONDS", 120.0)
     # A CRM's Retry-After longer than this is capped.
     retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
     # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.

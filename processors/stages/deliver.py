@@ -208,7 +208,8 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             return await ctx.send(cfg.topics.ledger(crm), key, value, partition=partition)
 
         ledger = Ledger(
-            topic=cfg.topics.ledger(crm), write=write, reader_config=clients.librdkafka(cfg), keep_ms=int(cfg.ledger_keep_hours * 3600 * 1000)
+            topic=cfg.topics.ledger(crm), write=write, reader_config=clients.librdkafka(cfg), keep_ms=int(cfg.ledger_keep_hours * 3600 * 1000),
+            read_timeout=cfg.ledger_read_timeout_seconds,
         )
 
         async def handle(records: list[ConsumerRecord]) -> None:

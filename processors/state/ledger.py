@@ -42,8 +42,10 @@ class Ledger:
         reader_config: dict[str, Any],
         keep_ms: int,
         clock: Callable[[], float] = time.time,
+        read_timeout: float = 120.0,
     ) -> None:
         self.topic = topic
+        self._read_timeout = read_timeout
         self._write = write
         self._reader_config = reader_config
         self._table: Table[str] = Table(partitioned=True, keep_ms=keep_ms, clock=clock)
@@ -83,4 +85,4 @@ class Ledger:
                 # Not one of ours (entries are ASCII ids): it cannot name an action, so it cannot hide one.
                 log.warning("ledger record ignored", extra={"topic": self.topic, "partition": msg.partition(), "offset": msg.offset()})
 
-        read_to_end(self._reader_config, self.topic, load, partitions=partitions, timeout=120.0)
+        read_to_end(self._reader_config, self.topic, load, partitions=partitions, timeout=self._read_timeout)
