@@ -171,6 +171,9 @@ class Config:
     allow_default_credentials: _Flag = _env("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", False)
     # A brand-new consumer group starts from now minus this, not from the topic's beginning.
     new_group_lookback_seconds: _Seconds = _env("CRM_SYNC_NEW_GROUP_LOOKBACK_SECONDS", 600.0)
+    # After a change of CRM_SYNC_APP_ID: the old one. Each stage's brand-new group then starts
+    # where the old app id's group of that stage left off (its commits), not at the lookback.
+    previous_app_id: str | None = _env("CRM_SYNC_PREVIOUS_APP_ID", None)
     settings_ready_timeout_seconds: _Seconds = _env("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", 30.0)
     # A sink's ledger read (on every assignment) that has not reached the end by then fails and is
     # tried again; meanwhile nothing is delivered from those partitions and the worker is not ready.

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Handle = Callable[[list[ConsumerRecord]], Awaitable[None]]
 PartitionsHook = Callable[[Sequence[TopicPartition]], Awaitable[None]]
+# An earlier group's commits on some partitions (`earlier_commits`).
+Earlier = Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, OffsetAndMetadata]]]
 
 
 def batch_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:
@@ -104,8 +106,25 @@ async def committed_offsets(consumer: AIOKafkaConsumer, partitions: Sequence[Top
     return dict(await consumer._coordinator.fetch_committed_offsets(list(partitions)))
 
 
+def earlier_commits(
+    factory: Callable[..., AIOKafkaConsumer], consumer_config: Mapping[str, Any], group_id: str
+) -> Earlier:
+    """Asks an earlier group (the same stage under a previous app id) for its commits; that group
+    is only asked, never joined, so its members (if any still run) are not disturbed."""
+
+    async def ask(partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, OffsetAndMetadata]:
+        other = factory(**{**consumer_config, "group_id": group_id})
+        await other.start()
+        try:
+            return await committed_offsets(other, partitions)
+        finally:
+            await other.stop()
+
+    return ask
+
+
 async def start_new_partitions(
-    consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition], since_s: float, name: str
+    consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition], since_s: float, name: str, earlier: Earlier | None = None
 ) -> str:
     """Where a partition without a commit starts, decided once and committed at once; returns the
     commit metadata (the group's birth stamp) the stage's later commits carry.
@@ -121,6 +140,10 @@ async def start_new_partitions(
     generation as another and sees the other's first commit starts where the other did, instead
     of taking the group for an old one and replaying from the beginning. Partitions with a commit
     resume from it.
+
+    With an `earlier` group (`CRM_SYNC_PREVIOUS_APP_ID`), a partition without a commit that the
+    earlier group committed starts at that commit instead: exactly where the earlier group's
+    handling ended (every stage commits only past what it handled), whatever the lookback.
     """
     topics = sorted({tp.topic for tp in assigned})
     every = sorted(
@@ -138,10 +161,17 @@ async def start_new_partitions(
         found = await consumer.offsets_for_times({tp: born for tp in fresh})
         ends = await consumer.end_offsets(fresh)
         start = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in fresh}
-    if new_group:
+    seeded = {tp: om.offset for tp, om in (await earlier(fresh)).items() if om.offset >= 0} if earlier is not None else {}
+    start.update(seeded)
+    if seeded:
+        log.info(
+            "new consumer group: starting where the earlier app id's group left off",
+            extra={"consumer": name, "partitions": len(seeded)},
+        )
+    if new_group and len(seeded) < len(fresh):
         log.info(
             "new consumer group: starting from the lookback, not the beginning",
-            extra={"consumer": name, "partitions": len(fresh), "since_ms": born},
+            extra={"consumer": name, "partitions": len(fresh) - len(seeded), "since_ms": born},
         )
     for tp, offset in start.items():
         consumer.seek(tp, offset)
@@ -171,8 +201,10 @@ class Settling:
         clock: Callable[[], float] = time.time,
         hook: PartitionsHook = _nothing,
         retry: RetryPolicy = LOAD_RETRY,
+        earlier: Earlier | None = None,
     ) -> None:
         self._name = name
+        self._earlier = earlier
         self._lookback = lookback_seconds
         self._clock = clock
         self._hook = hook
@@ -207,7 +239,9 @@ class Settling:
             return
         try:
             if self._lookback is not None:
-                self.metadata = await start_new_partitions(consumer, pending, self._clock() - self._lookback, self._name)
+                self.metadata = await start_new_partitions(
+                    consumer, pending, self._clock() - self._lookback, self._name, self._earlier
+                )
             await self._hook(pending)
         except Exception as exc:
             self._failures += 1
@@ -243,6 +277,7 @@ class BatchConsumer:
         clock: Callable[[], float] = time.time,
         consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
         load_retry: RetryPolicy = LOAD_RETRY,
+        earlier_group_id: str | None = None,
     ) -> None:
         self.name = name
         self.group_id = consumer_config["group_id"]
@@ -256,7 +291,10 @@ class BatchConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_config = consumer_config
         self._consumer_factory = consumer_factory
-        self._settling = Settling(name, lookback_seconds=new_group_lookback_seconds, clock=clock, hook=on_assigned, retry=load_retry)
+        earlier = earlier_commits(consumer_factory, consumer_config, earlier_group_id) if earlier_group_id else None
+        self._settling = Settling(
+            name, lookback_seconds=new_group_lookback_seconds, clock=clock, hook=on_assigned, retry=load_retry, earlier=earlier
+        )
 
     @property
     def running(self) -> bool:

@@ -30,7 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from connectors.retry import RetryPolicy
 from processors.domain.release import Held, PartitionBuffer, Release, per_partition_cap
-from processors.kafka.consumer import Settling, StopSignal
+from processors.kafka.consumer import Settling, StopSignal, earlier_commits
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class DelayReleaser:
         clock: Callable[[], float] = time.time,
         consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
         new_group_lookback_seconds: float | None = None,
+        earlier_group_id: str | None = None,
     ) -> None:
         self._topic = topic
         self.topics = (topic,)
@@ -96,7 +97,8 @@ class DelayReleaser:
         self.stopping = StopSignal()
         self._consumer_config = consumer_config
         # A brand-new group starts at its lookback, not at the topic's beginning (`Settling`).
-        self._settling = Settling(self.name, lookback_seconds=new_group_lookback_seconds, clock=clock)
+        earlier = earlier_commits(consumer_factory, consumer_config, earlier_group_id) if earlier_group_id else None
+        self._settling = Settling(self.name, lookback_seconds=new_group_lookback_seconds, clock=clock, earlier=earlier)
 
     @property
     def running(self) -> bool:

@@ -227,6 +227,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             max_records=cfg.sink_batch_size,
             batch_window_seconds=cfg.sink_batch_window_seconds,
             new_group_lookback_seconds=cfg.new_group_lookback_seconds,
+            earlier_group_id=clients.earlier_group(cfg, f"{cfg.app_id}-sink-{crm.value}"),
         )
 
     return [make(crm) for crm in Crm]

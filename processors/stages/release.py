@@ -21,6 +21,7 @@ from processors.stages.common import StageContext, now_ms
 log = logging.getLogger("crm_sync.release")
 
 RETRY_LOOKAHEAD_SECONDS = 900.0
+REPARK_SCAN_MAX_SECONDS = 60.0  # the releaser looks for long-parked actions at least this often
 RELEASES = {DueDecision.DELIVER: Release.DELIVER, DueDecision.HOLD: Release.PARK, DueDecision.DROP: Release.DROP}
 
 
@@ -65,6 +66,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
         return DelayReleaser(
             topic=topic,
             consumer_config=clients.group_consumer(cfg, f"{cfg.app_id}-{group}"),
+            earlier_group_id=clients.earlier_group(cfg, f"{cfg.app_id}-{group}"),
             decide=decide,
             emit=emit,
             drop=drop,
@@ -77,10 +79,11 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
 
     # Planned actions wait on the delay topic; actions a sink deferred after transient CRM failures
     # wait on the retry topic (backoffs up to 15 min, so it reads further ahead).
-    # A brand-new group reads back what an earlier group may not have released yet: the lookback
-    # plus the longest wait on the topic (docs/operations.md, "New consumer groups").
-    lookback = cfg.new_group_lookback_seconds
+    # A brand-new group (without CRM_SYNC_PREVIOUS_APP_ID) reads back what an earlier group may
+    # not have released yet: the lookback, plus the longest an action waits on the topic before it
+    # is released or, while paused, copied on (docs/consumer-state.md).
+    parked = cfg.paused_repark_seconds + REPARK_SCAN_MAX_SECONDS
     return [
-        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds, lookback + cfg.delay_seconds),
-        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS, lookback + max(RETRY_LOOKAHEAD_SECONDS, cfg.paused_repark_seconds)),
+        make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds, cfg.new_group_lookback_seconds + cfg.delay_seconds + parked),
+        make(cfg.topics.retry, "retry", RETRY_LOOKAHEAD_SECONDS, cfg.new_group_lookback_seconds + RETRY_LOOKAHEAD_SECONDS + parked),
     ]

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.sandbox import Fault
 from connectors.sandbox.server import CrmSandbox
@@ -106,15 +106,23 @@ def test_twenty_hung_tenants_do_not_hold_back_a_healthy_one(
     assert all(sandbox.tenant(c).hubspot.list_meetings() == [] for c in hung)
 
 
-def old_action(company: str, contact: str, marker: str, now_ms: int) -> Action:
-    """An action an earlier group already handled an hour ago (e.g. dropped as integration_disabled)."""
+HOURS_AGO_MS = 3 * 3_600_000  # older than any stage's new-group window (lookback + longest wait)
+
+
+def old_action(company: str, contact: str, marker: str, written_ms: int) -> Action:
+    """An action an earlier group already handled (e.g. dropped as integration_disabled)."""
     return Action(
         action_id=f"old-{uuid.uuid4().hex}", event_id=f"evt-{uuid.uuid4().hex}", event_type=EventType.MEETING_BOOKED,
         company_id=company, meeting_type_id="intro-30", crm=Crm.SALESFORCE, object_type=ObjectType.TASK,
-        origin=Origin.MEETING_TYPE, occurred_at=now_ms - 3_600_000, due_at=now_ms - 3_000_000, planned_at=now_ms - 3_600_000,
+        origin=Origin.MEETING_TYPE, occurred_at=written_ms, due_at=written_ms + 1_000, planned_at=written_ms,
         contact_email=contact, owner_email="host@seller.example",
         properties={"Subject": marker, "Description": marker, "ActivityDate": "2026-11-24"},
     )
+
+
+def write_action(producer: Producer, codec: Codec, topic: str, action: Action, key: str, timestamp: int, partition: int = -1) -> None:
+    value = codec.encode("Action", action_to_record(action))
+    producer.produce(topic, key=key.encode(), value=value, headers=action_headers(action), timestamp=timestamp, partition=partition)
 
 
 def test_brand_new_delay_retry_and_sink_groups_do_not_replay_what_an_earlier_group_handled(
@@ -129,14 +137,10 @@ def test_brand_new_delay_retry_and_sink_groups_do_not_replay_what_an_earlier_gro
     create_missing(config)
     codec = Codec()
     producer = Producer({"bootstrap.servers": deployment.bootstrap})
-    now = int(time.time() * 1000)
-    hour_ago = now - 3_600_000
+    written = int(time.time() * 1000) - HOURS_AGO_MS
     for topic, marker in ((config.topics.delay, "old-delay"), (config.topics.retry, "old-retry"), (config.topics.due(Crm.SALESFORCE), "old-due")):
-        action = old_action("acme", "old@buyer.example", marker, now)
-        key = action.action_id if topic == config.topics.due(Crm.SALESFORCE) else action.company_id
-        producer.produce(
-            topic, key=key.encode(), value=codec.encode("Action", action_to_record(action)), headers=action_headers(action), timestamp=hour_ago
-        )
+        action = old_action("acme", "old@buyer.example", marker, written)
+        write_action(producer, codec, topic, action, action.action_id if "due" in topic else action.company_id, written)
     producer.flush(10)
 
     worker = start_worker(deployment, workers, tmp_path)
@@ -150,3 +154,36 @@ def test_brand_new_delay_retry_and_sink_groups_do_not_replay_what_an_earlier_gro
     log = worker.log_text()
     for consumer in ("releaser-" + config.topics.delay, "releaser-" + config.topics.retry, "sink-salesforce"):
         assert any("new consumer group" in line and consumer in line for line in log.splitlines()), consumer
+
+
+def test_with_the_previous_app_id_a_new_group_starts_exactly_where_the_old_one_left_off(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Two recent actions on the delay topic, both inside the lookback; the old app id's delay
+    group committed past the first (handled) but not the second. Seeded from that commit, the new
+    group releases the second only."""
+    seed(sandbox, ["seed@buyer.example"])
+    configure(deployment, "acme")
+    config = deployment.config()
+    create_missing(config)
+    previous = f"{deployment.app_id}-old"
+    deployment.extra_env["CRM_SYNC_PREVIOUS_APP_ID"] = previous
+    codec = Codec()
+    producer = Producer({"bootstrap.servers": deployment.bootstrap})
+    written = int(time.time() * 1000) - 60_000
+    for marker in ("seed-handled", "seed-pending"):
+        write_action(producer, codec, config.topics.delay, old_action("acme", "seed@buyer.example", marker, written), "acme", written, partition=0)
+    producer.flush(10)
+    old_group = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": f"{previous}-delay", "enable.auto.commit": False})
+    old_group.commit(offsets=[TopicPartition(config.topics.delay, 0, 1)], asynchronous=False)  # past the first only
+    old_group.close()
+
+    worker = start_worker(deployment, workers, tmp_path)
+    wait_for(lambda: sandbox.salesforce.list_tasks(), 60, what="the pending action's Task")
+    publish(deployment, [booking("acme", "seed@buyer.example")])
+    wait_for(lambda: len(sandbox.hubspot.list_meetings()) == 1, 60, what="a fresh booking's meeting, after which nothing older can come")
+    wait_for(lambda: len(sandbox.salesforce.list_tasks()) >= 2, 30, what="the fresh booking's Task")
+    subjects = sorted(str(t.get("Subject")) for t in sandbox.salesforce.list_tasks())
+    assert "seed-handled" not in subjects, "the old group's handled action was released again"
+    assert "seed-pending" in subjects and len(subjects) == 2
+    assert "starting where the earlier app id's group left off" in worker.log_text()

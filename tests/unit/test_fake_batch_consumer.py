@@ -13,7 +13,9 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, OffsetAndTimestamp
 
 from connectors.retry import RetryPolicy
-from processors.kafka.consumer import BatchConsumer, batch_offsets, start_new_partitions
+from processors.config import Config
+from processors.kafka.clients import earlier_group
+from processors.kafka.consumer import BatchConsumer, batch_offsets, earlier_commits, start_new_partitions
 
 TOPIC = "events"
 P0, P1, P2 = (TopicPartition(TOPIC, p) for p in range(3))
@@ -657,3 +659,43 @@ def test_a_hook_that_keeps_failing_never_lets_a_record_through() -> None:
         await task
 
     run(scenario)
+
+
+# ---- seeding from the earlier app id's group -------------------------------------------------------
+
+
+def test_a_new_group_starts_where_the_earlier_app_ids_group_left_off() -> None:
+    """Exactly past what the earlier group handled; a partition it never committed: the lookback."""
+
+    async def scenario() -> None:
+        earlier = FakeConsumer()
+        earlier.committed_offsets = {P0: 17, P2: 4}
+        asked: list[dict[str, Any]] = []
+
+        def factory(**config: Any) -> FakeConsumer:
+            asked.append(config)
+            return earlier
+
+        fake = FakeConsumer()
+        fake.ends = {P0: 100, P1: 300, P2: 55}
+        fake.times = {P0: OffsetAndTimestamp(42, 1), P1: OffsetAndTimestamp(290, 1), P2: OffsetAndTimestamp(50, 1)}
+        ask = earlier_commits(factory, {"group_id": "new-app-delay", "bootstrap_servers": "b"}, "old-app-delay")  # type: ignore[arg-type]
+        await start_new_partitions(fake, [P0, P1, P2], since_s=1_799_996_400.0, name="test", earlier=ask)  # type: ignore[arg-type]
+        assert fake.committed_offsets == {P0: 17, P1: 290, P2: 4}
+        assert asked == [{"group_id": "old-app-delay", "bootstrap_servers": "b"}]
+        assert earlier.started and earlier.stopped and earlier.commits == []  # asked, never joined or committed
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("previous", "group", "expected"),
+    [
+        (None, "crm-sync-b-delay", None),
+        ("crm-sync-a", "crm-sync-b-delay", "crm-sync-a-delay"),
+        ("crm-sync-a", "crm-sync-b-sink-salesforce", "crm-sync-a-sink-salesforce"),
+        ("crm-sync-a", "someone-else", None),
+    ],
+)
+def test_the_earlier_group_is_the_same_stage_under_the_previous_app_id(previous: str | None, group: str, expected: str | None) -> None:
+    assert earlier_group(Config(app_id="crm-sync-b", previous_app_id=previous), group) == expected
