@@ -37,7 +37,9 @@ class Stage(Protocol):
     stopping: StopSignal
 
     @property
-    def running(self) -> bool: ...
+    def running(self) -> bool:
+        """Joined its group and its assignment settled (state read to its end): readiness."""
+        ...
 
     def assignment(self) -> set[TopicPartition]: ...
 

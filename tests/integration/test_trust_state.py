@@ -52,24 +52,29 @@ def test_an_unreadable_ledger_means_not_ready_and_nothing_delivered_from_it(
     for partition in range(deployment.partitions):
         producer.produce(config.topics.ledger(Crm.SALESFORCE), key=b"acme/other", value=b"intent:1", partition=partition)
     producer.flush(10)
+    open_transaction = True
+    try:
+        worker = WorkerProcess(deployment, tmp_path / "worker.log").start()
+        workers.append(worker)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{worker.port}/health/live"), 60, what="the worker's web server")
+        publish(deployment, [booking("acme", "ledger@buyer.example")])
 
-    worker = WorkerProcess(deployment, tmp_path / "worker.log").start()
-    workers.append(worker)
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{worker.port}/health/live"), 60, what="the worker's web server")
-    publish(deployment, [booking("acme", "ledger@buyer.example")])
+        wait_for(lambda: len(sandbox.hubspot.list_meetings()) == 1, 60, what="the HubSpot meeting (its ledger reads fine)")
+        seen = not_ready_logs(worker, "sink-salesforce")
+        wait_for(
+            lambda: sandbox.salesforce.list_tasks() or not_ready_logs(worker, "sink-salesforce") >= seen + 2,
+            90, what="the Salesforce ledger read failing again after the meeting arrived",
+        )
+        assert sandbox.salesforce.list_tasks() == [], "a Task was created while its ledger was unread"
+        assert not http_ok(f"http://127.0.0.1:{worker.port}/health/ready")
 
-    wait_for(lambda: len(sandbox.hubspot.list_meetings()) == 1, 60, what="the HubSpot meeting (its ledger reads fine)")
-    seen = not_ready_logs(worker, "sink-salesforce")
-    wait_for(
-        lambda: sandbox.salesforce.list_tasks() or not_ready_logs(worker, "sink-salesforce") >= seen + 2,
-        90, what="the Salesforce ledger read failing again after the meeting arrived",
-    )
-    assert sandbox.salesforce.list_tasks() == [], "a Task was created while its ledger was unread"
-    assert not http_ok(f"http://127.0.0.1:{worker.port}/health/ready")
-
-    producer.abort_transaction(30)
-    wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 1, 90, what="the Task once the ledger reads to its end")
-    worker.wait_ready(60)
+        producer.abort_transaction(30)
+        open_transaction = False
+        wait_for(lambda: len(sandbox.salesforce.list_tasks()) == 1, 90, what="the Task once the ledger reads to its end")
+        worker.wait_ready(60)
+    finally:
+        if open_transaction:
+            producer.abort_transaction(30)
 
 
 def test_twenty_hung_tenants_do_not_hold_back_a_healthy_one(
