@@ -213,6 +213,9 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
         )
 
         async def handle(records: list[ConsumerRecord]) -> None:
+            unread = sorted({r.partition for r in records if not ledger.ready(r.partition)})
+            if unread:  # the consumer holds such partitions back; never deliver on a partial ledger
+                raise RuntimeError(f"ledger partitions {unread} not read to their end in this assignment")
             await asyncio.gather(*await deliver(crm, ledger, records))
 
         async def assigned(partitions: Sequence[TopicPartition]) -> None:
