@@ -162,6 +162,7 @@ class Config:
     # Ingest's decode → plan → encode in this many processes of its own; 0: in the worker's process.
     ingest_processes: _Processes = _env("CRM_SYNC_INGEST_PROCESSES", 0)
     sink_batch_window_seconds: _Seconds = _env("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", 0.2)
+    # The most CRM threads one (CRM, company) may hold (each has its own; one call runs at a time).
     sink_concurrency: _Count = _env("CRM_SYNC_SINK_CONCURRENCY", 16)
     salesforce_rate_per_second: _Rate = _env("CRM_SYNC_SALESFORCE_RATE", 20.0)
     hubspot_rate_per_second: _Rate = _env("CRM_SYNC_HUBSPOT_RATE", 9.0)

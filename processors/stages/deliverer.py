@@ -64,8 +64,9 @@ AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
 SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
 SLOW_PROBE_BUDGET_S = 0.5
 RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
-# Threads per (CRM, company): one call runs at a time (a busy company is deferred), one spare.
-TENANT_THREADS = 2
+# Threads per (CRM, company) at most (`CRM_SYNC_SINK_CONCURRENCY`): one call runs at a time (a
+# busy company is deferred), so one is used; the cap only bounds what a bug could spawn.
+TENANT_THREADS = 16
 # A tenant's threads end after this long without a call (longer than any inline retry's pause).
 TENANT_IDLE_SECONDS = 120.0
 REAP_EVERY_SECONDS = 30.0
@@ -172,7 +173,7 @@ class Deliverer:
         *,
         rates: Mapping[Crm, float] | None = None,
         action_id_fields: Mapping[Crm, str | None] | None = None,
-        concurrency: int = 16,
+        threads_per_tenant: int = TENANT_THREADS,
         company_budget_seconds: float = 5.0,
         cache_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
@@ -195,10 +196,11 @@ class Deliverer:
         # Access tokens per (CRM, company), shared by the clients rebuilt when a file changes.
         self.tokens = TokenCache()
         self._clients: dict[tuple[Crm, str], tuple[Any, Any]] = {}
-        self._executors = TenantExecutors()
-        # At most this many companies' calls at once within their budgets (a hung call gives its
-        # slot back at its budget; its thread is its tenant's, `TenantExecutors`).
-        self._slots = asyncio.Semaphore(concurrency)
+        # No worker-wide cap on calls under way: N hung tenants would fill any N slots while their
+        # budgets run, and the batch would wait one budget per N. A (CRM, company) runs one call at
+        # a time (busy ones are deferred), so the calls under way are at most the companies of the
+        # sinks' current batches (`CRM_SYNC_SINK_BATCH_SIZE`).
+        self._executors = TenantExecutors(threads=threads_per_tenant)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
 
@@ -426,33 +428,32 @@ class Deliverer:
                 with self._running_lock:
                     self._running[key] -= 1
 
-        async with self._slots:
-            try:
-                outcomes = await asyncio.wait_for(
-                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executors.get(key)), budget
-                )
-                self.circuit.succeeded(key)
-                self.slow.succeeded(key)
-            except asyncio.TimeoutError:
-                self.slow.failed(key)
+        try:
+            outcomes = await asyncio.wait_for(
+                call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executors.get(key)), budget
+            )
+            self.circuit.succeeded(key)
+            self.slow.succeeded(key)
+        except asyncio.TimeoutError:
+            self.slow.failed(key)
+            log.warning(
+                "CRM too slow: this company's actions are deferred",
+                extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
+            )
+            outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
+        except TransientError as exc:
+            outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
+        except AuthError as exc:
+            self._credentials.invalidate(company_id, crm.value)
+            if self.circuit.failed(key):
                 log.warning(
-                    "CRM too slow: this company's actions are deferred",
-                    extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
+                    "authentication keeps failing: delivery paused for this company",
+                    extra={"crm": crm.value, "company_id": company_id, "cooldown": round(self.circuit.remaining(key), 1)},
                 )
-                outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
-            except TransientError as exc:
-                outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
-            except AuthError as exc:
-                self._credentials.invalidate(company_id, crm.value)
-                if self.circuit.failed(key):
-                    log.warning(
-                        "authentication keeps failing: delivery paused for this company",
-                        extra={"crm": crm.value, "company_id": company_id, "cooldown": round(self.circuit.remaining(key), 1)},
-                    )
-                self._metrics.paused_targets.set(self.circuit.open_count())
-                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
-            except CrmError as exc:
-                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+            self._metrics.paused_targets.set(self.circuit.open_count())
+            outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+        except CrmError as exc:
+            outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
         self._read_quota(crm, company_id)
         now = int(self._clock() * 1000)
         return [replace(o, attempts=attempts, first_attempt_at=first, last_attempt_at=now) for o in outcomes]

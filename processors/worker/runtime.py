@@ -98,7 +98,7 @@ def make_runtime(config: Config) -> Runtime:
         metrics,
         rates={Crm.SALESFORCE: config.salesforce_rate_per_second, Crm.HUBSPOT: config.hubspot_rate_per_second},
         action_id_fields={Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property},
-        concurrency=config.sink_concurrency,
+        threads_per_tenant=config.sink_concurrency,
         company_budget_seconds=config.sink_company_budget_seconds,
         quota_defer_ratio=config.quota_defer_ratio,
         quota_defer_seconds=config.quota_defer_seconds,
