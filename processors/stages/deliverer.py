@@ -5,9 +5,10 @@ external-id check, a reconciliation of actions that may have been created before
 ledger entry is an intent with no outcome), and one batched create — never an exception, so the
 stage goes on. The decisions (fields, matching, outcomes) are pure, in `processors.domain.deliver`.
 
-Containment (SPEC §11): each (CRM, company) has threads of its own (`TenantExecutors`), so a hung
-call holds a thread of its own tenant only, never one another tenant's calls wait for, however
-many tenants hang. Each company's batch has a time budget; past it the company's actions are
+Containment (SPEC §11): each (CRM, company) has threads of its own (`TenantExecutors`) and there is
+no worker-wide cap on calls under way, so a hung call holds a thread of its own tenant only, never
+a thread or slot another tenant's calls wait for: the batch in which tenants first hang waits one
+budget, however many they are. Each company's batch has a time budget; past it the company's actions are
 deferred (the call goes on in its thread; whatever it created is found by reconciliation later),
 and while a company's earlier call still runs its new actions are deferred at once, so a hung CRM
 holds neither the batch nor more than one thread. A transient failure is retried inline for
