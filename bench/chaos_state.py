@@ -1,15 +1,24 @@
-"""Scenario k of bench/chaos.py: twenty tenants whose CRMs hang 60 s per request, beside a healthy
-tenant booking meetings. Each (CRM, company) has CRM threads of its own, so the healthy tenant's
-p99 lateness stays within 5 s however many tenants hang (docs/consumer-state.md)."""
+"""Scenarios k and n of bench/chaos.py (docs/consumer-state.md):
+
+- k: twenty tenants whose CRMs hang 60 s per request, beside a healthy tenant booking meetings.
+  Each (CRM, company) has CRM threads of its own, so the healthy tenant's lateness stays low
+  however many tenants hang.
+- n: three workers under load restarted one after the other, the way a StatefulSet rollout does,
+  then one frozen for longer than the session timeout: its partitions go to the others, which
+  write their ledgers, and it comes back to a new assignment. Every assignment re-reads its
+  ledger partitions, so nothing is lost or duplicated.
+"""
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
-from chaos_crash import _finish
-from chaos_env import Env, Feeder, Row, Tally, percentile, tally, wait_until
+from chaos_crash import _finish, _one_company
+from chaos_env import Env, Feeder, Row, Tally, log, percentile, tally, wait_until
 from connectors.sandbox import Fault
+from processors.kafka.clients import SESSION_TIMEOUT_S
 
 HUNG_TENANTS = 20
 
@@ -69,5 +78,39 @@ def scenario_k(ctx: Any) -> Row:
     row.note(f"the worker logged {budget_hits} 'CRM too slow' warnings (hung tenants hitting CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS)")
     row.goal_met = row.lost == 0 and row.dup_sf == 0 and row.dup_hs == 0 and p99 <= 5.0 and fast_t.leaked == 0
     ctx.sandbox.state.clear_faults()
+    env.stop()
+    return row
+
+
+def scenario_n(ctx: Any) -> Row:
+    count = ctx.size(4_000)
+    row = Row("n", events=count)
+    env = Env("n", ctx.broker, ctx.sandbox, ctx.workdir, delay=3.0)
+    ctx.envs.append(env)
+    company, bookers = _one_company(env, count)
+    workers = [env.start_worker() for _ in range(3)]
+    feed_seconds = 60.0 if ctx.quick else 120.0
+    feeder = Feeder(env, count, feed_seconds, lambda i: env.booking(company, str(i), bookers[i]))
+    feeder.start()
+    began = time.monotonic()
+    for n in range(3):  # the rollout: one at a time, each back and ready before the next goes
+        time.sleep(max(0.0, began + (n + 1) * feed_seconds / 5 - time.monotonic()))
+        workers[n].stop()
+        log(f"n: worker {n} stopped (SIGTERM) and started again (published {feeder.sent}/{count})")
+        workers[n] = env.start_worker()
+    frozen = workers[0]
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    log(f"n: worker 0 frozen for {SESSION_TIMEOUT_S * 2:.0f} s (session timeout {SESSION_TIMEOUT_S:.0f} s)")
+    time.sleep(SESSION_TIMEOUT_S * 2)
+    frozen.proc.send_signal(signal.SIGCONT)
+    feeder.join(600)
+    result = env.settle(total_timeout=900.0, quiet=10.0)
+    row = _finish(row, env, result, feeder)
+    p99 = percentile(result.lateness, 0.99)
+    not_ready = env.log_path.read_text(errors="replace").count("assigned partitions not ready")
+    row.note(f"3 rolling restarts and one worker frozen past its session; p99 lateness {p99:.2f} s, max {row.max_late or 0:.2f} s;"
+             f" {not_ready} assignment(s) not settled at once (retried)")
+    row.goal_met = row.lost == 0 and row.dup_sf == 0 and row.dup_hs == 0 and feeder.error is None and feeder.sent == count
     env.stop()
     return row
