@@ -54,6 +54,7 @@ from processors.domain.deliver import (
     salesforce_task_fields,
 )
 from processors.domain.model import Action, Crm, ObjectType
+from processors.kafka.clients import SESSION_TIMEOUT_S
 from processors.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ TENANT_THREADS = 16
 # A tenant's threads end after this long without a call (longer than any inline retry's pause).
 TENANT_IDLE_SECONDS = 120.0
 REAP_EVERY_SECONDS = 30.0
+# The loop standing still this long may have cost the group session (`SESSION_TIMEOUT_S`): creates
+# wait until a session's length afterwards, by when the consumer knows whether it lost its partitions.
+STALL_THRESHOLD_S = SESSION_TIMEOUT_S / 2
+STALL_HOLD_S = 2 * SESSION_TIMEOUT_S
 
 
 def from_result(result: Result) -> Outcome:
@@ -81,6 +86,62 @@ def from_result(result: Result) -> Outcome:
     if isinstance(result.error, TransientError):
         return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
     return Outcome(FAILED, reason=result.error.code, error=result.error)
+
+
+class Stalled(Exception):
+    """Creates are refused for a while after the worker's event loop stood still (`StallGuard`)."""
+
+
+class StallGuard:
+    """Notices that the worker's event loop stood still (the process was frozen: SIGSTOP, a VM or
+    container pause, swapping) and refuses CRM creates for a session's length afterwards.
+
+    Why: while frozen, the group session may have expired and another worker taken the partitions,
+    read the intents and created the actions itself. The frozen worker's batch goes on where it
+    stood when it wakes (its CRM threads first of all), before its consumer learns that it lost
+    them: its creates would be duplicates. Refused, its actions are deferred (their intents stay,
+    so the next attempt reconciles first). A false alarm (the session had not expired) costs one
+    deferral. A create already under way when the freeze began cannot be taken back.
+    """
+
+    def __init__(self, threshold: float, hold: float, tick: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = threshold
+        self._hold = hold
+        self._tick = tick
+        self._clock = clock
+        self._last = clock()
+        self._until = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self) -> None:
+        """Start ticking in the running loop (once)."""
+        if self._task is None:
+            self._last = self._clock()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="crm-stall-guard")
+
+    async def _run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(self._tick)
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last > self._threshold:
+            self._until = now + self._hold
+            log.warning("the worker stood still: CRM creates are deferred for a while", extra={"stood_s": round(now - self._last, 1), "hold_s": self._hold})
+        self._last = now
+
+    def remaining(self) -> float:
+        """Seconds creates are still refused (0: allowed). Called from the CRM threads too: a
+        thread that wakes before the loop does sees the stale tick."""
+        now = self._clock()
+        if now - self._last > self._threshold:
+            return self._hold
+        return max(0.0, self._until - now)
+
+    def check(self) -> None:
+        if self.remaining() > 0:
+            raise Stalled()
 
 
 class TenantPool(Executor):
@@ -202,6 +263,7 @@ class Deliverer:
         # a time (busy ones are deferred), so the calls under way are at most the companies of the
         # sinks' current batches (`CRM_SYNC_SINK_BATCH_SIZE`).
         self._executors = TenantExecutors(threads=threads_per_tenant)
+        self.stalls = StallGuard(threshold=STALL_THRESHOLD_S, hold=STALL_HOLD_S)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
 
@@ -296,6 +358,7 @@ class Deliverer:
                 del intended[i]
         if intended:
             slots = list(intended)
+            self.stalls.check()
             results = self._timed(crm, "create_tasks", client.create_tasks, [intended[i] for i in slots])
             for i, result in zip(slots, results):
                 outcomes[i] = from_result(result)
@@ -349,6 +412,7 @@ class Deliverer:
             if intended:
                 slots = list(intended)
                 create = client.create_meetings if object_type is ObjectType.MEETING else client.create_notes
+                self.stalls.check()
                 results = self._timed(crm, f"create_{hs_type}", create, [intended[i] for i in slots])
                 for i, result in zip(slots, results):
                     outcomes[i] = from_result(result)
@@ -393,6 +457,10 @@ class Deliverer:
         first = int(self._clock() * 1000)
         key = (crm.value, company_id)
         n = len(actions)
+        self.stalls.watch()
+        stalled = self.stalls.remaining()
+        if stalled > 0:
+            return [Outcome(DEFERRED, reason="worker_stalled", retry_after=stalled, first_attempt_at=first)] * n
         cooling = self.circuit.remaining(key)
         if cooling > 0:
             return [Outcome(DEFERRED, reason="auth_circuit_open", retry_after=cooling, first_attempt_at=first)] * n
@@ -442,6 +510,8 @@ class Deliverer:
                 extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
             )
             outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
+        except Stalled:
+            outcomes = [Outcome(DEFERRED, reason="worker_stalled", retry_after=self.stalls.remaining() or STALL_HOLD_S)] * n
         except TransientError as exc:
             outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
         except AuthError as exc:

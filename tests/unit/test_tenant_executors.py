@@ -1,5 +1,6 @@
 """Per-tenant CRM threads (`TenantExecutors`): a hung (CRM, company) holds threads of its own
-only, so however many tenants hang, a healthy one is delivered; idle pools end."""
+only, so however many tenants hang, a healthy one is delivered; idle pools end. And a worker
+whose loop stood still (frozen past its session) creates nothing for a while (`StallGuard`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from processors.domain.deliver import CREATED
 from processors.domain.model import Crm, ObjectType
 from processors.metrics import Metrics
 from processors.stages import deliverer as deliverer_module
-from processors.stages.deliverer import TenantExecutors
+from processors.stages.deliverer import Stalled, StallGuard, TenantExecutors
 from tests.unit.test_resolution import WHO, FakeCredentials, FakeHubSpot, FakeSalesforce, action
 
 HUNG = [f"hung-{n}" for n in range(20)]
@@ -123,3 +124,48 @@ def test_idle_pools_are_reaped_busy_ones_never() -> None:
         time.sleep(0.01)
     clock.now += 61
     assert executors.reap() == 2
+
+
+# ---- a worker that stood still creates nothing for a while (`StallGuard`) -------------------------
+
+
+def test_creates_are_refused_after_the_loop_stood_still_and_allowed_again_a_hold_later() -> None:
+    clock = Clock()
+    guard = StallGuard(threshold=5.0, hold=20.0, clock=clock)
+    guard.tick()
+    clock.now += 1.0
+    guard.tick()
+    assert guard.remaining() == 0.0
+    guard.check()  # allowed
+    clock.now += 30.0  # frozen (SIGSTOP): no tick for 30 s
+    # A CRM thread waking before the loop does sees the stale tick and is refused.
+    assert guard.remaining() == 20.0
+    with pytest.raises(Stalled):
+        guard.check()
+    guard.tick()  # the loop wakes: refused for the hold from now
+    for _ in range(19):
+        clock.now += 1.0
+        guard.tick()
+    assert guard.remaining() == pytest.approx(1.0)
+    clock.now += 1.5
+    guard.tick()
+    assert guard.remaining() == 0.0
+
+
+def test_a_frozen_worker_defers_instead_of_creating(fakes_stalled: tuple) -> None:
+    deliverer, sf, clock = fakes_stalled
+    clock.now += 60.0  # the worker was frozen: the loop has not ticked since
+    [outcome] = asyncio.run(deliverer.deliver_batch(Crm.SALESFORCE, "acme", [action()]))
+    assert outcome.status == "deferred" and outcome.reason == "worker_stalled"
+    assert sf.created == []
+
+
+@pytest.fixture
+def fakes_stalled(monkeypatch: pytest.MonkeyPatch) -> tuple:
+    clock = Clock()
+    sf = FakeSalesforce(people={"lead@example.org": WHO}, users={})
+    monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None, **kw: sf)
+    deliverer = deliverer_module.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
+    deliverer.stalls = StallGuard(threshold=5.0, hold=20.0, clock=clock)
+    deliverer.stalls.tick()
+    return deliverer, sf, clock
