@@ -154,8 +154,13 @@ def test_creates_are_refused_after_the_loop_stood_still_and_allowed_again_a_hold
 
 def test_a_frozen_worker_defers_instead_of_creating(fakes_stalled: tuple) -> None:
     deliverer, sf, clock = fakes_stalled
-    clock.now += 60.0  # the worker was frozen: the loop has not ticked since
-    [outcome] = asyncio.run(deliverer.deliver_batch(Crm.SALESFORCE, "acme", [action()]))
+
+    async def scenario() -> list:
+        deliverer.stalls.watch()
+        clock.now += 60.0  # the worker was frozen: the loop has not ticked since
+        return await deliverer.deliver_batch(Crm.SALESFORCE, "acme", [action()])
+
+    [outcome] = asyncio.run(scenario())
     assert outcome.status == "deferred" and outcome.reason == "worker_stalled"
     assert sf.created == []
 
@@ -167,5 +172,4 @@ def fakes_stalled(monkeypatch: pytest.MonkeyPatch) -> tuple:
     monkeypatch.setattr(deliverer_module, "SalesforceClient", lambda creds, ca, reload=None, throttle=None, **kw: sf)
     deliverer = deliverer_module.Deliverer(FakeCredentials(), None, RetryPolicy(base=0.0, cap=0.0, max_elapsed=0.0), Metrics.create())
     deliverer.stalls = StallGuard(threshold=5.0, hold=20.0, clock=clock)
-    deliverer.stalls.tick()
     return deliverer, sf, clock
