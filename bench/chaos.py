@@ -22,6 +22,9 @@ the topics, `EventPublisher`, `SettingsAdmin`, the dead-letter reader and the wo
     g  an admin transaction left open on the settings topic while the worker starts
     j  paused companies receive events already overdue and DLQ re-ingests: nothing until resume, then all once
     l  re-checks an hour ahead beside transient 503s on the same retry partitions: retries within backoff + 5 s
+    k  twenty tenants whose CRMs hang (60 s per request) beside a healthy one booking 500 meetings
+    n  three workers under load restarted one after the other (a StatefulSet rollout), then one
+       frozen (SIGSTOP) for longer than the session timeout and let go on
 
 Progress goes to stderr, one table to stdout; the exit code is 1 if any scenario missed its goal.
 """
@@ -47,6 +50,7 @@ from chaos_env import ROOT, Env, Row, log  # noqa: E402
 from chaos_crash import scenario_a, scenario_b, scenario_c, scenario_d, scenario_f  # noqa: E402
 from chaos_flow import scenario_j, scenario_l  # noqa: E402
 from chaos_fuzz import scenario_e, scenario_g  # noqa: E402
+from chaos_state import scenario_k, scenario_n  # noqa: E402
 from connectors.sandbox import CrmSandbox  # noqa: E402
 from tests.integration.harness import free_port  # noqa: E402
 
@@ -84,11 +88,13 @@ class Broker:
 SCENARIOS: dict[str, Callable[[Any], Row]] = {
     "a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e, "f": scenario_f, "g": scenario_g,
     "j": scenario_j, "l": scenario_l,
+    "k": scenario_k, "n": scenario_n,
 }
 TITLES = {
     "a": "a kill -9 x5", "b": "b kill -9 x5, ext-id", "c": "c broker restart", "d": "d hung tenant",
     "e": "e fuzz", "f": "f shared event ids", "g": "g open admin txn",
     "j": "j paused, overdue + DLQ re-ingest", "l": "l re-checks beside transient retries",
+    "k": "k 20 hung tenants", "n": "n rolling restart + frozen worker",
 }
 HEADERS = ["scenario", "events", "lost", "duplicates (Salesforce)", "duplicates (HubSpot)", "dead letters", "max lateness (s)", "goal met"]
 

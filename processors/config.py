@@ -183,6 +183,7 @@ class Config:
     # Ingest's decode → plan → encode in this many processes of its own; 0: in the worker's process.
     ingest_processes: _Processes = _env("CRM_SYNC_INGEST_PROCESSES", 0)
     sink_batch_window_seconds: _Seconds = _env("CRM_SYNC_SINK_BATCH_WINDOW_SECONDS", 0.2)
+    # The most CRM threads one (CRM, company) may hold (each has its own; one call runs at a time).
     sink_concurrency: _Count = _env("CRM_SYNC_SINK_CONCURRENCY", 16)
     salesforce_rate_per_second: _Rate = _env("CRM_SYNC_SALESFORCE_RATE", 20.0)
     hubspot_rate_per_second: _Rate = _env("CRM_SYNC_HUBSPOT_RATE", 9.0)
@@ -192,7 +193,13 @@ class Config:
     allow_default_credentials: _Flag = _env("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", False)
     # A brand-new consumer group starts from now minus this, not from the topic's beginning.
     new_group_lookback_seconds: _Seconds = _env("CRM_SYNC_NEW_GROUP_LOOKBACK_SECONDS", 600.0)
+    # After a change of CRM_SYNC_APP_ID: the old one. Each stage's brand-new group then starts
+    # where the old app id's group of that stage left off (its commits), not at the lookback.
+    previous_app_id: str | None = _env("CRM_SYNC_PREVIOUS_APP_ID", None)
     settings_ready_timeout_seconds: _Seconds = _env("CRM_SYNC_SETTINGS_READY_TIMEOUT_SECONDS", 30.0)
+    # A sink's ledger read (on every assignment) that has not reached the end by then fails and is
+    # tried again; meanwhile nothing is delivered from those partitions and the worker is not ready.
+    ledger_read_timeout_seconds: _Seconds = _env("CRM_SYNC_LEDGER_READ_TIMEOUT_SECONDS", 120.0)
     # A CRM's Retry-After longer than this is capped.
     retry_after_cap_seconds: _Seconds = _env("CRM_SYNC_RETRY_AFTER_CAP_SECONDS", 900.0)
     # How long one company's deliveries may hold a sink batch before the rest of its group is deferred.

@@ -114,6 +114,15 @@ def group_consumer(config: Config, group_id: str) -> dict[str, Any]:
     return options
 
 
+def earlier_group(config: Config, group_id: str) -> str | None:
+    """The same stage's group under `CRM_SYNC_PREVIOUS_APP_ID` (None without one): where a
+    brand-new group of this app id starts (`processors.kafka.consumer.start_new_partitions`)."""
+    prefix = f"{config.app_id}-"
+    if not config.previous_app_id or not group_id.startswith(prefix):
+        return None
+    return f"{config.previous_app_id}-{group_id[len(prefix):]}"
+
+
 _REFUSALS = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED: "no access to the topic",
     KafkaError.GROUP_AUTHORIZATION_FAILED: "no access to the consumer group",

@@ -35,7 +35,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from connectors.retry import RetryPolicy
 from processors.domain.release import Held, PartitionBuffer, Release, per_partition_cap
-from processors.kafka.consumer import StopSignal
+from processors.kafka.consumer import Settling, StopSignal, earlier_commits
 from processors.kafka.sender import RecordTooLarge
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class DelayReleaser:
         resend_policy: RetryPolicy = RESEND_POLICY,
         clock: Callable[[], float] = time.time,
         consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
+        new_group_lookback_seconds: float | None = None,
+        earlier_group_id: str | None = None,
     ) -> None:
         self._topic = topic
         self.topics = (topic,)
@@ -104,11 +106,14 @@ class DelayReleaser:
         self._pass = asyncio.Lock()
         self.stopping = StopSignal()
         self._consumer_config = consumer_config
+        # A brand-new group starts at its lookback, not at the topic's beginning (`Settling`).
+        earlier = earlier_commits(consumer_factory, consumer_config, earlier_group_id) if earlier_group_id else None
+        self._settling = Settling(self.name, lookback_seconds=new_group_lookback_seconds, clock=clock, earlier=earlier)
 
     @property
     def running(self) -> bool:
-        """Joined its group and releasing (what readiness asks)."""
-        return self._active
+        """Joined its group, its assignment settled, and releasing (what readiness asks)."""
+        return self._active and self._settling.settled
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
@@ -132,10 +137,13 @@ class DelayReleaser:
                         releaser._buffers.pop(tp, None)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-                for tp in assigned:
-                    releaser._buffers[tp] = PartitionBuffer()
+                async with releaser._pass:
+                    for tp in assigned:
+                        releaser._buffers[tp] = PartitionBuffer()
+                    await releaser._settling.assigned(consumer, assigned)
 
         self._buffers = {}
+        self._settling.reset()
         self.stopping.started()
         consumer = self._consumer = self._consumer_factory(**self._consumer_config)
         last_commit = time.monotonic()
@@ -144,6 +152,9 @@ class DelayReleaser:
             await consumer.start()
             self._active = True
             while not self.stopping.requested:
+                if self._settling.due():
+                    async with self._pass:
+                        await self._settling.again(consumer)
                 # Polling goes on while every partition is paused: that keeps max.poll.interval.
                 batches = await consumer.getmany(timeout_ms=int(self._tick * 1000), max_records=5000)
                 read_at = self._now_ms()
@@ -172,6 +183,8 @@ class DelayReleaser:
 
     def _flow_control(self, now_ms: int) -> None:
         assert self._consumer is not None
+        if not self._settling.settled:
+            return  # its partitions stay paused until started
         assigned = self._consumer.assignment()
         paused = self._consumer.paused()
         cap = per_partition_cap(self._max_buffered, len(assigned))
@@ -272,7 +285,7 @@ class DelayReleaser:
         for tp, buf in self._buffers.items():
             offset = buf.commit_offset()
             if offset is not None:
-                offsets[tp] = OffsetAndMetadata(offset, "")
+                offsets[tp] = OffsetAndMetadata(offset, self._settling.metadata)
         if offsets:
             try:
                 await self._consumer.commit(offsets)

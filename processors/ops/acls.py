@@ -69,6 +69,8 @@ def grants(config: Config) -> list[Grant]:
     topic("worker", [t.history], ("READ", "WRITE", "CREATE"), "sync history (and /history)")
     out.append(Grant("worker", "group", f"{config.app_id}-", True, ("READ",), "the stages' consumer groups"))
     out.append(Grant("worker", "group", READER_GROUP_PREFIX, True, ("DESCRIBE",), "topic readers (no commits)"))
+    if config.previous_app_id:
+        out.append(Grant("worker", "group", f"{config.previous_app_id}-", True, ("DESCRIBE",), "new groups start at the old app id's commits"))
 
     topic("admin", [t.settings], ("READ", "WRITE", "CREATE"), "crm-sync settings")
     topic("admin", [t.audit], ("READ", "WRITE", "CREATE"), "the settings audit (crm-sync settings log)")

@@ -208,10 +208,14 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             return await ctx.send(cfg.topics.ledger(crm), key, value, partition=partition)
 
         ledger = Ledger(
-            topic=cfg.topics.ledger(crm), write=write, reader_config=clients.librdkafka(cfg), keep_ms=int(cfg.ledger_keep_hours * 3600 * 1000)
+            topic=cfg.topics.ledger(crm), write=write, reader_config=clients.librdkafka(cfg), keep_ms=int(cfg.ledger_keep_hours * 3600 * 1000),
+            read_timeout=cfg.ledger_read_timeout_seconds,
         )
 
         async def handle(records: list[ConsumerRecord]) -> None:
+            unread = sorted({r.partition for r in records if not ledger.ready(r.partition)})
+            if unread:  # the consumer holds such partitions back; never deliver on a partial ledger
+                raise RuntimeError(f"ledger partitions {unread} not read to their end in this assignment")
             await asyncio.gather(*await deliver(crm, ledger, records))
 
         async def assigned(partitions: Sequence[TopicPartition]) -> None:
@@ -225,6 +229,8 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             on_assigned=assigned,
             max_records=cfg.sink_batch_size,
             batch_window_seconds=cfg.sink_batch_window_seconds,
+            new_group_lookback_seconds=cfg.new_group_lookback_seconds,
+            earlier_group_id=clients.earlier_group(cfg, f"{cfg.app_id}-sink-{crm.value}"),
         )
 
     return [make(crm) for crm in Crm]

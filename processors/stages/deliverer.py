@@ -5,10 +5,13 @@ external-id check, a reconciliation of actions that may have been created before
 ledger entry is an intent with no outcome), and one batched create — never an exception, so the
 stage goes on. The decisions (fields, matching, outcomes) are pure, in `processors.domain.deliver`.
 
-Containment (SPEC §11): each company's batch has a time budget; past it the company's actions are
+Containment (SPEC §11): each (CRM, company) has threads of its own (`TenantExecutors`) and there is
+no worker-wide cap on calls under way, so a hung call holds a thread of its own tenant only, never
+a thread or slot another tenant's calls wait for: the batch in which tenants first hang waits one
+budget, however many they are. Each company's batch has a time budget; past it the company's actions are
 deferred (the call goes on in its thread; whatever it created is found by reconciliation later),
 and while a company's earlier call still runs its new actions are deferred at once, so a hung CRM
-holds neither the batch nor more than one worker thread. A transient failure is retried inline for
+holds neither the batch nor more than one thread. A transient failure is retried inline for
 a short while (the one retry policy); a retry re-runs the batch with reconciliation, since the
 failed attempt may have created some objects. Repeated authentication failures open a
 per-company circuit. A company that used `quota_defer_ratio` of its daily API quota (read from the
@@ -23,7 +26,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,6 +54,7 @@ from processors.domain.deliver import (
     salesforce_task_fields,
 )
 from processors.domain.model import Action, Crm, ObjectType
+from processors.kafka.clients import SESSION_TIMEOUT_S
 from processors.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,16 @@ AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
 SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
 SLOW_PROBE_BUDGET_S = 0.5
 RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
+# Threads per (CRM, company) at most (`CRM_SYNC_SINK_CONCURRENCY`): one call runs at a time (a
+# busy company is deferred), so one is used; the cap only bounds what a bug could spawn.
+TENANT_THREADS = 16
+# A tenant's threads end after this long without a call (longer than any inline retry's pause).
+TENANT_IDLE_SECONDS = 120.0
+REAP_EVERY_SECONDS = 30.0
+# The loop standing still this long may have cost the group session (`SESSION_TIMEOUT_S`): creates
+# wait until a session's length afterwards, by when the consumer knows whether it lost its partitions.
+STALL_THRESHOLD_S = SESSION_TIMEOUT_S / 2
+STALL_HOLD_S = 2 * SESSION_TIMEOUT_S
 
 
 def from_result(result: Result) -> Outcome:
@@ -72,6 +86,141 @@ def from_result(result: Result) -> Outcome:
     if isinstance(result.error, TransientError):
         return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
     return Outcome(FAILED, reason=result.error.code, error=result.error)
+
+
+class Stalled(Exception):
+    """Creates are refused for a while after the worker's event loop stood still (`StallGuard`)."""
+
+
+class StallGuard:
+    """Notices that the worker's event loop stood still (the process was frozen: SIGSTOP, a VM or
+    container pause, swapping) and refuses CRM creates for a session's length afterwards.
+
+    Why: while frozen, the group session may have expired and another worker taken the partitions,
+    read the intents and created the actions itself. The frozen worker's batch goes on where it
+    stood when it wakes (its CRM threads first of all), before its consumer learns that it lost
+    them: its creates would be duplicates. Refused, its actions are deferred (their intents stay,
+    so the next attempt reconciles first). A false alarm (the session had not expired) costs one
+    deferral. A create already under way when the freeze began cannot be taken back.
+    """
+
+    def __init__(self, threshold: float, hold: float, tick: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = threshold
+        self._hold = hold
+        self._tick = tick
+        self._clock = clock
+        self._last = clock()
+        self._until = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self) -> None:
+        """Start ticking in the running loop (once)."""
+        if self._task is None:
+            self._last = self._clock()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="crm-stall-guard")
+
+    async def _run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(self._tick)
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last > self._threshold:
+            self._until = now + self._hold
+            log.warning("the worker stood still: CRM creates are deferred for a while", extra={"stood_s": round(now - self._last, 1), "hold_s": self._hold})
+        self._last = now
+
+    def remaining(self) -> float:
+        """Seconds creates are still refused (0: allowed). Called from the CRM threads too: a
+        thread that wakes before the loop does sees the stale tick."""
+        now = self._clock()
+        if now - self._last > self._threshold:
+            return self._hold
+        return max(0.0, self._until - now)
+
+    def check(self) -> None:
+        if self.remaining() > 0:
+            raise Stalled()
+
+
+class TenantPool(Executor):
+    """One (CRM, company)'s threads, counting the calls under way (a pool with one is never reaped)."""
+
+    def __init__(self, name: str, threads: int, clock: Callable[[], float]) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle_since = clock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self._inflight += 1
+        try:
+            future = self._executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, future: Future[Any] | None) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._idle_since = self._clock()
+
+    def touch(self) -> None:
+        with self._lock:
+            self._idle_since = max(self._idle_since, self._clock())
+
+    def idle_for(self) -> float | None:
+        """Seconds without a call, None while one runs."""
+        with self._lock:
+            return None if self._inflight else self._clock() - self._idle_since
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class TenantExecutors:
+    """A small thread pool per (CRM, company), made on first use and ended when idle.
+
+    Why not one shared pool: a call past its budget keeps its thread (Python cannot stop it), so
+    with one pool of N threads, N hung (CRM, company) pairs starve every healthy company. Here a
+    hung call holds a thread of its own tenant only; others get threads of their own at once.
+    Threads alive ≈ tenants called within `idle_seconds`, at most `threads` each. Used from the
+    event loop only (the calls' completions, in their threads, only count).
+    """
+
+    def __init__(self, threads: int = TENANT_THREADS, idle_seconds: float = TENANT_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threads = threads
+        self._idle = idle_seconds
+        self._clock = clock
+        self._pools: dict[tuple[str, str], TenantPool] = {}
+        self._next_reap = clock() + REAP_EVERY_SECONDS
+
+    def get(self, key: tuple[str, str]) -> TenantPool:
+        """The tenant's pool (touched, so a reap before its call is submitted keeps it); reaps
+        idle pools now and then."""
+        if self._clock() >= self._next_reap:
+            self.reap()
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = TenantPool(f"crm-{key[0]}", self._threads, self._clock)
+        pool.touch()
+        return pool
+
+    def reap(self) -> int:
+        """End the pools idle longer than `idle_seconds`; returns how many."""
+        self._next_reap = self._clock() + REAP_EVERY_SECONDS
+        idle = [key for key, pool in self._pools.items() if (pool.idle_for() or 0.0) > self._idle]
+        for key in idle:
+            self._pools.pop(key).shutdown(wait=False)
+        return len(idle)
+
+    def __len__(self) -> int:
+        return len(self._pools)
 
 
 class Deliverer:
@@ -86,7 +235,7 @@ class Deliverer:
         *,
         rates: Mapping[Crm, float] | None = None,
         action_id_fields: Mapping[Crm, str | None] | None = None,
-        concurrency: int = 16,
+        threads_per_tenant: int = TENANT_THREADS,
         company_budget_seconds: float = 5.0,
         cache_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
@@ -109,8 +258,12 @@ class Deliverer:
         # Access tokens per (CRM, company), shared by the clients rebuilt when a file changes.
         self.tokens = TokenCache()
         self._clients: dict[tuple[Crm, str], tuple[Any, Any]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm")
-        self._slots = asyncio.Semaphore(concurrency)
+        # No worker-wide cap on calls under way: N hung tenants would fill any N slots while their
+        # budgets run, and the batch would wait one budget per N. A (CRM, company) runs one call at
+        # a time (busy ones are deferred), so the calls under way are at most the companies of the
+        # sinks' current batches (`CRM_SYNC_SINK_BATCH_SIZE`).
+        self._executors = TenantExecutors(threads=threads_per_tenant)
+        self.stalls = StallGuard(threshold=STALL_THRESHOLD_S, hold=STALL_HOLD_S)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
 
@@ -206,6 +359,7 @@ class Deliverer:
                 del intended[i]
         if intended:
             slots = list(intended)
+            self.stalls.check()
             results = self._timed(crm, "create_tasks", client.create_tasks, [intended[i] for i in slots])
             for i, result in zip(slots, results):
                 outcomes[i] = from_result(result)
@@ -259,6 +413,7 @@ class Deliverer:
             if intended:
                 slots = list(intended)
                 create = client.create_meetings if object_type is ObjectType.MEETING else client.create_notes
+                self.stalls.check()
                 results = self._timed(crm, f"create_{hs_type}", create, [intended[i] for i in slots])
                 for i, result in zip(slots, results):
                     outcomes[i] = from_result(result)
@@ -307,6 +462,10 @@ class Deliverer:
         first = int(self._clock() * 1000)
         key = (crm.value, company_id)
         n = len(actions)
+        self.stalls.watch()
+        stalled = self.stalls.remaining()
+        if stalled > 0:
+            return [Outcome(DEFERRED, reason="worker_stalled", retry_after=stalled, first_attempt_at=first)] * n
         cooling = self.circuit.remaining(key)
         if cooling > 0:
             return [Outcome(DEFERRED, reason="auth_circuit_open", retry_after=cooling, first_attempt_at=first)] * n
@@ -343,33 +502,34 @@ class Deliverer:
                 with self._running_lock:
                     self._running[key] -= 1
 
-        async with self._slots:
-            try:
-                outcomes = await asyncio.wait_for(
-                    call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executor), budget
-                )
-                self.circuit.succeeded(key)
-                self.slow.succeeded(key)
-            except asyncio.TimeoutError:
-                self.slow.failed(key)
+        try:
+            outcomes = await asyncio.wait_for(
+                call_with_retry(counted, policy=self._policy, on_retry=on_retry, executor=self._executors.get(key)), budget
+            )
+            self.circuit.succeeded(key)
+            self.slow.succeeded(key)
+        except asyncio.TimeoutError:
+            self.slow.failed(key)
+            log.warning(
+                "CRM too slow: this company's actions are deferred",
+                extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
+            )
+            outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
+        except Stalled:
+            outcomes = [Outcome(DEFERRED, reason="worker_stalled", retry_after=self.stalls.remaining() or STALL_HOLD_S)] * n
+        except TransientError as exc:
+            outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
+        except AuthError as exc:
+            self._credentials.invalidate(company_id, crm.value)
+            if self.circuit.failed(key):
                 log.warning(
-                    "CRM too slow: this company's actions are deferred",
-                    extra={"crm": crm.value, "company_id": company_id, "budget_s": budget, "cooldown_s": round(self.slow.remaining(key), 1)},
+                    "authentication keeps failing: delivery paused for this company",
+                    extra={"crm": crm.value, "company_id": company_id, "cooldown": round(self.circuit.remaining(key), 1)},
                 )
-                outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
-            except TransientError as exc:
-                outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
-            except AuthError as exc:
-                self._credentials.invalidate(company_id, crm.value)
-                if self.circuit.failed(key):
-                    log.warning(
-                        "authentication keeps failing: delivery paused for this company",
-                        extra={"crm": crm.value, "company_id": company_id, "cooldown": round(self.circuit.remaining(key), 1)},
-                    )
-                self._metrics.paused_targets.set(self.circuit.open_count())
-                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
-            except CrmError as exc:
-                outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+            self._metrics.paused_targets.set(self.circuit.open_count())
+            outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
+        except CrmError as exc:
+            outcomes = [Outcome(FAILED, reason=exc.code, error=exc)] * n
         self._read_quota(crm, company_id)
         now = int(self._clock() * 1000)
         return [replace(o, attempts=attempts, first_attempt_at=first, last_attempt_at=now) for o in outcomes]

@@ -292,6 +292,7 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
             handle=handle,
             max_records=cfg.ingest_batch_size,
             new_group_lookback_seconds=lookback,
+            earlier_group_id=clients.earlier_group(cfg, f"{cfg.app_id}-{name}") if lookback is not None else None,
         )
 
     return [

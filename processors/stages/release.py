@@ -28,6 +28,7 @@ from processors.stages.common import StageContext, now_ms
 
 log = logging.getLogger("crm_sync.release")
 
+REPARK_SCAN_MAX_SECONDS = 60.0  # the releaser looks for long-parked actions at least this often
 RELEASES = {DueDecision.DELIVER: Release.DELIVER, DueDecision.HOLD: Release.PARK, DueDecision.DROP: Release.DROP}
 
 
@@ -77,7 +78,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             reason="integration_disabled", event_id=held.header("event_id"), action_id=held.action_id,
         )
 
-    def make(topic: str, group: str, lookahead_seconds: float, horizon_seconds: float | None = None) -> DelayReleaser:
+    def make(topic: str, group: str, lookahead_seconds: float, lookback_seconds: float, horizon_seconds: float | None = None) -> DelayReleaser:
         async def reject(partition: int, held: Held, reason: str) -> Ack:
             source = Source(topic, partition, held.offset, held.company_id.encode() or None, held.value)
             letter = dead_letter(
@@ -89,6 +90,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
         return DelayReleaser(
             topic=topic,
             consumer_config=clients.group_consumer(cfg, f"{cfg.app_id}-{group}"),
+            earlier_group_id=clients.earlier_group(cfg, f"{cfg.app_id}-{group}"),
             decide=decide,
             emit=emit,
             drop=drop,
@@ -98,15 +100,20 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
             repark_after_seconds=cfg.paused_repark_seconds,
             forward=forward if horizon_seconds is not None else None,
             horizon_seconds=horizon_seconds,
+            new_group_lookback_seconds=lookback_seconds,
         )
 
     # Planned actions wait on the delay topic (in due order: a short lookahead is enough). Deferred
     # actions, re-checks, DLQ retries, reparks and actions overdue at planning wait on the retry
     # tier for their wait; each tier reads its whole horizon ahead and forwards longer waits.
+    # A brand-new group (without CRM_SYNC_PREVIOUS_APP_ID) reads back what an earlier group may
+    # not have released yet: the lookback, plus the longest an action waits on the topic before it
+    # is released or, while paused, copied on (docs/consumer-state.md).
+    parked = cfg.paused_repark_seconds + REPARK_SCAN_MAX_SECONDS
     tiers = cfg.retry_tiers()
-    releasers = [make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds)]
+    releasers = [make(cfg.topics.delay, "delay", cfg.delay_lookahead_seconds, cfg.new_group_lookback_seconds + cfg.delay_seconds + parked)]
     for n, tier in enumerate(tiers):
         last = n == len(tiers) - 1
         horizon = tier.max_wait_ms / 1000
-        releasers.append(make(tier.topic, tier.group, horizon, None if last else horizon))
+        releasers.append(make(tier.topic, tier.group, horizon, cfg.new_group_lookback_seconds + horizon + parked, None if last else horizon))
     return releasers

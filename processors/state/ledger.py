@@ -42,8 +42,10 @@ class Ledger:
         reader_config: dict[str, Any],
         keep_ms: int,
         clock: Callable[[], float] = time.time,
+        read_timeout: float = 120.0,
     ) -> None:
         self.topic = topic
+        self._read_timeout = read_timeout
         self._write = write
         self._reader_config = reader_config
         self._table: Table[str] = Table(partitioned=True, keep_ms=keep_ms, clock=clock)
@@ -62,10 +64,15 @@ class Ledger:
         return len(self._table)
 
     async def hold(self, partitions: Iterable[int]) -> None:
-        """Keep exactly these partitions, reading back the ones not held yet."""
-        missing = self._table.hold(partitions)
-        if missing:
-            await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
+        """Keep exactly these partitions, read back to their end; raises when a read fails (the
+        stage then delivers nothing from them, `processors.kafka.consumer`)."""
+        wanted = self._table.hold(partitions)
+        if wanted:
+            await asyncio.get_running_loop().run_in_executor(None, self._read, wanted)
+        self._table.loaded(wanted)
+
+    def ready(self, partition: int) -> bool:
+        return self._table.ready(partition)
 
     def _read(self, partitions: list[int]) -> None:
         def load(msg: Message) -> None:
@@ -78,4 +85,4 @@ class Ledger:
                 # Not one of ours (entries are ASCII ids): it cannot name an action, so it cannot hide one.
                 log.warning("ledger record ignored", extra={"topic": self.topic, "partition": msg.partition(), "offset": msg.offset()})
 
-        read_to_end(self._reader_config, self.topic, load, partitions=partitions, timeout=120.0)
+        read_to_end(self._reader_config, self.topic, load, partitions=partitions, timeout=self._read_timeout)

@@ -2,8 +2,8 @@
 the last record per key wins; a tombstone, value None, deletes).
 
 - **Global** (`partitioned=False`): every worker holds every partition (the settings table).
-- **Partitioned**: a worker holds only the partitions it owns and reads a partition back when it
-  is assigned one it did not hold (the sinks' ledgers).
+- **Partitioned**: a worker holds only the partitions it owns and reads them back on every
+  assignment (the sinks' ledgers); a partition is `ready` only once that read reached its end.
 
 Entries may expire by age (`keep_ms`), which bounds memory to what the topic's retention keeps:
 entries live in two generations; when the current one is `keep_ms / 2` old it becomes the previous
@@ -71,6 +71,7 @@ class Table(Generic[V]):
         self._keep_ms = keep_ms
         self._clock = clock
         self._parts: dict[int, Generations[V]] = {} if partitioned else {GLOBAL: self._new()}
+        self._loaded: set[int] = set()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -108,18 +109,25 @@ class Table(Generic[V]):
         return set(self._parts) if self.partitioned else set()
 
     def hold(self, partitions: Iterable[int]) -> list[int]:
-        """Keep exactly these partitions: forget the others; returns the ones to read back (new here).
+        """Keep exactly these partitions, each emptied to be read back anew; returns them.
 
-        A partition held before a rebalance and assigned again after it had no other owner in
-        between (every owner gives up its partitions before any is assigned), so it is kept as is.
+        Every assignment reads its partitions back, even one this worker held before it: in
+        between another owner may have written to it (this worker's session expired, or its
+        stage restarted while the table lived on). Until `loaded` names a partition, it is not
+        ready: a read that failed half-way leaves it so.
         """
-        wanted = set(partitions)
-        for p in set(self._parts) - wanted:
-            del self._parts[p]
-        missing = sorted(wanted - set(self._parts))
-        for p in missing:
-            self._parts[p] = self._new()
-        return missing
+        wanted = sorted(set(partitions))
+        self._parts = {p: self._new() for p in wanted}
+        self._loaded.clear()
+        return wanted
+
+    def loaded(self, partitions: Iterable[int]) -> None:
+        """These partitions were read to their end (in the current `hold`)."""
+        self._loaded.update(p for p in partitions if p in self._parts)
+
+    def ready(self, partition: int) -> bool:
+        """Read to its end since it was last assigned (a global table: always)."""
+        return not self.partitioned or partition in self._loaded
 
     def __len__(self) -> int:
         now = self._now_ms()

@@ -37,7 +37,9 @@ class Stage(Protocol):
     stopping: StopSignal
 
     @property
-    def running(self) -> bool: ...
+    def running(self) -> bool:
+        """Joined its group and its assignment settled (state read to its end): readiness."""
+        ...
 
     def assignment(self) -> set[TopicPartition]: ...
 
@@ -103,7 +105,7 @@ def make_runtime(config: Config) -> Runtime:
         metrics,
         rates={Crm.SALESFORCE: config.salesforce_rate_per_second, Crm.HUBSPOT: config.hubspot_rate_per_second},
         action_id_fields={Crm.SALESFORCE: config.salesforce_action_id_field, Crm.HUBSPOT: config.hubspot_action_id_property},
-        concurrency=config.sink_concurrency,
+        threads_per_tenant=config.sink_concurrency,
         company_budget_seconds=config.sink_company_budget_seconds,
         quota_defer_ratio=config.quota_defer_ratio,
         quota_defer_seconds=config.quota_defer_seconds,

@@ -22,7 +22,8 @@ from processors.worker.runtime import Runtime
 def readiness(*, settings_ready: bool, stages_running: bool, ingest_processes_ready: bool = True) -> dict[str, bool]:
     """Ready = the settings table was read to its end (read_committed), so was every ingest process's
     (`CRM_SYNC_INGEST_PROCESSES`; true without them), and every stage's consumer has joined its
-    group. Holding partitions is not required: a worker that the group gave none (more workers than
+    group and settled its assignment (a sink's ledger read to its end, `processors.kafka.consumer.
+    Settling`). Holding partitions is not required: a worker that the group gave none (more workers than
     partitions) is a ready standby."""
     return {
         "ready": settings_ready and stages_running and ingest_processes_ready,

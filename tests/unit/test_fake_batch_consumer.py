@@ -5,13 +5,17 @@ starts at its lookback (`start_new_partitions`). No broker, no real waits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Awaitable, Callable
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, OffsetAndTimestamp
 
-from processors.kafka.consumer import BatchConsumer, batch_offsets, start_new_partitions
+from connectors.retry import RetryPolicy
+from processors.config import Config
+from processors.kafka.clients import earlier_group
+from processors.kafka.consumer import BatchConsumer, batch_offsets, earlier_commits, start_new_partitions
 
 TOPIC = "events"
 P0, P1, P2 = (TopicPartition(TOPIC, p) for p in range(3))
@@ -53,6 +57,9 @@ class FakeConsumer:
         self.times_asked: dict[TopicPartition, int] | None = None
         self.assign_on_start: list[TopicPartition] = []
         self.beginnings: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}
+        self.paused_tps: set[TopicPartition] = set()
+        self._coordinator = self  # what `committed_offsets` asks for the commits' metadata
 
     # test side
     def produce(self, tp: TopicPartition, count: int) -> None:
@@ -63,7 +70,7 @@ class FakeConsumer:
     async def rebalance(self, assigned: list[TopicPartition]) -> None:
         await self.listener.on_partitions_revoked(sorted(self.assigned))
         self.assigned = set(assigned)
-        await self.listener.on_partitions_assigned(list(assigned))
+        await self._assigned_callback(list(assigned))
 
     # aiokafka side
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
@@ -76,7 +83,14 @@ class FakeConsumer:
             self.assigned = set(self.assign_on_start)
             for tp in self.assign_on_start:
                 self.position.setdefault(tp, self.committed_offsets.get(tp, 0))
-            await self.listener.on_partitions_assigned(list(self.assign_on_start))
+            await self._assigned_callback(list(self.assign_on_start))
+
+    async def _assigned_callback(self, assigned: list[TopicPartition]) -> None:
+        """Like aiokafka's coordinator: an exception from the listener is logged, not raised."""
+        try:
+            await self.listener.on_partitions_assigned(assigned)
+        except Exception:
+            logging.getLogger(__name__).exception("listener failed on partition assignment")
 
     async def stop(self) -> None:
         self.stopped = True
@@ -89,7 +103,7 @@ class FakeConsumer:
         await asyncio.sleep(0)
         out: dict[TopicPartition, list[ConsumerRecord]] = {}
         budget = max_records if max_records is not None else 10**9
-        for tp in sorted(self.assigned):
+        for tp in sorted(self.assigned - self.paused_tps):
             pos = self.position.get(tp, 0)
             batch = self.logs.get(tp, [])[pos : pos + budget]
             if batch:
@@ -102,6 +116,18 @@ class FakeConsumer:
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return self.committed_offsets.get(tp)
+
+    async def fetch_committed_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {tp: OffsetAndMetadata(self.committed_offsets[tp], self.metadata.get(tp, "")) for tp in partitions if tp in self.committed_offsets}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused_tps.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused_tps.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_tps)
 
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {tp.partition for tp in (*self.logs, *self.ends, *self.committed_offsets, *self.assigned) if tp.topic == topic}
@@ -121,6 +147,7 @@ class FakeConsumer:
         assert all(isinstance(om, OffsetAndMetadata) for om in offsets.values())
         self.commits.append(plain)
         self.committed_offsets.update(plain)
+        self.metadata.update({tp: om.metadata for tp, om in offsets.items()})
 
     async def offsets_for_times(self, timestamps: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         self.times_asked = dict(timestamps)
@@ -502,3 +529,173 @@ def test_without_a_lookback_new_partitions_are_not_sought() -> None:
         assert h.fake.times_asked is None
 
     run(scenario)
+
+
+def test_two_workers_joining_a_new_group_in_one_generation_both_start_at_the_lookback() -> None:
+    """The second sees the first one's start commit: it must not take the group for an old one
+    and replay its partitions from the beginning."""
+
+    async def scenario() -> None:
+        fake = FakeConsumer()
+        fake.ends = {P0: 100, P1: 300, P2: 55}
+        fake.times = {P0: OffsetAndTimestamp(42, 1_799_999_000_000), P1: OffsetAndTimestamp(290, 1_799_999_000_000)}
+        await start_new_partitions(fake, [P0], since_s=1_799_996_400.0, name="first")  # type: ignore[arg-type]
+        fake.times_asked = None
+        await start_new_partitions(fake, [P1, P2], since_s=1_799_996_401.0, name="second")  # type: ignore[arg-type]
+        # The second starts at the first one's birth, by timestamp, not at the beginning.
+        assert fake.times_asked == {P1: 1_799_996_400_000, P2: 1_799_996_400_000}
+        assert fake.committed_offsets == {P0: 42, P1: 290, P2: 55}
+
+    run(scenario)
+
+
+def test_a_partition_added_to_an_existing_group_starts_at_the_groups_birth() -> None:
+    """Records that arrived on it while every worker was down are read: the birth is long ago."""
+
+    async def scenario() -> None:
+        fake = FakeConsumer()
+        fake.committed_offsets = {P0: 70}
+        fake.metadata = {P0: "born=1000"}
+        fake.ends = {P1: 9}
+        fake.times = {P1: OffsetAndTimestamp(0, 5_000)}
+        metadata = await start_new_partitions(fake, [P0, P1], since_s=1_799_996_400.0, name="test")  # type: ignore[arg-type]
+        assert metadata == "born=1000"
+        assert fake.times_asked == {P1: 1000}
+        assert fake.seeks == [(P1, 0)]
+
+    run(scenario)
+
+
+def test_every_commit_carries_the_groups_birth_stamp() -> None:
+    async def scenario() -> None:
+        h = Harness(new_group_lookback_seconds=600.0, clock=lambda: 1_800_000_000.0)
+
+        def prepare(fake: FakeConsumer) -> None:
+            fake.produce(P0, 3)
+            fake.times = {P0: OffsetAndTimestamp(1, 1_799_999_500_000)}
+            fake.ends = {P0: 3}
+            fake.assign_on_start = [P0]
+
+        h.prepare = prepare
+        task = h.start()
+        await h.until(lambda: h.fake is not None and h.fake.committed_offsets.get(P0) == 3)
+        await h.consumer.stopping.stop()
+        await task
+        assert h.fake.metadata == {P0: "born=1799999400000"}
+
+    run(scenario)
+
+
+# ---- no handling before the assignment is settled (the ledger read to its end) --------------------
+
+
+class ReadFailed(TimeoutError):
+    pass
+
+
+def test_a_failed_assignment_hook_means_not_running_and_nothing_handled_until_it_succeeds() -> None:
+    """aiokafka only logs an exception raised in `on_partitions_assigned`: the partition would run
+    on a partial ledger. Here it stays paused, the stage is not ready, and the hook is tried again."""
+
+    async def scenario() -> None:
+        failures = 2
+        calls: list[list[TopicPartition]] = []
+        running_seen: list[bool] = []
+
+        async def on_assigned(partitions: Any) -> None:
+            nonlocal failures
+            calls.append(list(partitions))
+            running_seen.append(h.consumer.running)
+            if failures:
+                failures -= 1
+                raise ReadFailed("ledger not read to its end within 120s")
+
+        h = Harness(on_assigned=on_assigned, load_retry=RetryPolicy(base=0.0, cap=0.0, max_elapsed=None))
+
+        def prepare(fake: FakeConsumer) -> None:
+            fake.assign_on_start = [P0]
+            fake.produce(P0, 2)
+
+        h.prepare = prepare
+        task = h.start()
+        await h.until(lambda: len(calls) >= 1)
+        assert h.handled == []
+        assert not h.consumer.running  # not ready while the ledger is unread
+        await h.until(lambda: bool(h.handled))
+        assert len(calls) == 3  # two failures, then the read that succeeded
+        assert h.consumer.running
+        await h.until(lambda: bool(h.fake and h.fake.commits))
+        await h.consumer.stopping.stop()
+        await task
+        assert offsets_of(h.handled[0]) == [(0, 0), (0, 1)]
+        assert not any(running_seen)
+
+    run(scenario)
+
+
+def test_a_hook_that_keeps_failing_never_lets_a_record_through() -> None:
+    async def scenario() -> None:
+        calls = 0
+
+        async def on_assigned(partitions: Any) -> None:
+            nonlocal calls
+            calls += 1
+            raise ReadFailed("watermark query timed out")
+
+        h = Harness(on_assigned=on_assigned, load_retry=RetryPolicy(base=0.0, cap=0.0, max_elapsed=None))
+
+        def prepare(fake: FakeConsumer) -> None:
+            fake.assign_on_start = [P0, P1]
+            fake.produce(P0, 2)
+            fake.produce(P1, 2)
+
+        h.prepare = prepare
+        task = h.start()
+        await h.until(lambda: calls >= 5)
+        assert h.handled == []
+        assert h.fake is not None and h.fake.commits == []
+        assert not h.consumer.running
+        await h.consumer.stopping.stop()
+        await task
+
+    run(scenario)
+
+
+# ---- seeding from the earlier app id's group -------------------------------------------------------
+
+
+def test_a_new_group_starts_where_the_earlier_app_ids_group_left_off() -> None:
+    """Exactly past what the earlier group handled; a partition it never committed: the lookback."""
+
+    async def scenario() -> None:
+        earlier = FakeConsumer()
+        earlier.committed_offsets = {P0: 17, P2: 4}
+        asked: list[dict[str, Any]] = []
+
+        def factory(**config: Any) -> FakeConsumer:
+            asked.append(config)
+            return earlier
+
+        fake = FakeConsumer()
+        fake.ends = {P0: 100, P1: 300, P2: 55}
+        fake.times = {P0: OffsetAndTimestamp(42, 1), P1: OffsetAndTimestamp(290, 1), P2: OffsetAndTimestamp(50, 1)}
+        ask = earlier_commits(factory, {"group_id": "new-app-delay", "bootstrap_servers": "b"}, "old-app-delay")  # type: ignore[arg-type]
+        await start_new_partitions(fake, [P0, P1, P2], since_s=1_799_996_400.0, name="test", earlier=ask)  # type: ignore[arg-type]
+        assert fake.committed_offsets == {P0: 17, P1: 290, P2: 4}
+        assert asked == [{"group_id": "old-app-delay", "bootstrap_servers": "b"}]
+        assert earlier.started and earlier.stopped and earlier.commits == []  # asked, never joined or committed
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("previous", "group", "expected"),
+    [
+        (None, "crm-sync-b-delay", None),
+        ("crm-sync-a", "crm-sync-b-delay", "crm-sync-a-delay"),
+        ("crm-sync-a", "crm-sync-b-sink-salesforce", "crm-sync-a-sink-salesforce"),
+        ("crm-sync-a", "someone-else", None),
+    ],
+)
+def test_the_earlier_group_is_the_same_stage_under_the_previous_app_id(previous: str | None, group: str, expected: str | None) -> None:
+    assert earlier_group(Config(app_id="crm-sync-b", previous_app_id=previous), group) == expected

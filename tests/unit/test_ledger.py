@@ -67,20 +67,49 @@ def test_a_put_is_known_at_once_in_its_partition_only_and_is_written_to_the_same
     assert len(ledger) == 1
 
 
-def test_holding_fewer_partitions_forgets_the_others_without_reading() -> None:
+def test_holding_forgets_the_other_partitions_and_reads_the_held_ones_back() -> None:
+    """Another owner may have written to partition 1 since: it is read back, not kept."""
+    reads: list[list[int]] = []
+
     async def write(partition: int, key: bytes, value: bytes) -> Any:
         return asyncio.sleep(0)
 
     async def scenario() -> Ledger:
         ledger = Ledger(topic="l", write=write, reader_config={}, keep_ms=HOUR_MS, clock=FakeClock())
+
+        def read(partitions: list[int]) -> None:
+            reads.append(partitions)
+            ledger._table.put("c/b", "y-by-the-other-owner", 1)
+
+        ledger._read = read  # type: ignore[method-assign]
         await (await ledger.put(0, "c", "a", "x"))
         await (await ledger.put(1, "c", "b", "y"))
-        await ledger.hold([1])  # partition 1 is held already: nothing to read back
+        await ledger.hold([1])
         return ledger
 
     ledger = asyncio.run(scenario())
+    assert reads == [[1]]
+    assert ledger.ready(1) and not ledger.ready(0)
     assert ledger.get(0, "c", "a") is None
-    assert ledger.get(1, "c", "b") == "y"
+    assert ledger.get(1, "c", "b") == "y-by-the-other-owner"
+
+
+def test_a_failed_read_leaves_the_partition_not_ready() -> None:
+    async def write(partition: int, key: bytes, value: bytes) -> Any:
+        return asyncio.sleep(0)
+
+    async def scenario() -> Ledger:
+        ledger = Ledger(topic="l", write=write, reader_config={}, keep_ms=HOUR_MS, clock=FakeClock())
+
+        def read(partitions: list[int]) -> None:
+            raise TimeoutError("not read to its end")
+
+        ledger._read = read  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):
+            await ledger.hold([2])
+        return ledger
+
+    assert not asyncio.run(scenario()).ready(2)
 
 
 def rec(topic: str, partition: int, offset: int) -> ConsumerRecord:

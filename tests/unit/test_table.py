@@ -92,25 +92,35 @@ def test_a_tombstone_deletes_from_both_generations() -> None:
 # ---- hold: the partitions a worker owns --------------------------------------------------------
 
 
-def test_hold_returns_only_the_new_partitions_and_keeps_the_held_ones_as_they_are() -> None:
+def test_hold_empties_every_assigned_partition_to_be_read_back_and_forgets_the_others() -> None:
+    """Another owner may have written to a partition between two assignments of this worker (a
+    session that expired, a stage restarted while its table lived on): every one is read anew."""
     table: Table[str] = Table(partitioned=True)
     assert table.hold([0, 1]) == [0, 1]
     table.put("k0", "v0", partition=0)
     table.put("k1", "v1", partition=1)
-    # Assigned 1 and 2 after a rebalance: 2 must be read back, 1 is kept as is, 0 is forgotten.
-    assert table.hold([2, 1]) == [2]
+    table.loaded([0, 1])
+    assert table.hold([2, 1]) == [1, 2]
     assert table.held() == {1, 2}
-    assert table.get("k1", partition=1) == "v1"
+    assert table.get("k1", partition=1) is None  # read back from the topic, not kept stale
     assert table.get("k0", partition=0) is None
     assert table.get("k0", partition=2) is None
 
 
-def test_hold_the_same_partitions_again_reads_nothing_back() -> None:
+def test_a_held_partition_is_ready_only_once_loaded_in_this_hold() -> None:
     table: Table[str] = Table(partitioned=True)
     table.hold([3, 1])
-    table.put("k", "v", partition=3)
-    assert table.hold([1, 3]) == []
-    assert table.get("k", partition=3) == "v"
+    assert not table.ready(3) and not table.ready(1)
+    table.loaded([3])
+    assert table.ready(3) and not table.ready(1)
+    table.loaded([7])  # not held: never ready
+    assert not table.ready(7)
+    table.hold([1, 3])  # assigned again: both must be read again
+    assert not table.ready(3) and not table.ready(1)
+
+
+def test_a_global_table_is_always_ready() -> None:
+    assert Table(partitioned=False).ready(0)
 
 
 def test_a_partition_forgotten_and_assigned_again_starts_empty() -> None:
