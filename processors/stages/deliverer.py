@@ -46,12 +46,14 @@ from processors.domain.deliver import (
     Outcome,
     QuotaBook,
     TtlCache,
+    CONFLICT_RESOLVED,
+    Doubt,
     hubspot_properties,
-    match_existing,
     salesforce_task_fields,
 )
 from processors.domain.model import Action, Crm, ObjectType
 from processors.metrics import Metrics
+from processors.stages.reconcile import Claimant, Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,12 @@ AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
 # sink batch for its full budget once, and afterwards for at most SLOW_PROBE_BUDGET_S now and then.
 SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
 SLOW_PROBE_BUDGET_S = 0.5
-RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
 
 
 def from_result(result: Result) -> Outcome:
     """One record's answer inside a batch: created, deferred (transient) or failed (permanent)."""
     if result.ok:
-        return Outcome(CREATED, object_id=result.id)
+        return Outcome(DUPLICATE if result.existing else CREATED, object_id=result.id)
     assert result.error is not None
     if isinstance(result.error, TransientError):
         return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
@@ -113,6 +114,7 @@ class Deliverer:
         self._slots = asyncio.Semaphore(concurrency)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
+        self._reconciler = Reconciler(metrics, self._timed)
 
     def _client(self, crm: Crm, company_id: str) -> Any:
         throttle = functools.partial(self._buckets[crm].get(company_id).acquire_blocking, 1.0)
@@ -171,7 +173,7 @@ class Deliverer:
                 self._cache.put((f"{crm.value}/{company_id}", email), found.get(email))
         return known
 
-    def _salesforce_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+    def _salesforce_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: Claimant) -> list[Outcome]:
         crm = Crm.SALESFORCE
         client = self._client(crm, company_id)
         people = self._timed(crm, "find_people", client.find_people, [a.contact_email for a in actions])
@@ -195,14 +197,13 @@ class Deliverer:
             if id_field:
                 resolved.fields[id_field] = action.action_id
             intended[i] = resolved.fields
-        doubtful = {i: f for i, f in intended.items() if not id_field and actions[i].action_id in reconcile}
-        if doubtful:
-            since = min(reconcile[actions[i].action_id] for i in doubtful) - RECONCILE_MARGIN_MS
-            tasks = self._timed(crm, "reconcile_tasks", client.find_tasks_for, sorted({f["WhoId"] for f in doubtful.values()}), since)
-            candidates = [(str(t["Id"]), t) for t in tasks]
-            for i, object_id in match_existing(doubtful, candidates, SALESFORCE_MATCH, claimed).items():
-                outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
-                del intended[i]
+        doubts = {
+            i: Doubt(actions[i].action_id, f, reconcile[actions[i].action_id])
+            for i, f in intended.items() if not id_field and actions[i].action_id in reconcile
+        }
+        for i, outcome in self._reconciler.salesforce(client, company_id, doubts, SALESFORCE_MATCH, claimed).items():
+            outcomes[i] = outcome
+            del intended[i]
         if intended:
             slots = list(intended)
             results = self._timed(crm, "create_tasks", client.create_tasks, [intended[i] for i in slots])
@@ -210,7 +211,7 @@ class Deliverer:
                 outcomes[i] = from_result(result)
         return [outcomes[i] for i in range(len(actions))]
 
-    def _hubspot_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+    def _hubspot_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: Claimant) -> list[Outcome]:
         crm = Crm.HUBSPOT
         client = self._client(crm, company_id)
         contacts = self._timed(crm, "find_contacts", client.find_contacts, [a.contact_email for a in actions])
@@ -243,24 +244,21 @@ class Deliverer:
                 if prop:
                     props[prop] = action.action_id
                 intended[i] = (props, contact_id)
-            doubtful = {i: item for i, item in intended.items() if not prop and actions[i].action_id in reconcile}
-            if doubtful:
-                fields = HUBSPOT_MATCH[object_type]
-                by_contact = self._timed(
-                    crm, f"reconcile_{hs_type}", client.associated_objects, hs_type, sorted({c for _, c in doubtful.values()}), list(fields)
-                )
-                for contact_id in {c for _, c in doubtful.values()}:
-                    mine = {i: props for i, (props, c) in doubtful.items() if c == contact_id}
-                    candidates = [(str(o["id"]), o.get("properties") or {}) for o in by_contact.get(contact_id, [])]
-                    for i, object_id in match_existing(mine, candidates, fields, claimed).items():
-                        outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
-                        del intended[i]
+            doubts = {
+                i: (Doubt(actions[i].action_id, props, reconcile[actions[i].action_id]), contact)
+                for i, (props, contact) in intended.items() if not prop and actions[i].action_id in reconcile
+            }
+            for i, outcome in self._reconciler.hubspot(client, company_id, hs_type, doubts, HUBSPOT_MATCH[object_type], claimed).items():
+                outcomes[i] = outcome
+                del intended[i]
             if intended:
                 slots = list(intended)
                 create = client.create_meetings if object_type is ObjectType.MEETING else client.create_notes
                 results = self._timed(crm, f"create_{hs_type}", create, [intended[i] for i in slots])
                 for i, result in zip(slots, results):
                     outcomes[i] = from_result(result)
+                    if result.existing:
+                        self._metrics.reconcile.labels(crm.value, CONFLICT_RESOLVED).inc()
         return [outcomes[i] for i in range(len(actions))]
 
     def warn_retiring_logins(self) -> None:
@@ -291,13 +289,13 @@ class Deliverer:
         company_id: str,
         actions: Sequence[Action],
         reconcile: Mapping[str, int] | None = None,
-        claimed: set[str] | None = None,
+        claimed: Claimant | None = None,
     ) -> list[Outcome]:
         """One company's due actions for one CRM → one outcome each, in order.
 
         `reconcile`: action id → when its earlier, unfinished attempt began (its ledger intent);
-        those are looked for in the CRM before anything is created. `claimed`: object ids already
-        recorded for other actions of the company.
+        those are looked for in the CRM before anything is created. `claimed`: object id → the
+        action whose ledger entry names it (`processors.stages.reconcile`).
         """
         first = int(self._clock() * 1000)
         key = (crm.value, company_id)
@@ -318,7 +316,7 @@ class Deliverer:
         budget = min(self._budget, SLOW_PROBE_BUDGET_S) if self.slow.failing(key) else self._budget
         attempts = 1
         doubtful = dict(reconcile or {})
-        claims = set(claimed or ())
+        claims: Claimant = claimed or (lambda object_id: None)
 
         def on_retry(attempt: int, error: TransientError, delay: float) -> None:
             nonlocal attempts, doubtful

@@ -34,6 +34,7 @@ from processors.kafka import clients
 from processors.kafka.consumer import BatchConsumer
 from processors.kafka.producer import Acks, all_acked
 from processors.stages.common import StageContext, now_ms, source_of, until_registry_answers
+from processors.state.ledger import due_key
 from processors.state.settings import parse_settings_record
 
 log = logging.getLogger("crm_sync.ingest")
@@ -192,7 +193,7 @@ def make_ingest(ctx: StageContext, preparer: Preparer | None = None) -> list[Bat
             planned[action.crm, done.event_type] += 1
             headers = headers_of(action.due_at, action.crm, action.company_id, action.action_id, action.event_id, done.event_type)
             if action.due_at <= done.now_ms:
-                acks.append(await ctx.send(cfg.topics.due(Crm(action.crm)), action.action_id.encode(), action.value, headers))
+                acks.append(await ctx.send(cfg.topics.due(Crm(action.crm)), due_key(action.company_id), action.value, headers))
             else:
                 acks.append(await ctx.send(cfg.topics.delay, action.company_id.encode(), action.value, headers))
             log.debug(
