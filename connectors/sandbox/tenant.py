@@ -323,6 +323,9 @@ class Tenant:
                 self.hubspot.add_token(token)
             for name in hs.get("custom_properties", []):
                 self.hubspot.custom_properties.add(name)
+            for object_type, names in hs.get("unique_properties", {}).items():  # as `crm prepare` makes them
+                self.hubspot.custom_properties.update(names)
+                self.hubspot.unique_properties.setdefault(object_type, set()).update(names)
             contacts = created["hubspot"].setdefault("contacts", {})
             for contact in hs.get("contacts", []):
                 props = {k: v for k, v in contact.items() if k not in {"email", "id"}}
