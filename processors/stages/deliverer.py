@@ -180,9 +180,12 @@ class Deliverer:
         hosts = {a.owner_email.lower() for a in actions if a.owner_email and a.contact_email.lower() in people}
         users = self._owner_ids(crm, company_id, hosts, lambda emails: self._timed(crm, "find_users", client.find_users, emails))
         id_field = self._id_field(crm, company_id)
-        existing = (
-            self._timed(crm, "find_tasks", client.find_tasks, id_field, [a.action_id for a in actions]) if id_field else {}
+        existing, unread = (
+            self._reconciler.by_id(crm, company_id, range(len(actions)), "find_tasks", client.find_tasks, id_field, [a.action_id for a in actions])
+            if id_field else ({}, {})
         )
+        if unread:
+            return [unread[i] for i in range(len(actions))]
         outcomes: dict[int, Outcome] = {}
         intended: dict[int, dict[str, str]] = {}
         for i, action in enumerate(actions):
@@ -226,10 +229,13 @@ class Deliverer:
             group = [i for i, a in enumerate(actions) if a.object_type is object_type]
             if not group:
                 continue
-            existing = (
-                self._timed(crm, f"find_{hs_type}", client.find_by_property, hs_type, prop, [actions[i].action_id for i in group])
-                if prop else {}
+            existing, unread = (
+                self._reconciler.by_id(crm, company_id, group, f"find_{hs_type}", client.find_by_property, hs_type, prop, [actions[i].action_id for i in group])
+                if prop else ({}, {})
             )
+            if unread:
+                outcomes.update(unread)
+                continue
             intended: dict[int, tuple[dict[str, str], str]] = {}
             for i in group:
                 action = actions[i]

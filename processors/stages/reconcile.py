@@ -6,16 +6,18 @@ objects the CRM holds on the same people are read and paired with the doubtful a
 pure rule `processors.domain.deliver.reconcile` (content alike, created after the intent minus
 the clock-skew margin, named by no other action's ledger entry, one to one).
 
-A failed read never fails an action: the actions it was for are deferred (the retry topic) and
-counted as `read_failed`, and the alert `CrmSyncReconcileReadsFailing` fires when that persists.
-Only an authentication error goes on as one (the create would meet it as well): the auth circuit
-and the dead letter tell the operator, and a retry of the dead letter reconciles again.
+In external-id mode the check by id before each create is that read. A failed read never fails
+an action; it counts as `read_failed` (the alert `CrmSyncReconcileReadsFailing` fires when that
+persists). A transient error goes on as one: the one retry policy retries the batch inline, then
+defers it. Any other error defers the actions the read was for to the retry topic at once. Only
+an authentication error goes on as one (the create would meet it as well): the auth circuit and
+the dead letter tell the operator, and a retry of the dead letter reconciles again.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from connectors.errors import AuthError, CrmError, TransientError
 from processors.domain.deliver import (
@@ -51,15 +53,28 @@ class Reconciler:
         for outcome, n in counts.items():
             self._metrics.reconcile.labels(crm.value, outcome).inc(n)
 
-    def _failed(self, crm: Crm, company_id: str, doubts: Mapping[int, Doubt], exc: CrmError) -> dict[int, Outcome]:
-        """The read failed: defer every action it was for (never a permanent failure)."""
+    def _failed(self, crm: Crm, company_id: str, doubts: Mapping[int, Doubt | None], exc: CrmError) -> dict[int, Outcome]:
+        """The read failed: defer every action it was for (never a permanent failure); a
+        transient error is raised again for the inline retry."""
         self._count(crm, {READ_FAILED: len(doubts)})
         log.warning(
             "reconciliation read failed; its actions are deferred",
             extra={"crm": crm.value, "company_id": company_id, "error_code": exc.code, "actions": len(doubts)},
         )
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        return {i: Outcome(DEFERRED, reason=READ_FAILED_REASON, error=exc, retry_after=retry_after) for i in doubts}
+        if isinstance(exc, TransientError):
+            raise exc
+        return {i: Outcome(DEFERRED, reason=READ_FAILED_REASON, error=exc) for i in doubts}
+
+    def by_id(self, crm: Crm, company_id: str, slots: Iterable[int], operation: str, read: Callable[..., dict[str, str]],
+              *args: Any) -> tuple[dict[str, str], dict[int, Outcome]]:
+        """The external-id check (action id → object id), or, when that read fails, nothing found
+        and every slot deferred: this read is the reconciliation of external-id mode."""
+        try:
+            return self._timed(crm, operation, read, *args), {}
+        except AuthError:
+            raise
+        except CrmError as exc:
+            return {}, self._failed(crm, company_id, {i: None for i in slots}, exc)
 
     def _pair(self, crm: Crm, doubts: Mapping[int, Doubt], candidates: Sequence[Candidate], fields: tuple[str, ...],
               claimant: Claimant, taken: set[str]) -> dict[int, Outcome]:

@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 
+from connectors.errors import AuthError, PermanentError, TransientError
 from processors.domain.deliver import (
+    DEFERRED,
+    DUPLICATE,
     MATCHED,
     NOT_FOUND,
     REJECTED_CLAIMED,
@@ -17,7 +20,10 @@ from processors.domain.deliver import (
     epoch_ms,
     reconcile,
 )
+from processors.domain.model import Crm
+from processors.metrics import Metrics
 from processors.stages.deliver import failed_entry, intent_of
+from processors.stages.reconcile import Reconciler
 from tests.unit.test_routing import FIRST_DUE, action
 
 SF = SALESFORCE_MATCH
@@ -161,3 +167,66 @@ def test_creation_times_are_read_in_both_crms_formats(value: Any, expected: int 
 )
 def test_doubtful_actions_and_since_when(entry: str | None, attempt: int, expected: int | None) -> None:
     assert intent_of(entry, action(attempt=attempt)) == expected
+
+
+# ---- the reads around the rule: a failed read defers, never fails --------------------------------
+
+
+class FakeClient:
+    def __init__(self, error: Exception | None = None, tasks: list[dict[str, str]] | None = None) -> None:
+        self.error, self.tasks = error, tasks or []
+
+    def find_tasks_for(self, who_ids: list[str], since_ms: int) -> list[dict[str, str]]:
+        if self.error is not None:
+            raise self.error
+        return self.tasks
+
+    def find_tasks(self, field: str, values: list[str]) -> dict[str, str]:
+        if self.error is not None:
+            raise self.error
+        return {}
+
+
+def reconciler() -> tuple[Reconciler, Metrics]:
+    metrics = Metrics.create()
+    return Reconciler(metrics, lambda crm, operation, fn, *args: fn(*args)), metrics
+
+
+def read_failed(metrics: Metrics) -> float:
+    return metrics.reconcile.labels("salesforce", "read_failed")._value.get()
+
+
+def test_a_permanent_read_error_defers_the_doubtful_actions() -> None:
+    rec, metrics = reconciler()
+    outcomes = rec.salesforce(FakeClient(PermanentError("salesforce", "NOT_FOUND", 404, "gone")), "acme", {0: doubt(), 3: doubt("a2")}, SF, NOBODY.get)
+    assert {i: (o.status, o.reason) for i, o in outcomes.items()} == {0: (DEFERRED, "reconcile_read_failed"), 3: (DEFERRED, "reconcile_read_failed")}
+    assert read_failed(metrics) == 2
+
+
+def test_a_transient_read_error_goes_on_to_the_inline_retry_and_is_counted() -> None:
+    rec, metrics = reconciler()
+    with pytest.raises(TransientError):
+        rec.salesforce(FakeClient(TransientError("salesforce", "HTTP_503", 503, "busy")), "acme", {0: doubt()}, SF, NOBODY.get)
+    assert read_failed(metrics) == 1
+
+
+def test_an_auth_error_is_not_a_read_failure() -> None:
+    rec, metrics = reconciler()
+    with pytest.raises(AuthError):
+        rec.salesforce(FakeClient(AuthError("salesforce", "INVALID_SESSION_ID", 401, "no")), "acme", {0: doubt()}, SF, NOBODY.get)
+    assert read_failed(metrics) == 0
+
+
+def test_the_external_id_check_failing_defers_its_slots() -> None:
+    rec, metrics = reconciler()
+    found, deferred = rec.by_id(Crm.SALESFORCE, "acme", [0, 1], "find_tasks", FakeClient(PermanentError("salesforce", "INVALID_FIELD", 400, "x")).find_tasks, "F__c", ["a"])
+    assert found == {} and sorted(deferred) == [0, 1] and read_failed(metrics) == 2
+
+
+def test_a_match_is_a_duplicate_and_every_outcome_is_counted() -> None:
+    rec, metrics = reconciler()
+    task = {"Id": "T1", **sf(), "CreatedDate": "2030-01-01T00:00:00.000+0000"}
+    outcomes = rec.salesforce(FakeClient(tasks=[task]), "acme", {0: doubt(), 1: doubt("a2")}, SF, NOBODY.get)
+    assert {i: (o.status, o.object_id) for i, o in outcomes.items()} == {0: (DUPLICATE, "T1")}
+    assert metrics.reconcile.labels("salesforce", MATCHED)._value.get() == 1
+    assert metrics.reconcile.labels("salesforce", NOT_FOUND)._value.get() == 1
