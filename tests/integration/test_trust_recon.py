@@ -17,7 +17,7 @@ from processors.kafka.producer import partition_for
 from tests.integration.conftest import start_worker
 from tests.integration.harness import Deployment, WorkerProcess, wait_for
 from tests.integration.test_sinks import booking, configure, dead_letters, publish, seed
-from tests.integration.test_trust import cli, metric
+from tests.integration.test_trust import cli, count_of, metric
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +174,31 @@ def test_a_crm_clock_90_seconds_behind_still_reconciles(
         assert (tasks(sandbox), meetings(sandbox)) == (2, 2)
     finally:
         records.clock_skew_seconds = 0.0
+
+
+def test_an_auth_error_on_the_second_chunk_is_reconciled_before_a_dlq_retry_creates(
+    deployment: Deployment, sandbox: CrmSandbox, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """101 meetings in one batch: the first chunk of 100 is created, the second meets a 401 twice
+    (re-authentication does not help). All 101 are dead-lettered as AuthError; their retry must
+    find the 100 that exist and create only the last one."""
+    deployment.extra_env["CRM_SYNC_SINK_BATCH_WINDOW_SECONDS"] = "3"
+    bookers = [f"chunk{i}@buyer.example" for i in range(101)]
+    seed(sandbox, bookers)
+    configure(deployment, "acme")
+    sandbox.inject(Fault(crm="hubspot", latency=3.0, path_contains="batch/create"))
+    start_worker(deployment, workers, tmp_path)
+    publish(deployment, [booking("acme", b) for b in bookers])
+
+    wait_for(lambda: "hubspot POST /crm/v3/objects/meetings/batch/create" in sandbox.calls() or None, 60, what="the first chunk's create")
+    sandbox.inject(Fault(crm="hubspot", status=401, count=2, path_contains="batch/create"))
+    letters = wait_for(lambda: count_of(dead_letters(deployment), 101), 60, what="the batch's dead letters")
+    assert {d["error_class"] for d in letters} == {"AuthError"}
+    assert meetings(sandbox) == 100
+    retried = cli(deployment, "dlq", "retry", "--company", "acme")
+    assert retried.returncode == 0, retried.stderr
+    wait_for(lambda: meetings(sandbox) >= 101 or None, 60, what="the last meeting")
+    history = lambda: json.loads(cli(deployment, "history", "--company", "acme", "--json").stdout)["totals"]  # noqa: E731
+    wait_for(lambda: history().get("created") == 202 or None, 60, what="every retried action recorded")
+    settle()
+    assert meetings(sandbox) == 101, "the retry copied meetings the first chunk had created"
