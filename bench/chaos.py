@@ -25,6 +25,10 @@ the topics, `EventPublisher`, `SettingsAdmin`, the dead-letter reader and the wo
     k  twenty tenants whose CRMs hang (60 s per request) beside a healthy one booking 500 meetings
     n  three workers under load restarted one after the other (a StatefulSet rollout), then one
        frozen (SIGSTOP) for longer than the session timeout and let go on
+    h  both ToDos of 200 bookings through 15 s of 503s on every create, then recovery: 2 Tasks each
+    i  100 contacts book a slot they already hold, a 503 on every second create: 2 meetings each
+    o  kill -9 x5 with HubSpot search lagging 5 s and the CRMs' clock 90 s behind, without and with
+       the external-id field/property
 
 Progress goes to stderr, one table to stdout; the exit code is 1 if any scenario missed its goal.
 """
@@ -51,6 +55,7 @@ from chaos_crash import scenario_a, scenario_b, scenario_c, scenario_d, scenario
 from chaos_flow import scenario_j, scenario_l  # noqa: E402
 from chaos_fuzz import scenario_e, scenario_g  # noqa: E402
 from chaos_state import scenario_k, scenario_n  # noqa: E402
+from chaos_recon import scenario_h, scenario_i, scenario_o  # noqa: E402
 from connectors.sandbox import CrmSandbox  # noqa: E402
 from tests.integration.harness import free_port  # noqa: E402
 
@@ -89,12 +94,14 @@ SCENARIOS: dict[str, Callable[[Any], Row]] = {
     "a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e, "f": scenario_f, "g": scenario_g,
     "j": scenario_j, "l": scenario_l,
     "k": scenario_k, "n": scenario_n,
+    "h": scenario_h, "i": scenario_i, "o": scenario_o,
 }
 TITLES = {
     "a": "a kill -9 x5", "b": "b kill -9 x5, ext-id", "c": "c broker restart", "d": "d hung tenant",
     "e": "e fuzz", "f": "f shared event ids", "g": "g open admin txn",
     "j": "j paused, overdue + DLQ re-ingest", "l": "l re-checks beside transient retries",
     "k": "k 20 hung tenants", "n": "n rolling restart + frozen worker",
+    "h": "h two ToDos through 503s", "i": "i same slot rebooked, 503s", "o": "o search lag + clock skew, kill -9",
 }
 HEADERS = ["scenario", "events", "lost", "duplicates (Salesforce)", "duplicates (HubSpot)", "dead letters", "max lateness (s)", "goal met"]
 

@@ -220,7 +220,7 @@ class Env:
                 "salesforce": {"users": [{"email": HOST, "name": "Hana Host"}],
                                **({"task_custom_fields": [SF_ID_FIELD]} if id_field else {})},
                 "hubspot": {"owners": [{"email": HOST, "first_name": "Hana"}],
-                            **({"custom_properties": [HS_ID_PROPERTY]} if id_field else {})},
+                            **({"unique_properties": {"meetings": [HS_ID_PROPERTY], "notes": [HS_ID_PROPERTY]}} if id_field else {})},
             },
             tenant=tenant,
         )

@@ -81,6 +81,7 @@ class Result:
 
     id: str | None = None
     error: CrmError | None = None
+    existing: bool = False  # the CRM refused a duplicate and named the object it already had
 
     @property
     def ok(self) -> bool:

@@ -11,7 +11,9 @@ urllib3's own retries are switched off: ``connectors.retry`` is the one retry po
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -76,12 +78,54 @@ NO_ASSOCIATIONS = "crm.associations.NO_ASSOCIATIONS_FOUND"
 NOT_FOUND = "OBJECT_NOT_FOUND"
 
 
+_EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)", re.IGNORECASE)
+
+
+def _benign(benign: str, category: Any, sub_category: Any, message: Any) -> bool:
+    """An error that only says "nothing there": ``benign`` as its category or sub-category, or,
+    for associations, a message saying none are associated (HubSpot words it several ways)."""
+    if benign in (category, sub_category):
+        return True
+    text = str(message or "").lower()
+    return benign == NO_ASSOCIATIONS and ("no associations" in text or (text.startswith("no ") and "associated with" in text))
+
+
 def _raise_batch_errors(answer: Any, benign: str) -> None:
-    """Raise the first per-input error of a 207 answer unless its category or sub-category is
-    ``benign`` (a lookup that half failed must not read as "nothing there")."""
+    """Raise the first per-input error of a 207 answer unless it is ``benign`` (a lookup that
+    half failed must not read as "nothing there")."""
     for err in getattr(answer, "errors", None) or []:
-        if benign not in (err.category, err.sub_category):
+        if not _benign(benign, err.category, err.sub_category, err.message):
             raise classify_hubspot(None, _error_body(err), None)
+
+
+def _body(raw: Any) -> dict[str, Any]:
+    """An ``ApiException`` body (JSON text) as a dict; ``{}`` when it is not one."""
+    try:
+        data = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _none_associated(read: Callable[[], Any]) -> Any:
+    """The v4 batch read, or None when HubSpot answered the whole batch with a 404 that only says
+    none of the inputs has associations: that is "none found", not a failure."""
+    try:
+        return read()
+    except AssociationsApiException as exc:
+        data = _body(exc.body)
+        errors = [data, *(e for e in data.get("errors") or [] if isinstance(e, dict))]
+        if exc.status == 404 and any(
+            _benign(NO_ASSOCIATIONS, e.get("category"), e.get("subCategory"), e.get("message")) for e in errors
+        ):
+            return None
+        raise
+
+
+def existing_id(message: Any) -> str | None:
+    """The object a unique-value conflict names (``... already exists. Existing ID: 123``)."""
+    found = _EXISTING_ID.search(str(message or ""))
+    return found.group(1) if found else None
 
 
 class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
@@ -300,9 +344,38 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
         """Meetings or notes whose ``prop`` is one of ``values``: ``{value: object_id}``.
 
         The sink's external-id check: an action created before a crash is found, not created twice.
+        A unique-value property is read through batch read with ``idProperty``, which sees an
+        object as soon as it exists; HubSpot's search index lags writes by seconds, so search is
+        only the fallback for a property without unique values (and a create that then meets the
+        unique-value conflict is resolved to the existing object, ``_create_chunk``).
         """
+        wanted = list(dict.fromkeys(values))
+        try:
+            return self._read_by_property(object_type, prop, wanted)
+        except PermanentError as exc:
+            if exc.code != "VALIDATION_ERROR" and exc.status != 400:
+                raise
+            logger.warning("hubspot %s property %s is not a unique identifier: searching (lags writes)",
+                           object_type, prop)
+            return self._search_by_property(object_type, prop, wanted)
+
+    def _read_by_property(self, object_type: str, prop: str, values: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for chunk in chunks(list(dict.fromkeys(values)), SEARCH_IN_LIMIT):
+        for chunk in chunks(values, BATCH_LIMIT):
+            body = {"idProperty": prop, "inputs": [{"id": v} for v in chunk], "properties": [prop],
+                    "propertiesWithHistory": []}
+            answer = self._call(lambda api: getattr(api.crm.objects, object_type).batch_api.read(
+                body, archived=False, _request_timeout=self._timeout))
+            _raise_batch_errors(answer, NOT_FOUND)
+            for obj in answer.results or []:
+                value = (obj.properties or {}).get(prop)
+                if value:
+                    found.setdefault(value, str(obj.id))
+        return found
+
+    def _search_by_property(self, object_type: str, prop: str, values: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in chunks(values, SEARCH_IN_LIMIT):
             body = {
                 "filterGroups": [
                     {"filters": [{"propertyName": prop, "operator": "IN", "values": list(chunk)}]}
@@ -342,8 +415,10 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
             following: list[dict[str, str]] = []
             for chunk in chunks(pending, BATCH_LIMIT):
                 body = {"inputs": list(chunk)}
-                answer = self._call(lambda api: api.crm.associations.v4.batch_api.get_page(
-                    "contacts", to_type, body, _request_timeout=self._timeout))
+                answer = self._call(lambda api: _none_associated(lambda: api.crm.associations.v4.batch_api.get_page(
+                    "contacts", to_type, body, _request_timeout=self._timeout)))
+                if answer is None:
+                    continue
                 _raise_batch_errors(answer, NO_ASSOCIATIONS)
                 for result in answer.results or []:
                     contact = str(result._from.id)
@@ -435,17 +510,19 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
             return [self._create_single(object_type, inp) for inp in inputs]
         outcome: dict[int, Result] = {}
         unmatched: list[str] = []
-        for obj in answer.results or []:
+        # An answer without a body (a status the client has no model for) reports no outcome.
+        for obj in getattr(answer, "results", None) or []:
             trace = obj.object_write_trace_id
             if trace is not None and trace.isdigit():
                 outcome[int(trace)] = Result(id=str(obj.id))
             else:
                 unmatched.append(str(obj.id))
         for err in getattr(answer, "errors", None) or []:
-            error = classify_hubspot(400, _error_body(err), None)
+            found = existing_id(err.message)
+            result = Result(id=found, existing=True) if found else Result(error=classify_hubspot(400, _error_body(err), None))
             for trace in (err.context or {}).get("objectWriteTraceId", []):
                 if str(trace).isdigit():
-                    outcome[int(trace)] = Result(error=error)
+                    outcome[int(trace)] = result
         missing = [i for i in range(len(items)) if i not in outcome]
         if len(missing) == len(unmatched):
             outcome.update({i: Result(id=obj_id) for i, obj_id in zip(missing, unmatched)})
@@ -455,11 +532,22 @@ class HubSpotClient(CrmClient[HubSpotCredentials, HubSpot]):
 
     def _create_single(self, object_type: str, body: dict[str, Any]) -> Result:
         single = {k: v for k, v in body.items() if k != "objectWriteTraceId"}
+
+        def create(api: HubSpot) -> Any:
+            try:
+                return getattr(api.crm.objects, object_type).basic_api.create(single, _request_timeout=self._timeout)
+            except API_EXCEPTIONS as exc:
+                found = existing_id(_body(exc.body).get("message")) if exc.status == 409 else None
+                if found is None:
+                    raise
+                return found
+
         try:
-            answer = self._call(lambda api: getattr(api.crm.objects, object_type).basic_api.create(
-                single, _request_timeout=self._timeout))
+            answer = self._call(create)
         except AuthError:
             raise
         except PermanentError as error:
             return Result(error=error)
+        if isinstance(answer, str):
+            return Result(id=answer, existing=True)
         return Result(id=str(answer.id))

@@ -39,7 +39,7 @@ API_VERSION = "59.0"
 QUERY_CHUNK = 100
 COLLECTION_LIMIT = 200
 PERSON_SOBJECTS = ("Contact", "Lead")
-RECONCILE_FIELDS = ("Id", "WhoId", "Subject", "ActivityDate", "Description")
+RECONCILE_FIELDS = ("Id", "WhoId", "Subject", "ActivityDate", "Description", "CreatedDate")
 
 
 @dataclass(frozen=True)
@@ -238,9 +238,9 @@ class SalesforceClient(CrmClient[SalesforceCredentials, Salesforce]):
         """Tasks on these Leads/Contacts created at or after ``since_ms`` (epoch milliseconds).
 
         Crash reconciliation without an external-id field: the worker compares what it meant to
-        create with what exists. Each dict has Id, WhoId, Subject, ActivityDate and Description
-        (``""`` where the field is empty); ``since`` is rounded down to the second, so a Task
-        created in the same second is never missed.
+        create with what exists. Each dict has Id, WhoId, Subject, ActivityDate, Description and
+        CreatedDate (the org's clock; ``""`` where a field is empty); ``since`` is rounded down to
+        the second, so a Task created in the same second is never missed.
         """
         since = soql_datetime(since_ms)
         columns = ", ".join(RECONCILE_FIELDS)

@@ -6,7 +6,7 @@ never a person, an e-mail, or a company id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -22,6 +22,7 @@ from prometheus_client import (
 
 from processors import version
 from processors.domain.audit import Refusal
+from processors.domain.deliver import RECONCILE_OUTCOMES
 from processors.domain.model import Crm, EventType, ObjectType
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -60,6 +61,17 @@ class Metrics:
     build_info: Gauge
     api_usage_ratio: Gauge
     tenants_near_quota: Gauge
+    reconcile: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Reconciliation outcomes (`processors.domain.deliver.RECONCILE_OUTCOMES`), all exported at 0."""
+        self.reconcile = Counter(
+            "crm_sync_reconcile_total", "Reconciliation outcomes of doubtful actions (and rejected candidates)", ["crm", "outcome"],
+            registry=self.registry,
+        )
+        for crm in Crm:
+            for outcome in RECONCILE_OUTCOMES:
+                self.reconcile.labels(crm.value, outcome)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "Metrics":

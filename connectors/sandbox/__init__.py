@@ -22,6 +22,7 @@ Seed document (Python ``CrmSandbox.seed``, ``POST /__sandbox/seed``, CLI ``--see
                     "leads": [{... as contacts ..., "is_converted"?: false}],
                     "task_custom_fields"?: ["CrmSyncActionId__c"]},
      "hubspot": {"tokens": ["..."], "custom_properties"?: ["crm_sync_action_id"],
+                 "unique_properties"?: {"meetings": ["crm_sync_action_id"], "notes": [...]},
                  "contacts": [{"email": "...", "id"?: "...", "firstname"?: "...", ...}],
                  "owners": [{"email": "...", "first_name"?: "...", "last_name"?: "...", "id"?: "..."}]}}
 """

@@ -22,6 +22,9 @@ the JSON body; without either, the default tenant)::
     POST   /__sandbox/hubspot/oauth-apps      T {"client_id", "client_secret", "refresh_token", "rotate"?}
     POST   /__sandbox/hubspot/revoke-refresh-token T {"refresh_token"}
     POST   /__sandbox/hubspot/token-lifetime  T {"seconds": N}: issued access tokens expire
+    POST   /__sandbox/hubspot/search-lag      T {"seconds": N}: search finds objects N s after creation
+    POST   /__sandbox/clock                     {"skew_seconds": N}: the CRMs' clock runs N s ahead
+                                                (negative: behind) of the real one
     GET    /__sandbox/calls                     {"<crm> <METHOD> <route>": count}; all tenants
                                                 summed unless ?tenant=
     DELETE /__sandbox/calls                     zero the counters
@@ -36,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from connectors.sandbox import records
 from connectors.sandbox.http import Request, Response
 from connectors.sandbox.state import Fault, SandboxState
 
@@ -119,6 +123,9 @@ _ROUTES: dict[tuple[str, str], Action] = {
     ("POST", "/hubspot/revoke-refresh-token"): _credential("hubspot", "refresh_token", "revoke_refresh_token"),
     ("POST", "/hubspot/token-lifetime"): _ok(lambda state, body, tenant: setattr(
         state.tenant(tenant).hubspot, "token_lifetime", float(body["seconds"]))),
+    ("POST", "/hubspot/search-lag"): _ok(lambda state, body, tenant: setattr(
+        state.tenant(tenant).hubspot, "search_lag_seconds", float(body["seconds"]))),
+    ("POST", "/clock"): _ok(lambda state, body, tenant: setattr(records, "clock_skew_seconds", float(body["skew_seconds"]))),
     ("GET", "/calls"): lambda state, body, info, tenant: state.call_counts(tenant),
     ("DELETE", "/calls"): _ok(lambda state, body, tenant: state.clear_calls()),
     ("GET", "/faults"): _list_faults,

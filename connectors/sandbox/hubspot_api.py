@@ -15,7 +15,7 @@ from typing import Any
 from connectors.sandbox import hubspot_objects
 from connectors.sandbox.http import Request, Response
 from connectors.sandbox.hubspot_common import (
-    BATCH_LIMIT, SEARCH_FILTER_LIMIT, batch_answer, error, not_found, search_page,
+    BATCH_LIMIT, SEARCH_FILTER_LIMIT, batch_answer, batch_times, error, not_found, search_page,
 )
 from connectors.sandbox.records import HsContact, HsOwner, hs_time, now_utc
 from connectors.sandbox.state import Fault
@@ -76,7 +76,12 @@ def rate_headers(tenant: Tenant, token: str | None) -> dict[str, str]:
 def handle(tenant: Tenant, req: Request, fault: Fault | None = None) -> Response:
     """Answer one HubSpot API request, or with ``fault``'s injected error."""
     with tenant.lock:
-        resp = fault_response(fault) if fault else _route(tenant, req)
+        if fault is not None and fault.commit:
+            _route(tenant, req)
+        if fault is not None and fault.commit and 200 <= (fault.status or 0) < 300:
+            resp = Response(fault.status or 200, {**batch_times(), "results": []})
+        else:
+            resp = fault_response(fault) if fault else _route(tenant, req)
         resp.headers.update(rate_headers(tenant, req.bearer()))
         return resp
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.sandbox.http import Request, Response
 from connectors.sandbox.hubspot_common import (
     BATCH_LIMIT, batch_answer, batch_times, error, not_found, search_page,
 )
-from connectors.sandbox.records import HsAssociation, HsObject, hs_time, now_utc
+from connectors.sandbox.records import HsAssociation, HsObject, hs_time, now_utc, parse_time
 from connectors.sandbox.tenant import Tenant
 
 NOTE_BODY_LIMIT = 65_536
@@ -80,9 +80,10 @@ def _search_objects(tenant: Tenant, object_type: str, body: dict[str, Any]) -> R
             return value in {str(v) for v in flt.get("values") or []}
         return False
 
+    indexed_before = now_utc() - timedelta(seconds=tenant.hubspot.search_lag_seconds)
     found = [
         o for o in tenant.hubspot.objects.values()
-        if o.object_type == object_type
+        if o.object_type == object_type and parse_time(o.created_at) <= indexed_before
         and (not groups or any(all(matches(o.properties, f) for f in g.get("filters") or []) for g in groups))
     ]
     wanted = body.get("properties") or []
@@ -90,17 +91,23 @@ def _search_objects(tenant: Tenant, object_type: str, body: dict[str, Any]) -> R
 
 
 def _batch_read(tenant: Tenant, object_type: str, body: dict[str, Any]) -> Response:
-    """Meetings/notes by id; ids that do not exist come back as one OBJECT_NOT_FOUND error."""
+    """Meetings/notes by id, or by a unique-value property (``idProperty``), straight from the
+    object store (no search lag); ids that do not exist come back as one OBJECT_NOT_FOUND error."""
     inputs = body.get("inputs") or []
     if len(inputs) > BATCH_LIMIT:
         return error(400, "VALIDATION_ERROR", f"Batch input cannot exceed {BATCH_LIMIT} inputs")
-    if body.get("idProperty") not in (None, "", "hs_object_id"):
-        return error(400, "VALIDATION_ERROR", "this sandbox reads meetings and notes by id only")
-    wanted = body.get("properties") or []
+    id_property = body.get("idProperty") or "hs_object_id"
+    if id_property != "hs_object_id" and id_property not in tenant.hubspot.unique_properties.get(object_type, set()):
+        return error(400, "VALIDATION_ERROR", f"{id_property} is not a unique identifier property of {object_type}")
+    by_value = {o.properties.get(id_property): o for o in tenant.hubspot.objects.values()
+                if o.object_type == object_type and id_property != "hs_object_id"}
+    wanted = list(body.get("properties") or [])
+    if id_property != "hs_object_id" and id_property not in wanted:
+        wanted.append(id_property)
     results, missing = [], []
     for item in inputs:
         key = str(item.get("id", ""))
-        obj = tenant.hubspot.objects.get(key)
+        obj = tenant.hubspot.objects.get(key) if id_property == "hs_object_id" else by_value.get(key)
         if obj is None or obj.object_type != object_type:
             missing.append(key)
         else:

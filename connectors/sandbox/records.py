@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 
+CLOCK_SKEW_ENV = "CRM_SANDBOX_CLOCK_SKEW_SECONDS"
+# The CRMs' clock minus the real one (negative: the CRM is behind): every creation time, search
+# lag and datetime the sandbox answers is on this clock, as a CRM's own clock would be.
+clock_skew_seconds: float = float(os.environ.get(CLOCK_SKEW_ENV) or 0.0)
+
+
 def now_utc() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(timezone.utc)
+    """The current time on the CRMs' (possibly skewed) clock, timezone-aware."""
+    return datetime.now(timezone.utc) + timedelta(seconds=clock_skew_seconds)
 
 
 def parse_time(value: str | datetime | None) -> datetime:

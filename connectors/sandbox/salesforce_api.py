@@ -68,7 +68,12 @@ def handle(tenant: Tenant, req: Request, fault: Fault | None = None) -> Response
     """Answer one Salesforce REST request, or with ``fault``'s injected error."""
     with tenant.lock:
         tenant.salesforce.api_usage += 1
-        resp = fault_response(fault) if fault else _route(tenant, req)
+        if fault is not None and fault.commit:
+            _route(tenant, req)
+        if fault is not None and fault.commit and 200 <= (fault.status or 0) < 300:
+            resp = Response(fault.status or 200, [])
+        else:
+            resp = fault_response(fault) if fault else _route(tenant, req)
         resp.headers["Sforce-Limit-Info"] = f"api-usage={tenant.salesforce.api_usage}/{tenant.salesforce.api_limit}"
         return resp
 

@@ -9,12 +9,14 @@ inspect from any thread.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from connectors.sandbox import records
 from connectors.sandbox.records import HsOAuthApp, SfConnectedApp
 from connectors.sandbox.tenant import HubSpotState, SalesforceState, Tenant
 
@@ -32,6 +34,9 @@ class Fault:
     ``status`` answers with a CRM-shaped error (429 and Salesforce's 403 carry ``retry_after``
     as ``Retry-After``); ``latency`` delays the request first; ``drop`` closes the connection
     without an answer (a network error). ``error_code`` overrides the CRM error code.
+    ``commit`` carries the request out first and then answers with the fault, as when a CRM acted
+    but its answer was lost or garbled: with an error status the client sees that error, with a
+    2xx status an empty batch answer (no outcome for any record).
     ``tenant`` limits the fault to requests carrying that tenant's credentials (None: any tenant),
     e.g. ``Fault("hubspot", latency=60, count=100, tenant="b")`` hangs only company B's portal.
     """
@@ -45,6 +50,7 @@ class Fault:
     error_code: str | None = None
     drop: bool = False
     tenant: str | None = None
+    commit: bool = False
 
     def __post_init__(self) -> None:
         if self.crm not in CRMS:
@@ -64,8 +70,10 @@ class SandboxState:
         self.reset()
 
     def reset(self) -> None:
-        """Drop all data, counters, faults and added tenants; keep the default session and token."""
+        """Drop all data, counters, faults and added tenants; keep the default session and token.
+        The clock skew goes back to its environment default."""
         with self.lock:
+            records.clock_skew_seconds = float(os.environ.get(records.CLOCK_SKEW_ENV) or 0.0)
             self.sequence: Counter[str] = Counter()
             self.faults: list[Fault] = []
             default = Tenant(DEFAULT_TENANT, self.lock, self.sequence, self._default_sessions,

@@ -7,6 +7,7 @@ Tenants share the sandbox's re-entrant lock and id sequence, so ids never repeat
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -20,6 +21,7 @@ from connectors.sandbox.records import (
     SfUser, hs_time, now_utc, parse_time, sf_time,
 )
 
+SEARCH_LAG_ENV = "CRM_SANDBOX_HUBSPOT_SEARCH_LAG_SECONDS"
 DEFAULT_API_LIMIT = 15_000
 DEFAULT_HUBSPOT_DAILY_LIMIT = 250_000
 DEFAULT_HUBSPOT_SCOPES = frozenset({
@@ -167,6 +169,9 @@ class HubSpotState:
         self.token_scopes: dict[str, set[str]] = {}
         self.daily_limit = DEFAULT_HUBSPOT_DAILY_LIMIT
         self.daily_usage = 0
+        # HubSpot's search index lags its object store: a meeting or note is found by search only
+        # this long after it was created (reads by id or unique property see it at once).
+        self.search_lag_seconds: float = float(os.environ.get(SEARCH_LAG_ENV) or 0.0)
 
     def add_oauth_app(self, client_id: str, client_secret: str, refresh_token: str, *,
                       rotate: bool = False) -> HsOAuthApp:
@@ -318,6 +323,9 @@ class Tenant:
                 self.hubspot.add_token(token)
             for name in hs.get("custom_properties", []):
                 self.hubspot.custom_properties.add(name)
+            for object_type, names in hs.get("unique_properties", {}).items():  # as `crm prepare` makes them
+                self.hubspot.custom_properties.update(names)
+                self.hubspot.unique_properties.setdefault(object_type, set()).update(names)
             contacts = created["hubspot"].setdefault("contacts", {})
             for contact in hs.get("contacts", []):
                 props = {k: v for k, v in contact.items() if k not in {"email", "id"}}

@@ -213,6 +213,112 @@ def match_existing(
     return found
 
 
+# Clock skew allowed between the worker and a CRM: an object counts as created after an intent when
+# the CRM's creation time is at most this much before it. Larger than any sane NTP drift (a CRM
+# clock 90 s behind still reconciles); small next to the delay between two bookings' deliveries.
+RECONCILE_SKEW_MS = 5 * 60 * 1000
+
+# Every reconciliation outcome (`crm_sync_reconcile_total{crm,outcome}`), one per doubtful action
+# unless said otherwise.
+MATCHED = "matched"  # an object found and recorded for the action: nothing created
+NOT_FOUND = "not_found"  # nothing of the action's: it is created
+READ_FAILED = "read_failed"  # the CRM read failed: the action is deferred, never failed
+CONFLICT_RESOLVED = "conflict_resolved"  # a unique-value conflict: the existing object is recorded
+REJECTED_CLAIMED = "rejected_claimed"  # per candidate: alike, but another action's ledger names it
+REJECTED_EARLIER = "rejected_earlier"  # per candidate: alike, but created before the intent (- skew)
+RECONCILE_OUTCOMES = (MATCHED, NOT_FOUND, READ_FAILED, CONFLICT_RESOLVED, REJECTED_CLAIMED, REJECTED_EARLIER)
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """An action whose create may have reached the CRM: what it creates with and when it may
+    first have tried (its ledger intent)."""
+
+    action_id: str
+    fields: Mapping[str, Any]
+    intent_ms: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An object the CRM holds that an action may have created: its id, fields and creation time
+    (epoch ms by the CRM's clock; None when the CRM did not say)."""
+
+    object_id: str
+    fields: Mapping[str, Any]
+    created_ms: int | None
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """`found`: slot → object id; `counts`: outcome → how many (the metric)."""
+
+    found: dict[int, str]
+    counts: dict[str, int]
+
+
+def reconcile(
+    doubts: Mapping[int, Doubt],
+    candidates: Sequence[Candidate],
+    fields: tuple[str, ...],
+    claimant: Callable[[str], str | None],
+    taken: set[str],
+    skew_ms: int = RECONCILE_SKEW_MS,
+) -> Reconciled:
+    """The reconciliation rule: which doubtful actions already have their object.
+
+    An object is an action's only if (1) it renders alike on `fields` (`match_existing`), (2) the
+    CRM created it no earlier than the action's intent minus `skew_ms`, and (3) no other action's
+    ledger entry names it (`claimant`: object id → the action id whose entry names it, or None)
+    and no earlier match took it (`taken`, updated). Actions are paired oldest intent first, each
+    with the oldest eligible object, so identical actions and identical objects pair one to one
+    and as many as possible (an object eligible for a later intent is eligible for an earlier one).
+    """
+    found: dict[int, str] = {}
+    counts: dict[str, int] = {}
+
+    def count(outcome: str) -> None:
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    ordered = sorted(candidates, key=lambda c: (c.created_ms is None, c.created_ms or 0))
+    for slot in sorted(doubts, key=lambda s: (doubts[s].intent_ms, s)):
+        doubt = doubts[slot]
+        eligible: list[tuple[str, Mapping[str, Any]]] = []
+        for c in ordered:
+            if c.object_id in taken or not all(_same(n, doubt.fields.get(n), c.fields.get(n)) for n in fields):
+                continue
+            owner = claimant(c.object_id)
+            if owner is not None and owner != doubt.action_id:
+                count(REJECTED_CLAIMED)
+            elif c.created_ms is None or c.created_ms < doubt.intent_ms - skew_ms:
+                count(REJECTED_EARLIER)
+            else:
+                eligible.append((c.object_id, c.fields))
+        match = match_existing({slot: doubt.fields}, eligible, fields, taken)
+        if match:
+            found[slot] = match[slot]
+        count(MATCHED if match else NOT_FOUND)
+    return Reconciled(found, counts)
+
+
+def epoch_ms(value: Any) -> int | None:
+    """A CRM's creation time (ISO 8601, Salesforce's ``+0000`` too, or epoch ms) → epoch ms."""
+    from datetime import datetime
+
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    text = text.replace("Z", "+00:00")
+    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":
+        text = text[:-2] + ":" + text[-2:]
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
 # ---- routing: outcome → ledger entry | defer(due) | dead letter | give up -------------------------
 
 LEDGER = "ledger"

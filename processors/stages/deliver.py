@@ -4,9 +4,11 @@ Each batch (up to `sink_batch_size` due actions, or what arrived within the batc
 1. decodes its actions (a record that does not decode is dead-lettered; the batch goes on) and
    drops those its ledger has an outcome for;
 2. writes an **intent** to the ledger for every action it is about to deliver, and waits for the
-   broker to have them. An action whose ledger entry is an intent without an outcome had an
-   attempt that may have reached the CRM (a crash, a timeout): it is reconciled against the CRM
-   before anything is created, so kill -9 at any moment never duplicates (SPEC §11);
+   broker to have them. An action that is **doubtful** had an attempt that may have reached the
+   CRM: its ledger entry is an intent without an outcome (a crash, a timeout), or a failure (an
+   outcome that may have created something: a dead letter being retried), or it comes back from
+   the retry topic (`attempt > 0`). It is reconciled against the CRM before anything is created
+   (`processors.stages.reconcile`), so kill -9 at any moment never duplicates (SPEC §11);
 3. groups the rest by company and delivers every company's group concurrently; a company's bug,
    slowness or failing CRM affects only its own records (deferred to the retry topic);
 4. routes each outcome (`processors.domain.deliver.route`): ledger entry, retry with a new due
@@ -47,6 +49,7 @@ from processors.kafka.consumer import BatchConsumer
 from processors.kafka.producer import Ack, Acks
 from processors.stages.common import StageContext, now_ms, source_of
 from processors.stages.deliverer import Deliverer
+from processors.stages.reconcile import Claimant
 from processors.state.ledger import Ledger
 
 log = logging.getLogger("crm_sync.deliver")
@@ -55,6 +58,31 @@ DEFERRAL_POLICY_BASE, DEFERRAL_POLICY_CAP = 5.0, 900.0
 INTENT = "intent:"
 FAILED_ENTRY = "failed:"
 Item = tuple[ConsumerRecord, Action]
+
+
+def failed_entry(code: str | None, intent_ms: int) -> str:
+    """A permanent failure's ledger entry; it keeps the intent, so a retry of the dead letter
+    reconciles from when the failed attempt began."""
+    return f"{FAILED_ENTRY}{code}@{intent_ms}"
+
+
+def intent_of(value: str | None, action: Action) -> int | None:
+    """When a doubtful action may first have reached the CRM, or None when it is not doubtful.
+
+    An intent or failure entry says when (a failure written before failures kept it: 0, any
+    time); without an entry, an action back from the retry topic may have been tried from its
+    first due time on (its entry may sit in the partition its action id used to be keyed to)."""
+    state = ledger_state(value)
+    if state == "intent":
+        assert value is not None
+        return int(value[len(INTENT):] or 0)
+    if state == "failed":
+        assert value is not None
+        _, at, stamp = value.rpartition("@")
+        return int(stamp) if at and stamp.isdigit() else 0
+    if state == "none" and action.attempt > 0:
+        return action.give_up_clock
+    return None
 
 
 def ledger_state(value: str | None) -> str:
@@ -94,7 +122,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             )
         )
 
-    async def record(crm: Crm, ledger: Ledger, rec: ConsumerRecord, action: Action, outcome: Outcome) -> Acks:
+    async def record(crm: Crm, ledger: Ledger, rec: ConsumerRecord, action: Action, outcome: Outcome, intent_ms: int) -> Acks:
         metrics.delivered.labels(crm.value, action.object_type.value, outcome.status).inc()
         log.info("delivery", extra={"event_id": action.event_id, "action_id": action.action_id, "crm": crm.value, **outcome_fields(outcome)})
         company = ctx.settings.company(action.company_id)
@@ -102,6 +130,8 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
         acks: Acks = []
         if decision.kind == LEDGER:
             assert decision.ledger_value is not None
+            if decision.history == "created" and decision.ledger_value:
+                acks.append(await ledger.claim(rec.partition, action.company_id, decision.ledger_value, action.action_id))
             acks.append(await ledger.put(rec.partition, action.company_id, action.action_id, decision.ledger_value))
             if decision.history == "skipped":
                 metrics.skipped.labels(crm.value, action.event_type.value, decision.reason or "").inc()
@@ -117,7 +147,7 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
         elif decision.kind in (DEAD_LETTER, GIVE_UP):
             if decision.kind == DEAD_LETTER:
                 code = outcome.error.code if outcome.error is not None else outcome.reason
-                acks.append(await ledger.put(rec.partition, action.company_id, action.action_id, f"{FAILED_ENTRY}{code}"))
+                acks.append(await ledger.put(rec.partition, action.company_id, action.action_id, failed_entry(code, intent_ms)))
             acks.append(await dead_letter_action(rec, action, outcome))
         if decision.history is not None:
             acks.append(
@@ -130,31 +160,46 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
             )
         return acks
 
-    def siblings_claimed(ledger: Ledger, rec: ConsumerRecord, action: Action) -> set[str]:
-        """Objects recorded for the event's other actions on this CRM (the company- and
-        meeting-type-level ToDos of one event may render alike: never let one claim the other's)."""
-        claimed = set()
+    def siblings_claimed(ledger: Ledger, rec: ConsumerRecord, action: Action) -> dict[str, str]:
+        """Objects recorded for the event's other actions on this CRM → those actions: the
+        company- and meeting-type-level ToDos of one event may render alike. Entries written
+        before claims existed have no claim entry; this lookup covers them."""
+        claimed: dict[str, str] = {}
         for origin in Origin:
             other = plan_action_id(action.company_id, action.event_id, action.crm, origin)
             value = ledger.get(rec.partition, action.company_id, other) if other != action.action_id else None
             if ledger_state(value) == "done" and value and not value.startswith("skipped:"):
-                claimed.add(value)
+                claimed[value] = other
         return claimed
 
-    async def one_company(crm: Crm, ledger: Ledger, company_id: str, items: list[Item], reconcile: dict[str, int]) -> Acks:
-        actions = [a for _, a in items]
-        claimed: set[str] = set()
+    def claimant(ledger: Ledger, company_id: str, items: list[Item]) -> Claimant:
+        """Object id → the action whose ledger entry names it, in every partition this company's
+        records came from (one, unless some were keyed by action id before the upgrade)."""
+        partitions = sorted({rec.partition for rec, _ in items})
+        legacy: dict[str, str] = {}
         for rec, action in items:
-            claimed |= siblings_claimed(ledger, rec, action)
+            legacy.update(siblings_claimed(ledger, rec, action))
+
+        def owner(object_id: str) -> str | None:
+            for partition in partitions:
+                found = ledger.claimant(partition, company_id, object_id)
+                if found is not None:
+                    return found
+            return legacy.get(object_id)
+
+        return owner
+
+    async def one_company(crm: Crm, ledger: Ledger, company_id: str, items: list[Item], reconcile: dict[str, int], intents: dict[str, int]) -> Acks:
+        actions = [a for _, a in items]
         try:
-            outcomes = await deliverer.deliver_batch(crm, company_id, actions, reconcile, claimed)
+            outcomes = await deliverer.deliver_batch(crm, company_id, actions, reconcile, claimant(ledger, company_id, items))
         except Exception:
             # A bug in one company's delivery: its actions try again later (reconciled), nobody else's.
             log.exception("delivery failed for one company; its actions are deferred", extra={"crm": crm.value, "company_id": company_id})
             outcomes = [Outcome(DEFERRED, reason="internal_error")] * len(actions)
         acks: Acks = []
         for (rec, action), outcome in zip(items, outcomes):
-            acks.extend(await record(crm, ledger, rec, action, outcome))
+            acks.extend(await record(crm, ledger, rec, action, outcome, intents[action.action_id]))
         return acks
 
     async def deliver(crm: Crm, ledger: Ledger, records: list[ConsumerRecord]) -> Acks:
@@ -186,19 +231,20 @@ def make_deliver(ctx: StageContext, deliverer: Deliverer) -> list[BatchConsumer]
                         )
                     )
                 continue
-            if state == "intent":
-                assert known is not None
-                reconcile[action.action_id] = int(known[len(INTENT):] or 0)
+            doubtful_since = intent_of(known, action)
+            if doubtful_since is not None:
+                reconcile[action.action_id] = doubtful_since
             seen.add(key)
             groups[action.company_id].append((rec, action))
         started = now_ms()
-        intents = [
-            await ledger.put(rec.partition, a.company_id, a.action_id, f"{INTENT}{reconcile.get(a.action_id, started)}")
+        intents = {a.action_id: reconcile.get(a.action_id, started) for items in groups.values() for _, a in items}
+        written = [
+            await ledger.put(rec.partition, a.company_id, a.action_id, f"{INTENT}{intents[a.action_id]}")
             for items in groups.values()
             for rec, a in items
         ]
-        await asyncio.gather(*intents)
-        results = await asyncio.gather(*(one_company(crm, ledger, c, items, reconcile) for c, items in groups.items()))
+        await asyncio.gather(*written)
+        results = await asyncio.gather(*(one_company(crm, ledger, c, items, reconcile, intents) for c, items in groups.items()))
         for company_acks in results:
             acks.extend(company_acks)
         return acks

@@ -49,13 +49,15 @@ from processors.domain.deliver import (
     Outcome,
     QuotaBook,
     TtlCache,
+    CONFLICT_RESOLVED,
+    Doubt,
     hubspot_properties,
-    match_existing,
     salesforce_task_fields,
 )
 from processors.domain.model import Action, Crm, ObjectType
 from processors.kafka.clients import SESSION_TIMEOUT_S
 from processors.metrics import Metrics
+from processors.stages.reconcile import Claimant, Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,6 @@ AUTH_COOLDOWN = RetryPolicy(base=30.0, cap=900.0, max_elapsed=None)
 # sink batch for its full budget once, and afterwards for at most SLOW_PROBE_BUDGET_S now and then.
 SLOW_COOLDOWN = RetryPolicy(base=20.0, cap=600.0, max_elapsed=None)
 SLOW_PROBE_BUDGET_S = 0.5
-RECONCILE_MARGIN_MS = 5 * 60 * 1000  # clock skew between us and the CRM
 # Threads per (CRM, company) at most (`CRM_SYNC_SINK_CONCURRENCY`): one call runs at a time (a
 # busy company is deferred), so one is used; the cap only bounds what a bug could spawn.
 TENANT_THREADS = 16
@@ -81,7 +82,7 @@ STALL_HOLD_S = 2 * SESSION_TIMEOUT_S
 def from_result(result: Result) -> Outcome:
     """One record's answer inside a batch: created, deferred (transient) or failed (permanent)."""
     if result.ok:
-        return Outcome(CREATED, object_id=result.id)
+        return Outcome(DUPLICATE if result.existing else CREATED, object_id=result.id)
     assert result.error is not None
     if isinstance(result.error, TransientError):
         return Outcome(DEFERRED, reason=result.error.code, error=result.error, retry_after=result.error.retry_after)
@@ -266,6 +267,7 @@ class Deliverer:
         self.stalls = StallGuard(threshold=STALL_THRESHOLD_S, hold=STALL_HOLD_S)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
+        self._reconciler = Reconciler(metrics, self._timed)
 
     def _client(self, crm: Crm, company_id: str) -> Any:
         throttle = functools.partial(self._buckets[crm].get(company_id).acquire_blocking, 1.0)
@@ -325,16 +327,19 @@ class Deliverer:
                 self._cache.put((f"{crm.value}/{company_id}", email), found.get(email))
         return known
 
-    def _salesforce_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+    def _salesforce_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: Claimant) -> list[Outcome]:
         crm = Crm.SALESFORCE
         client = self._client(crm, company_id)
         people = self._timed(crm, "find_people", client.find_people, [a.contact_email for a in actions])
         hosts = {a.owner_email.lower() for a in actions if a.owner_email and a.contact_email.lower() in people}
         users = self._owner_ids(crm, company_id, hosts, lambda emails: self._timed(crm, "find_users", client.find_users, emails))
         id_field = self._id_field(crm, company_id)
-        existing = (
-            self._timed(crm, "find_tasks", client.find_tasks, id_field, [a.action_id for a in actions]) if id_field else {}
+        existing, unread = (
+            self._reconciler.by_id(crm, company_id, range(len(actions)), "find_tasks", client.find_tasks, id_field, [a.action_id for a in actions])
+            if id_field else ({}, {})
         )
+        if unread:
+            return [unread[i] for i in range(len(actions))]
         outcomes: dict[int, Outcome] = {}
         intended: dict[int, dict[str, str]] = {}
         for i, action in enumerate(actions):
@@ -349,14 +354,13 @@ class Deliverer:
             if id_field:
                 resolved.fields[id_field] = action.action_id
             intended[i] = resolved.fields
-        doubtful = {i: f for i, f in intended.items() if not id_field and actions[i].action_id in reconcile}
-        if doubtful:
-            since = min(reconcile[actions[i].action_id] for i in doubtful) - RECONCILE_MARGIN_MS
-            tasks = self._timed(crm, "reconcile_tasks", client.find_tasks_for, sorted({f["WhoId"] for f in doubtful.values()}), since)
-            candidates = [(str(t["Id"]), t) for t in tasks]
-            for i, object_id in match_existing(doubtful, candidates, SALESFORCE_MATCH, claimed).items():
-                outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
-                del intended[i]
+        doubts = {
+            i: Doubt(actions[i].action_id, f, reconcile[actions[i].action_id])
+            for i, f in intended.items() if not id_field and actions[i].action_id in reconcile
+        }
+        for i, outcome in self._reconciler.salesforce(client, company_id, doubts, SALESFORCE_MATCH, claimed).items():
+            outcomes[i] = outcome
+            del intended[i]
         if intended:
             slots = list(intended)
             self.stalls.check()
@@ -365,7 +369,7 @@ class Deliverer:
                 outcomes[i] = from_result(result)
         return [outcomes[i] for i in range(len(actions))]
 
-    def _hubspot_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: set[str]) -> list[Outcome]:
+    def _hubspot_batch(self, company_id: str, actions: Sequence[Action], reconcile: Mapping[str, int], claimed: Claimant) -> list[Outcome]:
         crm = Crm.HUBSPOT
         client = self._client(crm, company_id)
         contacts = self._timed(crm, "find_contacts", client.find_contacts, [a.contact_email for a in actions])
@@ -380,10 +384,13 @@ class Deliverer:
             group = [i for i, a in enumerate(actions) if a.object_type is object_type]
             if not group:
                 continue
-            existing = (
-                self._timed(crm, f"find_{hs_type}", client.find_by_property, hs_type, prop, [actions[i].action_id for i in group])
-                if prop else {}
+            existing, unread = (
+                self._reconciler.by_id(crm, company_id, group, f"find_{hs_type}", client.find_by_property, hs_type, prop, [actions[i].action_id for i in group])
+                if prop else ({}, {})
             )
+            if unread:
+                outcomes.update(unread)
+                continue
             intended: dict[int, tuple[dict[str, str], str]] = {}
             for i in group:
                 action = actions[i]
@@ -398,18 +405,13 @@ class Deliverer:
                 if prop:
                     props[prop] = action.action_id
                 intended[i] = (props, contact_id)
-            doubtful = {i: item for i, item in intended.items() if not prop and actions[i].action_id in reconcile}
-            if doubtful:
-                fields = HUBSPOT_MATCH[object_type]
-                by_contact = self._timed(
-                    crm, f"reconcile_{hs_type}", client.associated_objects, hs_type, sorted({c for _, c in doubtful.values()}), list(fields)
-                )
-                for contact_id in {c for _, c in doubtful.values()}:
-                    mine = {i: props for i, (props, c) in doubtful.items() if c == contact_id}
-                    candidates = [(str(o["id"]), o.get("properties") or {}) for o in by_contact.get(contact_id, [])]
-                    for i, object_id in match_existing(mine, candidates, fields, claimed).items():
-                        outcomes[i] = Outcome(DUPLICATE, object_id=object_id)
-                        del intended[i]
+            doubts = {
+                i: (Doubt(actions[i].action_id, props, reconcile[actions[i].action_id]), contact)
+                for i, (props, contact) in intended.items() if not prop and actions[i].action_id in reconcile
+            }
+            for i, outcome in self._reconciler.hubspot(client, company_id, hs_type, doubts, HUBSPOT_MATCH[object_type], claimed).items():
+                outcomes[i] = outcome
+                del intended[i]
             if intended:
                 slots = list(intended)
                 create = client.create_meetings if object_type is ObjectType.MEETING else client.create_notes
@@ -417,6 +419,8 @@ class Deliverer:
                 results = self._timed(crm, f"create_{hs_type}", create, [intended[i] for i in slots])
                 for i, result in zip(slots, results):
                     outcomes[i] = from_result(result)
+                    if result.existing:
+                        self._metrics.reconcile.labels(crm.value, CONFLICT_RESOLVED).inc()
         return [outcomes[i] for i in range(len(actions))]
 
     def warn_retiring_logins(self) -> None:
@@ -451,13 +455,13 @@ class Deliverer:
         company_id: str,
         actions: Sequence[Action],
         reconcile: Mapping[str, int] | None = None,
-        claimed: set[str] | None = None,
+        claimed: Claimant | None = None,
     ) -> list[Outcome]:
         """One company's due actions for one CRM → one outcome each, in order.
 
         `reconcile`: action id → when its earlier, unfinished attempt began (its ledger intent);
-        those are looked for in the CRM before anything is created. `claimed`: object ids already
-        recorded for other actions of the company.
+        those are looked for in the CRM before anything is created. `claimed`: object id → the
+        action whose ledger entry names it (`processors.stages.reconcile`).
         """
         first = int(self._clock() * 1000)
         key = (crm.value, company_id)
@@ -482,7 +486,7 @@ class Deliverer:
         budget = min(self._budget, SLOW_PROBE_BUDGET_S) if self.slow.failing(key) else self._budget
         attempts = 1
         doubtful = dict(reconcile or {})
-        claims = set(claimed or ())
+        claims: Claimant = claimed or (lambda object_id: None)
 
         def on_retry(attempt: int, error: TransientError, delay: float) -> None:
             nonlocal attempts, doubtful

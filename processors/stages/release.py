@@ -25,6 +25,7 @@ from processors.kafka import clients
 from processors.kafka.producer import Ack
 from processors.kafka.releaser import DelayReleaser
 from processors.stages.common import StageContext, now_ms
+from processors.state.ledger import due_key
 
 log = logging.getLogger("crm_sync.release")
 
@@ -53,7 +54,7 @@ def make_releasers(ctx: StageContext) -> list[DelayReleaser]:
     async def emit(held: Held) -> Ack:
         metrics.released.labels(held.crm).inc()
         metrics.lateness.labels(held.crm).observe(max(0.0, (now_ms() - held.late_from) / 1000))
-        return await ctx.send(cfg.topics.due(Crm(held.crm)), held.action_id.encode(), resumed_value(held), held.headers)
+        return await ctx.send(cfg.topics.due(Crm(held.crm)), due_key(held.company_id), resumed_value(held), held.headers)
 
     async def repark(held: Held) -> Ack:
         metrics.reparked.labels(held.crm).inc()

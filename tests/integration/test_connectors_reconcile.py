@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
+from connectors import hubspot
+from connectors.credentials import SalesforceCredentials
 from connectors.errors import PermanentError, TransientError
-from connectors.hubspot import HubSpotClient
+from connectors.hubspot import NO_ASSOCIATIONS, HubSpotClient
 from connectors.salesforce import SalesforceClient, soql_datetime
 from connectors.sandbox import CrmSandbox, Fault, hubspot_objects, soql
 
@@ -46,8 +48,9 @@ def test_find_tasks_for_filters_by_who_and_created_date(sb: CrmSandbox, sf: Sale
 
     assert sorted(found, key=lambda t: t["Subject"]) == [
         {"Id": at, "WhoId": contact, "Subject": "at", "ActivityDate": "2026-12-02",
-         "Description": "line 1\nline 2"},
-        {"Id": later, "WhoId": lead, "Subject": "later", "ActivityDate": "", "Description": ""},
+         "Description": "line 1\nline 2", "CreatedDate": "2026-12-01T09:00:00.000+0000"},
+        {"Id": later, "WhoId": lead, "Subject": "later", "ActivityDate": "", "Description": "",
+         "CreatedDate": "2026-12-01T09:30:00.250+0000"},
     ]
     assert sb.calls()["salesforce GET query"] == 1
 
@@ -204,3 +207,88 @@ def test_sandbox_v4_batch_read_has_hubspots_shapes(sb: CrmSandbox) -> None:
     assert read.status_code == 207
     assert [r["id"] for r in read.json()["results"]] == [created["id"]]
     assert read.json()["errors"][0]["context"]["ids"] == ["1"]
+
+
+# --- HubSpot: "none found" answers, the external-id check without search, unique conflicts -----
+
+
+def test_a_404_that_only_says_no_associations_means_none_found(sb: CrmSandbox, hs: HubSpotClient) -> None:
+    contact = sb.hubspot.add_contact("c@example.com")
+    sb.inject(Fault("hubspot", 404, error_code=NO_ASSOCIATIONS, path_contains="/crm/v4/associations"))
+    assert hs.associated_objects("meetings", [contact], ["hs_meeting_title"]) == {contact: []}
+    sb.inject(Fault("hubspot", 404, path_contains="/crm/v4/associations"))  # a 404 that says something else
+    with pytest.raises(PermanentError):
+        hs.associated_objects("meetings", [contact], ["hs_meeting_title"])
+
+
+def test_a_207_whose_errors_word_no_associations_differently_means_none_found() -> None:
+    for category, sub, message in (
+        ("OBJECT_NOT_FOUND", NO_ASSOCIATIONS, "whatever"),
+        ("VALIDATION_ERROR", None, "No meeting is associated with contact 123."),
+        ("OBJECT_NOT_FOUND", None, "No associations found for 123"),
+    ):
+        assert hubspot._benign(NO_ASSOCIATIONS, category, sub, message)
+    assert not hubspot._benign(NO_ASSOCIATIONS, "OBJECT_NOT_FOUND", None, "Resource not found")
+    assert not hubspot._benign(NO_ASSOCIATIONS, "RATE_LIMITS", None, "You have reached your limit")
+
+
+def _unique_property(sb: CrmSandbox, name: str = "crm_sync_action_id") -> str:
+    sb.hubspot.custom_properties.add(name)
+    sb.hubspot.unique_properties.setdefault("meetings", set()).add(name)
+    return name
+
+
+def test_the_external_id_check_sees_a_meeting_the_lagging_search_does_not(sb: CrmSandbox, hs: HubSpotClient) -> None:
+    prop = _unique_property(sb)
+    sb.hubspot.search_lag_seconds = 30.0
+    contact = sb.hubspot.add_contact("c@example.com")
+    [created] = hs.create_meetings([({"hs_timestamp": "1", prop: "act-1"}, contact)])
+
+    assert hs.find_by_property("meetings", prop, ["act-1", "act-2"]) == {"act-1": created.id}
+    assert "hubspot POST /crm/v3/objects/meetings/search" not in sb.calls()  # read by the unique property
+
+
+def test_the_external_id_check_falls_back_to_search_for_a_property_without_unique_values(sb: CrmSandbox, hs: HubSpotClient) -> None:
+    sb.hubspot.custom_properties.add("plain_id")
+    contact = sb.hubspot.add_contact("c@example.com")
+    [created] = hs.create_meetings([({"hs_timestamp": "1", "plain_id": "act-1"}, contact)])
+    assert hs.find_by_property("meetings", "plain_id", ["act-1"]) == {"act-1": created.id}
+
+
+def test_a_unique_value_conflict_resolves_to_the_existing_object(sb: CrmSandbox, hs: HubSpotClient) -> None:
+    prop = _unique_property(sb)
+    contact = sb.hubspot.add_contact("c@example.com")
+    [first] = hs.create_meetings([({"hs_timestamp": "1", prop: "act-1"}, contact)])
+
+    again, fresh = hs.create_meetings([({"hs_timestamp": "1", prop: "act-1"}, contact),
+                                       ({"hs_timestamp": "1", prop: "act-2"}, contact)])
+
+    assert (again.id, again.existing, again.ok) == (first.id, True, True)
+    assert fresh.ok and not fresh.existing and fresh.id != first.id
+    assert len(sb.hubspot.list_meetings()) == 2
+    single = hs._create_single("meetings", {"properties": {"hs_timestamp": "1", prop: "act-2"}, "associations": []})
+    assert (single.id, single.existing) == (fresh.id, True)
+
+
+def test_sandbox_search_lag_and_clock_skew(sb: CrmSandbox, hs: HubSpotClient) -> None:
+    from connectors.sandbox import records
+
+    contact = sb.hubspot.add_contact("c@example.com")
+    sb.hubspot.search_lag_seconds = 30.0
+    prop = _unique_property(sb)
+    hs.create_meetings([({"hs_timestamp": "1", prop: "act-1"}, contact)])
+    assert hs._search_by_property("meetings", prop, ["act-1"]) == {}
+    sb.hubspot.search_lag_seconds = 0.0
+    assert list(hs._search_by_property("meetings", prop, ["act-1"])) == ["act-1"]
+
+    try:
+        records.clock_skew_seconds = -90.0
+        owner = sb.salesforce.add_user("owner@example.com")
+        who = sb.salesforce.add_contact("p@example.com", owner_id=owner)
+        sf_client = SalesforceClient(SalesforceCredentials(instance_url=sb.salesforce_url, session_id=sb.session_id), sb.ca_file, timeout=5)
+        sf_client.create_task({"Subject": "s", "OwnerId": owner, "WhoId": who})
+        [task] = sf_client.find_tasks_for([who], 0)
+        behind = datetime.now(timezone.utc).timestamp() - datetime.fromisoformat(task["CreatedDate"].replace("+0000", "+00:00")).timestamp()
+        assert 85 < behind < 120
+    finally:
+        records.clock_skew_seconds = 0.0

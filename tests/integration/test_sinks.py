@@ -170,9 +170,12 @@ def test_a_revoked_tenant_does_not_delay_the_others_and_its_failures_can_be_retr
     retried = subprocess.run([*cli, "retry", letter["dead_letter_id"]], cwd=ROOT, env=env, capture_output=True, text=True)
     assert retried.returncode == 0, retried.stderr
     wait_for(lambda: len(sandbox.hubspot.list_meetings()) == 2, 30, what="the retried meeting")
-    # The retry sits on the partition of the action's first copy, where the sink's ledger entry for it goes.
-    copies = [m for m in read_all(deployment.bootstrap, deployment.topics.due_hubspot) if m.key() == letter["action"]["action_id"].encode()]
+    # The retry sits on the partition of the action's first copy, where the sink's ledger entry for it goes
+    # (the due topic is keyed by company).
+    wanted = letter["action"]["action_id"].encode()
+    copies = [m for m in read_all(deployment.bootstrap, deployment.topics.due_hubspot) if dict(m.headers() or []).get("action_id") == wanted]
     assert len(copies) == 2 and copies[0].partition() == copies[1].partition()
+    assert {m.key() for m in copies} == {b"revoked-co"}
 
     again = subprocess.run([*cli, "retry", "--company", "revoked-co"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

@@ -136,3 +136,29 @@ def test_a_ledger_with_other_partitions_than_its_due_topic_is_refused() -> None:
     check_ledgers(Config(), {t.due_salesforce: 6})  # just created: not in the metadata yet
     with pytest.raises(ValueError, match="crm-sync.ledger.hubspot.v1 has 3 partitions"):
         check_ledgers(Config(), {**same, t.ledger_hubspot: 3})
+
+
+def test_a_claim_names_the_action_of_an_object_in_its_partition_and_company() -> None:
+    written: list[tuple[int, bytes, bytes]] = []
+
+    async def write(partition: int, key: bytes, value: bytes) -> Any:
+        written.append((partition, key, value))
+        return asyncio.sleep(0)
+
+    async def scenario() -> Ledger:
+        ledger = Ledger(topic="l", write=write, reader_config={}, keep_ms=HOUR_MS, clock=FakeClock())
+        await (await ledger.claim(1, "acme", "00T1", "act-1"))
+        return ledger
+
+    ledger = asyncio.run(scenario())
+    assert ledger.claimant(1, "acme", "00T1") == "act-1"
+    assert ledger.claimant(1, "other", "00T1") is None  # tenant-scoped
+    assert ledger.claimant(0, "acme", "00T1") is None
+    assert ledger.get(1, "acme", "00T1") is None  # a claim is not an action's entry
+    assert written == [(1, b"acme/object:00T1", b"act-1")]
+
+
+def test_the_due_topic_is_keyed_by_company() -> None:
+    from processors.state.ledger import due_key
+
+    assert due_key("acme") == b"acme"
