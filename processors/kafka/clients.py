@@ -119,10 +119,9 @@ def check_options(config: Config, *, worker: bool) -> None:
         elif key in _AIOKAFKA_INT:
             if not value.isdigit() or int(value) <= 0:
                 problems.append(f"{var}: expected a whole number of milliseconds (> 0), got (hidden)")
-    if worker:
-        problems += _aiokafka_problems(config)
-    if not problems:
-        problems = _librdkafka_problems(config)
+    problems = problems or _librdkafka_problems(config)
+    if worker and not problems:
+        problems = _aiokafka_problems(config)
     if problems:
         raise ConfigError(problems)
 
