@@ -107,9 +107,10 @@ _SILENT.addHandler(logging.NullHandler())
 
 
 def check_options(config: Config, *, worker: bool) -> None:
-    """ConfigError naming each passthrough variable librdkafka (and, for the worker, its aiokafka
-    consumers) cannot take; values never appear. librdkafka's own check runs by building one
-    throwaway producer without a bootstrap server (so it connects nowhere) and dropping it."""
+    """ConfigError naming each passthrough variable that cannot apply, values never shown: keys with
+    a variable of their own or that crm-sync sets itself, then librdkafka's own check (a throwaway
+    producer without a bootstrap server, so it connects nowhere), then, for the worker, what its
+    aiokafka consumers cannot take."""
     problems: list[str] = []
     for var, key, value in config.kafka_options:
         if key in _OWN_VARIABLE:
@@ -128,10 +129,10 @@ def check_options(config: Config, *, worker: bool) -> None:
 
 def _aiokafka_problems(config: Config) -> list[str]:
     """What the stages' aiokafka consumers cannot apply, so a setting never holds for some clients only."""
-    problems = []
+    problems: list[str] = []
     if config.sasl_mechanism == "OAUTHBEARER":
         problems.append("KAFKA_SASL_MECHANISM: expected PLAIN or SCRAM-* for the worker (its aiokafka consumers cannot fetch OAUTHBEARER tokens), got OAUTHBEARER")
-    known = set(_AIOKAFKA_INT) | set(_AIOKAFKA_STR) | _AIOKAFKA_TLS | _PRODUCER_ONLY | _OWN_SETTING | set(_OWN_VARIABLE)
+    known = set(_AIOKAFKA_INT) | set(_AIOKAFKA_STR) | _AIOKAFKA_TLS | _PRODUCER_ONLY
     for var, key, _ in config.kafka_options:
         if key not in known:
             problems.append(f"{var}: expected a key the worker's aiokafka consumers can apply too (see docs/kafka-clients.md), got {key}")
