@@ -24,7 +24,12 @@ from processors.domain.model import Crm
 from processors.domain.release import MAX_AHEAD_MS, RetryTier, tier_for
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+# `CRM_SYNC_KAFKA_<KEY>` passes librdkafka's `key` (lower case, `_` read as `.`) to every Kafka
+# client; `processors.kafka.clients` validates and applies them.
+KAFKA_PASSTHROUGH_PREFIX = "CRM_SYNC_KAFKA_"
+# Variables under that prefix that are not librdkafka keys (the container build's Kafka jars).
+_NOT_PASSTHROUGH = frozenset({"CRM_SYNC_KAFKA_LIBS"})
 CONSOLE_ROLES = ("admin", "viewer")  # admin may change, viewer may only look
 
 
@@ -179,6 +184,8 @@ class Config:
     sink_batch_size: _Count = _env("CRM_SYNC_SINK_BATCH_SIZE", 200)
     ledger_keep_hours: _Hours = _env("CRM_SYNC_LEDGER_KEEP_HOURS", 168.0)
     group_instance_id: str | None = _env("CRM_SYNC_GROUP_INSTANCE_ID", None)
+    # (variable, librdkafka key, value) of each `CRM_SYNC_KAFKA_<KEY>`; values may be secrets.
+    kafka_options: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
     ingest_batch_size: _Count = _env("CRM_SYNC_INGEST_BATCH_SIZE", 1000)
     # Ingest's decode → plan → encode in this many processes of its own; 0: in the worker's process.
     ingest_processes: _Processes = _env("CRM_SYNC_INGEST_PROCESSES", 0)
@@ -351,7 +358,20 @@ class Config:
         if problems := _sasl_problems(values):
             raise ConfigError(problems)
         topics = Topics(**{name: getattr(settings, var) for name, var in TOPIC_ENV.items()})
-        return cls(topics=topics, **{name: getattr(settings, var) for name, var in _CONFIG_ENV.items()})
+        return cls(
+            topics=topics, kafka_options=kafka_passthrough(env), **{name: getattr(settings, var) for name, var in _CONFIG_ENV.items()}
+        )
+
+
+def kafka_passthrough(env: Mapping[str, str]) -> tuple[tuple[str, str, str], ...]:
+    """Every set `CRM_SYNC_KAFKA_<KEY>` as (variable, librdkafka key, value), sorted by variable."""
+    return tuple(
+        sorted(
+            (var, var[len(KAFKA_PASSTHROUGH_PREFIX):].lower().replace("_", "."), value)
+            for var, value in env.items()
+            if var.startswith(KAFKA_PASSTHROUGH_PREFIX) and var not in _NOT_PASSTHROUGH and value != ""
+        )
+    )
 
 
 def _loopback(bind: str) -> bool:
@@ -374,7 +394,7 @@ def _load_dotenv() -> None:
 
 
 _CONFIG_ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Config) if "env" in f.metadata}
-_HIDDEN: frozenset[str] = frozenset(f.metadata["env"] for f in fields(Config) if not f.repr)
+_HIDDEN: frozenset[str] = frozenset(f.metadata["env"] for f in fields(Config) if not f.repr and "env" in f.metadata)
 
 
 def _settings_model() -> type[BaseSettings]:
@@ -421,11 +441,9 @@ def _sasl_problems(values: Mapping[str, str]) -> list[str]:
     protocol = values.get("KAFKA_SECURITY_PROTOCOL", "").upper()
     if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
         return []
-    needed = {
-        "KAFKA_SASL_MECHANISM": "one of " + ", ".join(_SASL_MECHANISMS),
-        "KAFKA_SASL_USERNAME": "a user name",
-        "KAFKA_SASL_PASSWORD": "a password",
-    }
+    needed = {"KAFKA_SASL_MECHANISM": "one of " + ", ".join(_SASL_MECHANISMS)}
+    if values.get("KAFKA_SASL_MECHANISM", "").upper() != "OAUTHBEARER":  # a token, from CRM_SYNC_KAFKA_SASL_OAUTHBEARER_*
+        needed.update({"KAFKA_SASL_USERNAME": "a user name", "KAFKA_SASL_PASSWORD": "a password"})
     return [
         f"{var}: expected {form} (KAFKA_SECURITY_PROTOCOL is {protocol}), got nothing"
         for var, form in needed.items()

@@ -3,7 +3,10 @@ stages' producer, admin, CLI, readers), aiokafka (the explicit-commit stages' co
 pieces Faust needs.
 
 Security (SPEC §10 `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_CA_LOCATION`) is derived
-once here, so every client of the worker, the CLI and the tools connects the same way.
+once here, so every client of the worker, the CLI and the tools connects the same way. The
+passthrough `CRM_SYNC_KAFKA_<KEY>` (docs/kafka-clients.md) goes to every librdkafka client as is,
+and to the aiokafka consumers through the few keys they know; `check_options` refuses at start what
+cannot apply. Passthrough values may be secrets: no message here ever shows one.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import ssl
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from processors.config import Config
+from processors.config import Config, ConfigError
 
-# One session for every group member of ours (stages and Faust): a dead worker's partitions move
-# after this long; heartbeats at a third of it.
+# One session for every group member of ours (stages and Faust), unless
+# CRM_SYNC_KAFKA_SESSION_TIMEOUT_MS says otherwise: a dead worker's partitions move after this long;
+# heartbeats at most every 3 s and at least three times a session.
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 3.0
 MAX_POLL_INTERVAL_MS = 300_000
@@ -32,7 +36,9 @@ class _TransientNotices(logging.Filter):
     not worth a line on every start. Anything else passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "load in progress: retrying" not in record.getMessage()
+        message = record.getMessage()
+        # One passthrough feeds producers and consumers alike: a consumer key on a producer is expected.
+        return "load in progress: retrying" not in message and "property and will be ignored by this" not in message
 
 
 LIBRDKAFKA_LOG.addFilter(_TransientNotices())
@@ -56,17 +62,140 @@ def librdkafka(config: Config) -> dict[str, Any]:
         conf["sasl.password"] = config.sasl_password
     if config.ssl_ca_location:
         conf["ssl.ca.location"] = config.ssl_ca_location
+    conf.update({key: value for _, key, value in config.kafka_options})
     return conf
+
+
+# Passthrough keys that have their own variable (one place for each setting) ...
+_OWN_VARIABLE = {
+    "bootstrap.servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "metadata.broker.list": "KAFKA_BOOTSTRAP_SERVERS",
+    "security.protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl.mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl.mechanisms": "KAFKA_SASL_MECHANISM",
+    "sasl.username": "KAFKA_SASL_USERNAME",
+    "sasl.password": "KAFKA_SASL_PASSWORD",
+    "ssl.ca.location": "KAFKA_SSL_CA_LOCATION",
+    "group.instance.id": "CRM_SYNC_GROUP_INSTANCE_ID",
+}
+# ... and keys crm-sync sets per client because its guarantees rest on them.
+_OWN_SETTING = frozenset({
+    "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level", "auto.offset.reset",
+    "enable.idempotence", "acks", "request.required.acks", "transactional.id", "partitioner",
+})
+# What the aiokafka consumers (the stages) can take, as their keyword ...
+_AIOKAFKA_INT = {
+    "session.timeout.ms": "session_timeout_ms",
+    "heartbeat.interval.ms": "heartbeat_interval_ms",
+    "max.poll.interval.ms": "max_poll_interval_ms",
+    "request.timeout.ms": "request_timeout_ms",
+    "metadata.max.age.ms": "metadata_max_age_ms",
+    "retry.backoff.ms": "retry_backoff_ms",
+}
+_AIOKAFKA_STR = {"client.id": "client_id", "client.rack": "client_rack"}
+# ... through the TLS context (client certificate, mTLS) ...
+_AIOKAFKA_TLS = frozenset({"ssl.certificate.location", "ssl.key.location", "ssl.key.password"})
+# ... or not at all because only producers use them.
+_PRODUCER_ONLY = frozenset({
+    "compression.type", "compression.codec", "compression.level", "linger.ms", "queue.buffering.max.ms",
+    "queue.buffering.max.messages", "queue.buffering.max.kbytes", "batch.size", "batch.num.messages",
+    "message.timeout.ms", "delivery.timeout.ms", "retries", "message.send.max.retries", "sticky.partitioning.linger.ms",
+})
+_SILENT = logging.getLogger("crm_sync.librdkafka.check")
+_SILENT.propagate = False
+_SILENT.addHandler(logging.NullHandler())
+
+
+def check_options(config: Config, *, worker: bool) -> None:
+    """ConfigError naming each passthrough variable that cannot apply, values never shown: keys with
+    a variable of their own or that crm-sync sets itself, then librdkafka's own check (a throwaway
+    producer without a bootstrap server, so it connects nowhere), then, for the worker, what its
+    aiokafka consumers cannot take."""
+    problems: list[str] = []
+    for var, key, value in config.kafka_options:
+        if key in _OWN_VARIABLE:
+            problems.append(f"{var}: expected a key without a variable of its own, got {key} (set {_OWN_VARIABLE[key]})")
+        elif key in _OWN_SETTING:
+            problems.append(f"{var}: expected a key crm-sync does not set itself, got {key}")
+        elif key in _AIOKAFKA_INT:
+            if not value.isdigit() or int(value) <= 0:
+                problems.append(f"{var}: expected a whole number of milliseconds (> 0), got (hidden)")
+    problems = problems or _librdkafka_problems(config)
+    if worker and not problems:
+        problems = _aiokafka_problems(config)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _aiokafka_problems(config: Config) -> list[str]:
+    """What the stages' aiokafka consumers cannot apply, so a setting never holds for some clients only."""
+    problems: list[str] = []
+    if config.sasl_mechanism == "OAUTHBEARER":
+        problems.append("KAFKA_SASL_MECHANISM: expected PLAIN or SCRAM-* for the worker (its aiokafka consumers cannot fetch OAUTHBEARER tokens), got OAUTHBEARER")
+    known = set(_AIOKAFKA_INT) | set(_AIOKAFKA_STR) | _AIOKAFKA_TLS | _PRODUCER_ONLY
+    for var, key, _ in config.kafka_options:
+        if key not in known:
+            problems.append(f"{var}: expected a key the worker's aiokafka consumers can apply too (see docs/kafka-clients.md), got {key}")
+        elif key in _AIOKAFKA_TLS and config.security_protocol not in ("SSL", "SASL_SSL"):
+            problems.append(f"{var}: expected KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL for {key}, got {config.security_protocol}")
+    return problems
+
+
+def _librdkafka_problems(config: Config) -> list[str]:
+    """Each key and value alone first (so the error names its variable, aliases included), then
+    all of them with the security settings together."""
+    problems = [
+        f"{var}: expected a librdkafka property and a value it takes ({key}: {reason}), got (hidden)"
+        for var, key, value in config.kafka_options
+        if (reason := _refused({key: value}, config, per_key=True))
+    ]
+    if problems:
+        return problems
+    conf = {k: v for k, v in librdkafka(config).items() if k not in ("bootstrap.servers", "logger", "log_level")}
+    if reason := _refused(conf, config, per_key=False):
+        names = ", ".join(var for var, _, _ in config.kafka_options) or "KAFKA_SECURITY_PROTOCOL"
+        return [f"{names}: expected settings librdkafka accepts together, got: {reason}"]
+    return []
+
+
+def _refused(conf: dict[str, Any], config: Config, *, per_key: bool) -> str | None:
+    """librdkafka's reason for refusing `conf` on a throwaway producer that connects nowhere (no
+    bootstrap server), with every passthrough value and the password blanked; None if accepted.
+    Per key, only what is wrong with the key or value itself counts."""
+    try:
+        Producer({**conf, "logger": _SILENT, "log_level": 0})
+    except KafkaException as exc:
+        text = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+        if per_key and text.startswith("Failed to create"):  # a combination check: judged with all keys
+            return None
+        if per_key:
+            return "no such property" if text.startswith("No such") else "librdkafka refused the value"
+        secrets = [value for _, _, value in config.kafka_options] + [config.sasl_password or ""]
+        for value in sorted(filter(None, secrets), key=len, reverse=True):
+            text = text.replace(value, "(hidden)")
+        return text
+    return None
+
+
+def session_timeout_ms(config: Config) -> int:
+    """The group session of every member of ours (stages and Faust)."""
+    return _option_ms(config, "session.timeout.ms", int(SESSION_TIMEOUT_S * 1000))
+
+
+def heartbeat_interval_ms(config: Config) -> int:
+    return _option_ms(config, "heartbeat.interval.ms", min(int(HEARTBEAT_INTERVAL_S * 1000), session_timeout_ms(config) // 3))
+
+
+def _option_ms(config: Config, key: str, default: int) -> int:
+    value = next((v for _, k, v in config.kafka_options if k == key), None)
+    return int(value) if value is not None and value.isdigit() else default
 
 
 def producer(config: Config) -> dict[str, Any]:
     """The stages' librdkafka producer (`processors.kafka.sender`): every record acknowledged by all
     in-sync replicas, no duplicates from its own retries, keys partitioned as the Java clients and
     aiokafka do (murmur2), so the delay and ledger topics keep their companies' partitions."""
-    return dict(
-        librdkafka(config),
-        **{"acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5},
-    )
+    return {"linger.ms": 5, **librdkafka(config), "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -75,12 +204,24 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     from aiokafka.helpers import create_ssl_context
 
-    return create_ssl_context(cafile=config.ssl_ca_location)
+    tls = {key: value for _, key, value in config.kafka_options if key in _AIOKAFKA_TLS}
+    return create_ssl_context(
+        cafile=config.ssl_ca_location,
+        certfile=tls.get("ssl.certificate.location"),
+        keyfile=tls.get("ssl.key.location"),
+        password=tls.get("ssl.key.password"),
+    )
 
 
 def aiokafka(config: Config) -> dict[str, Any]:
-    """aiokafka settings shared by every aiokafka client (bootstrap and security)."""
+    """aiokafka settings shared by every aiokafka client (bootstrap, security and the passthrough
+    keys aiokafka knows; `check_options` refuses the others at start)."""
     options: dict[str, Any] = {"bootstrap_servers": config.bootstrap_servers, "security_protocol": config.security_protocol}
+    for _, key, value in config.kafka_options:
+        if key in _AIOKAFKA_INT and value.isdigit():
+            options[_AIOKAFKA_INT[key]] = int(value)
+        elif key in _AIOKAFKA_STR:
+            options[_AIOKAFKA_STR[key]] = value
     if config.sasl_mechanism:
         options.update(
             sasl_mechanism=config.sasl_mechanism,
@@ -99,16 +240,16 @@ def group_consumer(config: Config, group_id: str) -> dict[str, Any]:
     With a stable instance id (static membership) a restarted worker takes its partitions back at
     once instead of waiting for its old session to expire.
     """
-    options = dict(
-        aiokafka(config),
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-        session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
-        heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
-    )
+    options = {
+        "max_poll_interval_ms": MAX_POLL_INTERVAL_MS,
+        **aiokafka(config),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "session_timeout_ms": session_timeout_ms(config),
+        "heartbeat_interval_ms": heartbeat_interval_ms(config),
+    }
     if config.group_instance_id:
         options["group_instance_id"] = config.group_instance_id
     return options

@@ -685,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = Config.from_env()
         if _uses_broker(args):
+            clients.check_options(config, worker=args.command == "worker")
             clients.check_credentials(config)
         if args.command == "worker":
             from processors.worker.main import run_worker

@@ -73,10 +73,8 @@ TENANT_THREADS = 16
 # A tenant's threads end after this long without a call (longer than any inline retry's pause).
 TENANT_IDLE_SECONDS = 120.0
 REAP_EVERY_SECONDS = 30.0
-# The loop standing still this long may have cost the group session (`SESSION_TIMEOUT_S`): creates
-# wait until a session's length afterwards, by when the consumer knows whether it lost its partitions.
-STALL_THRESHOLD_S = SESSION_TIMEOUT_S / 2
-STALL_HOLD_S = 2 * SESSION_TIMEOUT_S
+# The loop standing still for half a group session may have cost the session: creates wait for two
+# sessions' length afterwards, by when the consumer knows whether it lost its partitions.
 
 
 def from_result(result: Result) -> Outcome:
@@ -242,6 +240,7 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         quota_defer_ratio: float = 0.95,
         quota_defer_seconds: float = 900.0,
+        session_timeout_s: float = SESSION_TIMEOUT_S,
     ) -> None:
         self._credentials = credentials
         self._ca_bundle = ca_bundle
@@ -264,7 +263,8 @@ class Deliverer:
         # a time (busy ones are deferred), so the calls under way are at most the companies of the
         # sinks' current batches (`CRM_SYNC_SINK_BATCH_SIZE`).
         self._executors = TenantExecutors(threads=threads_per_tenant)
-        self.stalls = StallGuard(threshold=STALL_THRESHOLD_S, hold=STALL_HOLD_S)
+        self._stall_hold = 2 * session_timeout_s
+        self.stalls = StallGuard(threshold=session_timeout_s / 2, hold=self._stall_hold)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
         self._reconciler = Reconciler(metrics, self._timed)
@@ -520,7 +520,7 @@ class Deliverer:
             )
             outcomes = [Outcome(DEFERRED, reason="crm_timeout")] * n
         except Stalled:
-            outcomes = [Outcome(DEFERRED, reason="worker_stalled", retry_after=self.stalls.remaining() or STALL_HOLD_S)] * n
+            outcomes = [Outcome(DEFERRED, reason="worker_stalled", retry_after=self.stalls.remaining() or self._stall_hold)] * n
         except TransientError as exc:
             outcomes = [Outcome(DEFERRED, reason=exc.code, error=exc, retry_after=exc.retry_after)] * n
         except AuthError as exc:

@@ -69,8 +69,8 @@ def build_app(rt: Runtime, history_partitions: int) -> faust.App:
         # worker serves its own views only (processors.worker.views).
         web_router_enabled=False,
         web_tables_enabled=False,
-        broker_session_timeout=clients.SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=clients.HEARTBEAT_INTERVAL_S,
+        broker_session_timeout=clients.session_timeout_ms(cfg) / 1000,
+        broker_heartbeat_interval=clients.heartbeat_interval_ms(cfg) / 1000,
     )
 
     # No Faust agent or table consumes anything (the stages have their own consumers): the app

@@ -109,6 +109,7 @@ def make_runtime(config: Config) -> Runtime:
         company_budget_seconds=config.sink_company_budget_seconds,
         quota_defer_ratio=config.quota_defer_ratio,
         quota_defer_seconds=config.quota_defer_seconds,
+        session_timeout_s=clients.session_timeout_ms(config) / 1000,
     )
     return Runtime(config, codec, settings, metrics, deliverer)
 

@@ -74,6 +74,7 @@ DEFAULTS = [
     ("sink_batch_size", 200),
     ("ledger_keep_hours", 168.0),
     ("group_instance_id", None),
+    ("kafka_options", ()),
     ("ingest_batch_size", 1000),
     ("ingest_processes", 0),
     ("sink_batch_window_seconds", 0.2),
@@ -203,7 +204,7 @@ BAD = [
     ("CRM_SYNC_METRICS_PORT", "65536", "a port number (1..65535)"),
     ("CRM_SYNC_METRICS_PORT", "http", "a port number (1..65535)"),
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
-    ("KAFKA_SASL_MECHANISM", "GSSAPI", "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ("KAFKA_SASL_MECHANISM", "GSSAPI", "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER"),
     ("CRM_SYNC_LOG_LEVEL", "TRACE", "one of DEBUG, INFO, WARNING, ERROR"),
     ("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", "on", "a boolean (true/false, 1/0, yes/no)"),
     ("CRM_SYNC_ALLOW_DEFAULT_CREDENTIALS", "2", "a boolean (true/false, 1/0, yes/no)"),
@@ -318,3 +319,8 @@ def test_schema_registry_credentials_are_read_and_stay_out_of_repr() -> None:
 def test_rotated_tokens_are_kept_beside_the_state_unless_a_token_directory_is_named() -> None:
     assert Config.from_env({"CRM_SYNC_STATE_DIR": "/var/state"}).tokens_dir == Path("/var/state/tokens")
     assert Config.from_env({"CRM_SYNC_TOKEN_DIR": "/shared/tokens"}).tokens_dir == Path("/shared/tokens")
+
+
+def test_oauthbearer_needs_no_user_name_or_password() -> None:
+    config = Config.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "oauthbearer"})
+    assert (config.sasl_mechanism, config.sasl_username) == ("OAUTHBEARER", None)
