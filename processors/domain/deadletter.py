@@ -4,6 +4,11 @@ A dead letter must always be producible, whatever the record that failed: the or
 kept whole only up to `ORIGINAL_PREFIX_BYTES`; beyond that it keeps a prefix, and always the full
 length and sha256, so an admin can tell what it was and find the rest by topic, partition and
 offset (`dlq retry` re-reads it from there). The key and the message are bounded the same way.
+
+The original record's headers (a `traceparent`, say) are kept too, each whole or not at all (a cut
+header value would be re-sent corrupt by `dlq retry`), up to `ORIGINAL_HEADERS_MAX` headers and
+`ORIGINAL_HEADERS_BYTES` bytes. On Kafka the letter carries them again as record headers, beside
+Kafka Connect's `__connect.errors.*` headers, so generic dead-letter tools can read it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from processors.domain.records import action_to_record
 ORIGINAL_PREFIX_BYTES = 64 * 1024
 ORIGINAL_KEY_BYTES = 1024
 MESSAGE_CHARS = 4000
+ORIGINAL_HEADERS_MAX = 64
+ORIGINAL_HEADERS_BYTES = 16 * 1024
+# Kafka Connect's dead-letter header names (`DeadLetterQueueReporter`); ours are not forwarded twice.
+CONNECT_PREFIX = "__connect.errors."
 # What the whole letter may take (librdkafka refuses records over 1,000,000 bytes): room for the
 # Avro framing and headers beside an action and a prefix.
 LETTER_BUDGET_BYTES = 900_000
@@ -33,6 +42,10 @@ class Source(NamedTuple):
     offset: int
     key: bytes | None = None
     value: bytes | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+Header = tuple[str, bytes | None]
 
 
 def dead_letter_id(source: Source, stage: str, action_id: str | None = None) -> str:
@@ -59,11 +72,44 @@ def _approx_size(value: Any) -> int:
     return 10
 
 
-def prefix_limit(action_record: dict[str, Any] | None) -> int:
-    """How much of the original value fits beside the letter's action."""
+def prefix_limit(action_record: dict[str, Any] | None, headers_size: int = 0) -> int:
+    """How much of the original value fits beside the letter's action and kept headers."""
     if action_record is None:
         return ORIGINAL_PREFIX_BYTES
-    return max(0, min(ORIGINAL_PREFIX_BYTES, LETTER_BUDGET_BYTES - _approx_size(action_record)))
+    return max(0, min(ORIGINAL_PREFIX_BYTES, LETTER_BUDGET_BYTES - _approx_size(action_record) - headers_size))
+
+
+def bounded_headers(headers: tuple[Header, ...] | list[Header]) -> list[Header]:
+    """The headers kept whole, in order, while their count and bytes stay within the bounds; the
+    rest stay on the original record (topic, partition, offset)."""
+    kept: list[Header] = []
+    used = 0
+    for key, value in headers:
+        size = len(key.encode("utf-8", "replace")) + (len(value) if value is not None else 0)
+        if key.startswith(CONNECT_PREFIX) or len(kept) >= ORIGINAL_HEADERS_MAX or used + size > ORIGINAL_HEADERS_BYTES:
+            continue
+        kept.append((key, value))
+        used += size
+    return kept
+
+
+def connect_headers(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """Kafka Connect's error headers for a letter, each value a UTF-8 string as Connect writes it."""
+    values = {
+        "topic": letter["source_topic"],
+        "partition": str(letter["source_partition"]),
+        "offset": str(letter["source_offset"]),
+        "stage": letter["stage"],
+        "exception.class.name": letter["error_class"],
+        "exception.message": letter["message"],
+    }
+    return [(CONNECT_PREFIX + name, value.encode("utf-8", "replace")) for name, value in values.items()]
+
+
+def letter_headers(letter: dict[str, Any]) -> list[Header]:
+    """The Kafka headers of a dead-letter record: the original record's kept headers, then Connect's."""
+    original = [(h["key"], h["value"]) for h in letter.get("original_headers") or []]
+    return [*original, *connect_headers(letter)]
 
 
 def dead_letter(
@@ -82,7 +128,8 @@ def dead_letter(
     last_attempt_at: int | None = None,
 ) -> dict[str, Any]:
     action_record = action_to_record(action) if action else None
-    limit = prefix_limit(action_record)
+    headers = bounded_headers(source.headers)
+    limit = prefix_limit(action_record, _approx_size([[k, v] for k, v in headers]))
     return {
         "dead_letter_id": dead_letter_id(source, stage, action.action_id if action else None),
         "stage": stage,
@@ -96,6 +143,7 @@ def dead_letter(
         "original_value": source.value[:limit] if source.value is not None else None,
         "original_length": len(source.value) if source.value is not None else None,
         "original_sha256": hashlib.sha256(source.value).hexdigest() if source.value is not None else None,
+        "original_headers": [{"key": k, "value": v} for k, v in headers] if headers else None,
         "action": action_record,
         "company_id": company_id or (action.company_id if action else None),
         "crm": crm or (action.crm.value if action else None),

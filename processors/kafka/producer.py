@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Protocol, Sequence
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
 Ack = Awaitable[Any]
 Acks = list[Ack]
 

@@ -665,6 +665,40 @@ def _run_console(args: argparse.Namespace, config: Config) -> None:
     serve(config)
 
 
+SETTINGS_LOGGER = "processors.state.settings"  # the settings table's logger (not imported: `health` stays light)
+REFUSED_SETTINGS_NOTE = (
+    "crm-sync: note: {count} settings records were refused and ignored; "
+    "list them with `crm-sync dlq list --error-class SettingsError`"
+)
+
+
+class _RefusedSettings(logging.Filter):
+    """Counts the settings table's per-record refusal warnings instead of letting each print a line:
+    a command reads the whole settings topic (a change reads it more than once), so a burst of bad
+    records would bury its output. Counted by position, so a re-read counts nothing twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: set[tuple[Any, Any]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from processors.state.settings import REFUSED_LOG
+
+        if record.msg != REFUSED_LOG:
+            return True
+        self.positions.add((getattr(record, "partition", None), getattr(record, "offset", None)))
+        return False
+
+
+def _count_refused_settings(command: str) -> _RefusedSettings | None:
+    """For one-shot commands only: the worker and the console are services whose log keeps each line."""
+    if command in ("worker", "console", "health"):
+        return None
+    tally = _RefusedSettings()
+    logging.getLogger(SETTINGS_LOGGER).addFilter(tally)
+    return tally
+
+
 def _uses_broker(args: argparse.Namespace) -> bool:
     """`acls print`, `history --url`, `crm`, `health` and `console --hash-password` never talk to
     Kafka, so they need no broker credentials."""
@@ -678,6 +712,19 @@ def _uses_broker(args: argparse.Namespace) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tally = _count_refused_settings(args.command)
+    try:
+        code = _main(args)
+    finally:
+        if tally is not None:
+            logging.getLogger(SETTINGS_LOGGER).removeFilter(tally)
+    # Only on success: a failing command's whole stderr stays its one-line reason.
+    if code == 0 and tally is not None and tally.positions:
+        print(REFUSED_SETTINGS_NOTE.format(count=len(tally.positions)), file=sys.stderr)
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     # The one-line reason is the CLI's whole error output; librdkafka's own lines would add to it.
     clients.LIBRDKAFKA_LOG.propagate = False
     clients.LIBRDKAFKA_LOG.addHandler(logging.NullHandler())

@@ -245,7 +245,8 @@ class FailureAdmin:
                     f"it keeps only the first {len(record['original_value'])} of the original's {record['original_length']} bytes; "
                     f"the whole record is at {record['source_topic']} partition {record['source_partition']} offset {record['source_offset']}"
                 )
-            self._producer.produce(record["source_topic"], key=record.get("original_key"), value=record["original_value"])
+            headers = [(h["key"], h["value"]) for h in record.get("original_headers") or []]
+            self._producer.produce(record["source_topic"], key=record.get("original_key"), value=record["original_value"], headers=headers)
             return None
         return f"a {record['stage']} failure carries no action or input record to send again; resolve it instead"
 

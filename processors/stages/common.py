@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from connectors.retry import RetryPolicy
 from processors.codec import Codec, RegistryUnavailableError
 from processors.config import Config
-from processors.domain.deadletter import Source
+from processors.domain.deadletter import Source, letter_headers
 from processors.domain.deadletter_index import entry_of
 from processors.domain.history import HistoryRecord, company_timezone, local_day
 from processors.kafka.producer import Ack, Send, partition_for
@@ -64,7 +64,7 @@ class StageContext:
             },
         )
         key = (letter["company_id"] or "").encode()
-        sent = await self.send(self.config.topics.dead_letter, key, self.codec.encode("DeadLetter", letter))
+        sent = await self.send(self.config.topics.dead_letter, key, self.codec.encode("DeadLetter", letter), letter_headers(letter))
         entry = entry_of(letter)
         indexed = await self.send(self.config.topics.dead_letter_index, entry.key, entry.to_json())
         return asyncio.gather(sent, indexed)
@@ -95,7 +95,8 @@ class StageContext:
 
 
 def source_of(record: ConsumerRecord) -> Source:
-    return Source(record.topic, record.partition, record.offset, record.key, record.value)
+    """The record's provenance for a dead letter, headers included (a `traceparent` survives a retry)."""
+    return Source(record.topic, record.partition, record.offset, record.key, record.value, tuple(record.headers or ()))
 
 
 async def until_registry_answers(step: Callable[[], Awaitable[None]]) -> None:

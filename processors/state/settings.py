@@ -41,6 +41,8 @@ from processors.kafka.read import NotCaughtUp, TopicReader
 from processors.state.table import Table
 
 log = logging.getLogger(__name__)
+# The warning for each refused or malformed settings record (the CLI counts these instead of printing each).
+REFUSED_LOG = "settings record refused"
 
 ChangeListener = Callable[[str], None]
 Doc = CompanySettings | MeetingTypeSettings
@@ -392,7 +394,7 @@ class SettingsStore:
             self._decided.notify_all()
         if refusal is not None:
             log.warning(
-                "settings record refused",
+                REFUSED_LOG,
                 extra={"reason": refusal.value, "detail": detail, "partition": msg.partition(), "offset": msg.offset()},
             )
 

@@ -277,3 +277,27 @@ def test_map_unmap_recheck_and_apply_copies_mappings(cli: Cli) -> None:
     assert "rising" in cli.fails("settings", "recheck", "--company", "m", "--after", "60m,20m")
     assert "off" in cli.ok("settings", "recheck", "--company", "m", "--off")
     assert cli.show("m")["company"]["contact_recheck_seconds"] == []
+
+
+def test_bad_settings_records_are_reported_once_as_a_count_with_the_command_that_lists_them(cli: Cli, kafka_bootstrap: str) -> None:
+    from confluent_kafka import Producer
+
+    company = f"noisy-{uuid.uuid4().hex[:6]}"
+    c = ("--company", company)
+    cli.ok("settings", "connect", *c, "--crm", "salesforce")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for n in range(3):
+        producer.produce(cli.env["CRM_SYNC_TOPIC_SETTINGS"], key=f"company/bad-{n}".encode(), value=b"not a settings record")
+    assert producer.flush(30) == 0
+
+    done = cli.run("settings", "show", *c, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["company"]["company_id"] == company
+    assert done.stderr.splitlines() == [
+        "crm-sync: note: 3 settings records were refused and ignored; list them with `crm-sync dlq list --error-class SettingsError`"
+    ]
+    # A change reads the settings more than once (compare-and-set): still one line, the same count.
+    changed = cli.run("settings", "pause", *c)
+    assert changed.returncode == 0 and len(changed.stderr.splitlines()) == 1 and "3 settings records" in changed.stderr, changed.stderr
+    # An error stays the one line scripts read.
+    assert "unknown company" in cli.fails("settings", "show", "--company", f"{company}-missing")

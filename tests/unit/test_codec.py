@@ -135,6 +135,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "original_value": b"\xc3\x01\x00\xff",
         "original_length": 4,
         "original_sha256": "9e8d2fb27b12ab66c12f4698113452f0786a58fc9d6330d73a75df0677912d48",
+        "original_headers": [{"key": "traceparent", "value": b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, {"key": "empty", "value": None}],
         "action": ACTION,
         "company_id": "acme",
         "crm": "salesforce",
@@ -386,6 +387,13 @@ def test_settings_written_before_versions_decode_as_version_0_without_an_audit_i
     record = {k: v for k, v in RECORDS[name].items() if k not in UNVERSIONED}
     decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
     assert decoded.value == {**record, **UNVERSIONED}
+
+
+def test_dead_letters_written_before_original_headers_decode_without_them(codec: Codec) -> None:
+    old = history_schema("DeadLetter.v2.avsc")
+    record = {k: v for k, v in RECORDS["DeadLetter"].items() if k != "original_headers"}
+    decoded = codec.decode(b"\xc3\x01" + schema_fingerprint(old) + avro_body(old, record))
+    assert decoded.value == {**record, "original_headers": None}
 
 
 def test_older_company_settings_get_the_default_timezone(codec: Codec) -> None:

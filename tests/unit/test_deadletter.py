@@ -1,6 +1,7 @@
 """A dead letter is always producible: a bounded prefix of the original value with its full length
 and sha256 (the topic, partition and offset find the rest), a bounded key and message, and less of
-the original beside a large action."""
+the original beside a large action. The original headers are kept whole within bounds, and the Kafka
+record carries them with Kafka Connect's error headers."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from processors.codec import Codec
 from processors.domain.deadletter import (
     LETTER_BUDGET_BYTES,
     MESSAGE_CHARS,
+    ORIGINAL_HEADERS_BYTES,
+    ORIGINAL_HEADERS_MAX,
     ORIGINAL_KEY_BYTES,
     ORIGINAL_PREFIX_BYTES,
     Source,
+    connect_headers,
     dead_letter,
+    letter_headers,
 )
 from tests.unit.test_routing import action
 
@@ -76,3 +81,55 @@ def test_dlq_retry_refuses_to_re_ingest_a_prefix_and_says_where_the_whole_record
         f"it keeps only the first {ORIGINAL_PREFIX_BYTES} of the original's 1010000 bytes; "
         f"the whole record is at {config.topics.meetings} partition 1 offset 42"
     ]
+
+
+TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def letter_with_headers(headers: tuple[tuple[str, bytes | None], ...]) -> dict[str, object]:
+    return dead_letter(stage="decode", error_class="DecodeError", message="bad magic byte", source=Source("in", 1, 42, b"k", b"v", headers), now_ms=NOW)
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        ((), None),
+        ((("traceparent", TRACEPARENT), ("empty", None)), [("traceparent", TRACEPARENT), ("empty", None)]),
+        # Each header whole or not at all: one too large is left out, the next that fits is kept.
+        ((("big", b"x" * (ORIGINAL_HEADERS_BYTES + 1)), ("traceparent", TRACEPARENT)), [("traceparent", TRACEPARENT)]),
+        (tuple((f"h{i}", b"1") for i in range(ORIGINAL_HEADERS_MAX + 5)), [(f"h{i}", b"1") for i in range(ORIGINAL_HEADERS_MAX)]),
+        # A record that was itself a Connect dead letter: its error headers are not carried twice.
+        ((("__connect.errors.topic", b"old"), ("traceparent", TRACEPARENT)), [("traceparent", TRACEPARENT)]),
+    ],
+)
+def test_original_headers_are_kept_whole_within_count_and_byte_bounds(
+    headers: tuple[tuple[str, bytes | None], ...], kept: list[tuple[str, bytes | None]] | None
+) -> None:
+    letter = letter_with_headers(headers)
+    expected = None if kept is None else [{"key": k, "value": v} for k, v in kept]
+    assert letter["original_headers"] == expected
+
+
+def test_many_large_headers_stay_within_the_byte_bound_and_the_letter_encodes() -> None:
+    headers = tuple((f"h{i}", b"y" * 1000) for i in range(40))
+    letter = letter_with_headers(headers)
+    kept = letter["original_headers"]
+    assert isinstance(kept, list)
+    assert sum(len(h["key"]) + len(h["value"]) for h in kept) <= ORIGINAL_HEADERS_BYTES
+    assert len(Codec().encode("DeadLetter", letter)) < LETTER_BUDGET_BYTES
+
+
+def test_kafka_headers_are_the_original_ones_then_kafka_connects_as_utf8_strings() -> None:
+    letter = letter_with_headers((("traceparent", TRACEPARENT),))
+    assert letter_headers(letter) == [
+        ("traceparent", TRACEPARENT),
+        ("__connect.errors.topic", b"in"),
+        ("__connect.errors.partition", b"1"),
+        ("__connect.errors.offset", b"42"),
+        ("__connect.errors.stage", b"decode"),
+        ("__connect.errors.exception.class.name", b"DecodeError"),
+        ("__connect.errors.exception.message", b"bad magic byte"),
+    ]
+    long = dead_letter(stage="plan", error_class="ValueError", message="caf\u00e9 " + "x" * 10_000, source=Source("in", 0, 7), now_ms=NOW)
+    message = dict(connect_headers(long))["__connect.errors.exception.message"].decode("utf-8")
+    assert message.startswith("café") and len(message) == MESSAGE_CHARS
