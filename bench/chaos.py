@@ -30,8 +30,9 @@ the topics, `EventPublisher`, `SettingsAdmin`, the dead-letter reader and the wo
     i  100 contacts book a slot they already hold, a 503 on every second create: 2 meetings each
     o  kill -9 x5 with HubSpot search lagging 5 s and the CRMs' clock 90 s behind, without and with
        the external-id field/property
-    m  a 1.01 MB record and a 2**62 array count on every input partition, then bookings: each
-       dead-lettered within 30 s, every booking delivered (no registry: no hostile writer schemas)
+    m  a 1.01 MB record, a 2**62 array count and (Apicurio, started for it) a 20,000-deep recursive
+       and an array<null> writer schema on every input partition, then bookings: each
+       dead-lettered within 30 s, every booking delivered
 
 Progress goes to stderr, one table to stdout; the exit code is 1 if any scenario missed its goal.
 """
@@ -107,7 +108,7 @@ TITLES = {
     "j": "j paused, overdue + DLQ re-ingest", "l": "l re-checks beside transient retries",
     "k": "k 20 hung tenants", "n": "n rolling restart + frozen worker",
     "h": "h two ToDos through 503s", "i": "i same slot rebooked, 503s", "o": "o search lag + clock skew, kill -9",
-    "m": "m 1.01 MB + absurd-count records",
+    "m": "m 1.01 MB, absurd counts, hostile schemas",
 }
 HEADERS = ["scenario", "events", "lost", "duplicates (Salesforce)", "duplicates (HubSpot)", "dead letters", "max lateness (s)", "goal met"]
 
