@@ -16,9 +16,9 @@ import os
 import secrets
 import subprocess
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-from contextlib import contextmanager
 
 from confluent_kafka import Producer
 
