@@ -6,6 +6,7 @@ transaction (run on demand; never a test).
     .venv/bin/python bench/chaos.py --quick        # about 1/8 of the sizes, a few minutes
     .venv/bin/python bench/chaos.py --only a,c     # some scenarios
     .venv/bin/python bench/chaos.py --quick --ingest-processes 2   # the workers ingest in 2 processes each
+    .venv/bin/python bench/chaos.py --only k --worker-env CRM_SYNC_SINK_COMPANY_BUDGET_SECONDS=3
 
 Starts its own broker (deploy/kafka/kafka.sh in a temp dir, fixed ports so it can be stopped and
 restarted with its data) and one CrmSandbox in this process; every scenario gets a fresh app id,
@@ -29,6 +30,9 @@ the topics, `EventPublisher`, `SettingsAdmin`, the dead-letter reader and the wo
     i  100 contacts book a slot they already hold, a 503 on every second create: 2 meetings each
     o  kill -9 x5 with HubSpot search lagging 5 s and the CRMs' clock 90 s behind, without and with
        the external-id field/property
+    m  a 1.01 MB record, a 2**62 array count and (Apicurio, started for it) a 20,000-deep recursive
+       and an array<null> writer schema on every input partition, then bookings: each
+       dead-lettered within 30 s, every booking delivered
 
 Progress goes to stderr, one table to stdout; the exit code is 1 if any scenario missed its goal.
 """
@@ -56,6 +60,7 @@ from chaos_flow import scenario_j, scenario_l  # noqa: E402
 from chaos_fuzz import scenario_e, scenario_g  # noqa: E402
 from chaos_state import scenario_k, scenario_n  # noqa: E402
 from chaos_recon import scenario_h, scenario_i, scenario_o  # noqa: E402
+from chaos_hostile import scenario_m  # noqa: E402
 from connectors.sandbox import CrmSandbox  # noqa: E402
 from tests.integration.harness import free_port  # noqa: E402
 
@@ -95,6 +100,7 @@ SCENARIOS: dict[str, Callable[[Any], Row]] = {
     "j": scenario_j, "l": scenario_l,
     "k": scenario_k, "n": scenario_n,
     "h": scenario_h, "i": scenario_i, "o": scenario_o,
+    "m": scenario_m,
 }
 TITLES = {
     "a": "a kill -9 x5", "b": "b kill -9 x5, ext-id", "c": "c broker restart", "d": "d hung tenant",
@@ -102,6 +108,7 @@ TITLES = {
     "j": "j paused, overdue + DLQ re-ingest", "l": "l re-checks beside transient retries",
     "k": "k 20 hung tenants", "n": "n rolling restart + frozen worker",
     "h": "h two ToDos through 503s", "i": "i same slot rebooked, 503s", "o": "o search lag + clock skew, kill -9",
+    "m": "m 1.01 MB, absurd counts, hostile schemas",
 }
 HEADERS = ["scenario", "events", "lost", "duplicates (Salesforce)", "duplicates (HubSpot)", "dead letters", "max lateness (s)", "goal met"]
 
@@ -135,8 +142,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=int(time.time()), help="for the kill moments and the mutations")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs) afterwards")
     p.add_argument("--ingest-processes", type=int, default=0, help="the workers' CRM_SYNC_INGEST_PROCESSES (0: in-process)")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for every worker (repeatable), e.g. a setting to measure")
     args = p.parse_args()
-    Env.worker_env = {"CRM_SYNC_INGEST_PROCESSES": str(args.ingest_processes)}
+    extra = dict(item.split("=", 1) for item in args.worker_env)
+    Env.worker_env = {"CRM_SYNC_INGEST_PROCESSES": str(args.ingest_processes), **extra}
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
