@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, p in ss.choices.items():
         if name not in ("show", "log", "export", "diff"):  # the commands that change settings
             p.add_argument("--actor", help="who makes the change when the broker has no principal for it (default: the OS user)")
+            if name != "apply":  # apply has its own, for both of its forms
+                p.add_argument("--json", action="store_true", help="machine-readable output: the documents as written")
 
     dlq = _command(sub, "dlq", "failure history: list, show, retry and resolve failures")
     ds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -375,45 +377,57 @@ def _run_settings(args: argparse.Namespace, config: Config) -> None:
     elif cmd == "show":
         company, mts = admin.show(args.company)
         _print_settings(company, mts, args.json)
-    elif cmd in ("connect", "disconnect"):
-        admin.set_connected(args.company, Crm(args.crm), cmd == "connect")
-        print(f"{args.company}: {args.crm} {cmd}ed")
-    elif cmd == "company-todo":
-        admin.set_company_todo(args.company, args.event, args.on)
-        print(f"{args.company}: company-level Salesforce ToDo for {args.event.value} {'on' if args.on else 'off'}")
-    elif cmd == "set":
-        admin.set_toggle(args.company, args.meeting_type, Crm(args.crm), args.event, args.on)
-        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {'on' if args.on else 'off'}")
-    elif cmd == "content":
+    elif cmd in ("export", "diff") or (cmd == "apply" and args.file):
+        _settings_file(args, admin, cmd, _actor(args, config))
+    else:
+        docs, said = _change_settings(args, admin, cmd)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": cmd, "documents": [asdict(d) for d in docs]}, ensure_ascii=False, default=str))
+        else:
+            print(said)
+
+
+def _change_settings(args: argparse.Namespace, admin: Any, cmd: str) -> tuple[list[Any], str]:
+    """One settings change: the documents it wrote, and the line that says so."""
+    if cmd in ("connect", "disconnect"):
+        doc = admin.set_connected(args.company, Crm(args.crm), cmd == "connect")
+        return [doc], f"{args.company}: {args.crm} {cmd}ed"
+    if cmd == "company-todo":
+        doc = admin.set_company_todo(args.company, args.event, args.on)
+        return [doc], f"{args.company}: company-level Salesforce ToDo for {args.event.value} {'on' if args.on else 'off'}"
+    if cmd == "set":
+        doc = admin.set_toggle(args.company, args.meeting_type, Crm(args.crm), args.event, args.on)
+        return [doc], f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {'on' if args.on else 'off'}"
+    if cmd == "content":
         fields = {k: getattr(args, k) for k in ("meeting_type_name", "salesforce_subject", "salesforce_comment", "hubspot_meeting_title", "hubspot_meeting_body")}
         if all(v is None for v in fields.values()):
             raise CliError("nothing to change: give at least one of --name/--salesforce-subject/--salesforce-comment/--hubspot-title/--hubspot-body")
-        admin.set_content(args.company, args.meeting_type, **fields)
-        print(f"{args.company}/{args.meeting_type}: texts updated")
-    elif cmd == "timezone":
-        admin.set_timezone(args.company, args.tz)
-        print(f"{args.company}: timezone {args.tz}")
-    elif cmd in ("export", "diff") or (cmd == "apply" and args.file):
-        _settings_file(args, admin, cmd, _actor(args, config))
-    elif cmd == "apply":
+        doc = admin.set_content(args.company, args.meeting_type, **fields)
+        return [doc], f"{args.company}/{args.meeting_type}: texts updated"
+    if cmd == "timezone":
+        doc = admin.set_timezone(args.company, args.tz)
+        return [doc], f"{args.company}: timezone {args.tz}"
+    if cmd == "apply":
         if not (args.company and args.source and args.targets and args.crm and args.event):
             raise CliError("settings apply needs a FILE, or --company, --from, --to, --crm and --event")
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         docs = admin.apply(args.company, args.source, targets, Crm(args.crm), args.event)
-        print(f"{args.company}: applied {args.crm} {','.join(e.value for e in args.event)} from {args.source} to {', '.join(d.meeting_type_id for d in docs)}")
-    elif cmd in ("pause", "resume"):
-        admin.set_paused(args.company, cmd == "pause")
-        print(f"{args.company}: {cmd}d")
-    elif cmd == "map":
-        admin.map_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field, args.source, args.allow_core)
-        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} ← {args.source}")
-    elif cmd == "unmap":
-        admin.unmap_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field)
-        print(f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} unmapped")
-    elif cmd == "recheck":
+        return list(docs), (f"{args.company}: applied {args.crm} {','.join(e.value for e in args.event)} from {args.source} "
+                            f"to {', '.join(d.meeting_type_id for d in docs)}")
+    if cmd in ("pause", "resume"):
+        doc = admin.set_paused(args.company, cmd == "pause")
+        return [doc], f"{args.company}: {cmd}d"
+    if cmd == "map":
+        doc = admin.map_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field, args.source, args.allow_core)
+        return [doc], f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} ← {args.source}"
+    if cmd == "unmap":
+        doc = admin.unmap_field(args.company, args.meeting_type, Crm(args.crm), args.event, args.field)
+        return [doc], f"{args.company}/{args.meeting_type}: {args.crm} {args.event.value} {args.field} unmapped"
+    if cmd == "recheck":
         doc = admin.set_contact_recheck(args.company, [] if args.off else args.after)
         after = ",".join(f"{d}s" for d in doc.contact_recheck_seconds)
-        print(f"{args.company}: contact re-check {'after ' + after if after else 'off'}")
+        return [doc], f"{args.company}: contact re-check {'after ' + after if after else 'off'}"
+    raise CliError(f"unknown settings command {cmd}")
 
 
 def _run_dlq(args: argparse.Namespace, config: Config) -> None:

@@ -94,6 +94,19 @@ def test_help_on_every_command_exits_zero(cli: Cli) -> None:
         assert done.stderr == ""
 
 
+def test_every_settings_change_can_answer_in_json_with_the_documents_it_wrote(cli: Cli) -> None:
+    company = f"acme-{uuid.uuid4().hex[:6]}"
+    connected = json.loads(cli.ok("settings", "connect", "--company", company, "--crm", "salesforce", "--json"))
+    assert connected["command"] == "connect" and connected["documents"][0]["salesforce_connected"] is True
+    toggled = json.loads(cli.ok("settings", "set", "--company", company, "--meeting-type", "intro", "--crm", "hubspot",
+                                "--event", "meeting_booked", "--on", "--json"))
+    [doc] = toggled["documents"]
+    assert (doc["meeting_type_id"], doc["hubspot_sync"]["meeting_booked"]) == ("intro", True)
+    paused = json.loads(cli.ok("settings", "pause", "--company", company, "--json"))
+    assert paused["documents"][0]["paused"] is True
+    assert cli.ok("settings", "resume", "--company", company) == f"{company}: resumed\n"
+
+
 def test_version_prints_the_installed_package_version(cli: Cli) -> None:
     from importlib import metadata
 
