@@ -51,6 +51,11 @@ Doc = CompanySettings | MeetingTypeSettings
 D = TypeVar("D", CompanySettings, MeetingTypeSettings)
 
 
+# How long a change waits to read the other admins' changes committed before its own: past the
+# coordinator's transaction timeout (60 s), so a transaction left open is aborted before we give up.
+RACE_READ_TIMEOUT_S = 90.0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -191,7 +196,7 @@ class SettingsAdmin:
         seen: list[bytes | None] = []
         with TopicReader(clients.librdkafka(self._config), self._config.topics.settings) as reader:
             reader.assign(mine, start={p: store.ends.get(p, 0) for p in mine})
-            reader.read_to_end(lambda msg: seen.append(msg.key()), 30.0, until=mine)
+            reader.read_to_end(lambda msg: seen.append(msg.key()), RACE_READ_TIMEOUT_S, until=mine)
         return any(key in keys for key in seen)
 
     def change(self, make: Callable[[SettingsStore], Sequence[Doc]], expected: Mapping[str, int] | None = None) -> list[Doc]:
