@@ -195,7 +195,7 @@ def test_an_auth_error_on_the_second_chunk_is_reconciled_before_a_dlq_retry_crea
     letters = wait_for(lambda: count_of(dead_letters(deployment), 101), 60, what="the batch's dead letters")
     assert {d["error_class"] for d in letters} == {"AuthError"}
     assert meetings(sandbox) == 100
-    retried = cli(deployment, "dlq", "retry", "--company", "acme")
+    retried = cli(deployment, "dlq", "retry", "--company", "acme", "--yes")  # 101 failures: past 100 a bulk retry asks
     assert retried.returncode == 0, retried.stderr
     wait_for(lambda: meetings(sandbox) >= 101 or None, 60, what="the last meeting")
     history = lambda: json.loads(cli(deployment, "history", "--company", "acme", "--json").stdout)["totals"]  # noqa: E731
