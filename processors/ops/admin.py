@@ -43,7 +43,7 @@ from processors.domain.records import (
 )
 from processors.state.settings import SettingsStore, parse_settings_record
 from processors.kafka import clients
-from processors.kafka.read import TopicReader, read_to_end
+from processors.kafka.read import NotCaughtUp, TopicReader, read_to_end
 from processors.kafka.topics import create_missing
 from processors.ops.acls import ADMIN_TRANSACTIONAL_PREFIX
 
@@ -51,9 +51,12 @@ Doc = CompanySettings | MeetingTypeSettings
 D = TypeVar("D", CompanySettings, MeetingTypeSettings)
 
 
-# How long a change waits to read the other admins' changes committed before its own: past the
-# coordinator's transaction timeout (60 s), so a transaction left open is aborted before we give up.
-RACE_READ_TIMEOUT_S = 90.0
+# How long a change waits to read the other admins' changes committed before its own. Well under
+# the coordinator's transaction timeout (60 s), which would fence our own open transaction. A read
+# that cannot finish in time (another admin's transaction still open, or one aborted whose marker
+# lies past our own records) counts as a lost race: we abort, which releases whoever waits on us,
+# and redo the change on fresh documents.
+RACE_READ_TIMEOUT_S = 20.0
 
 
 def now_ms() -> int:
@@ -196,7 +199,10 @@ class SettingsAdmin:
         seen: list[bytes | None] = []
         with TopicReader(clients.librdkafka(self._config), self._config.topics.settings) as reader:
             reader.assign(mine, start={p: store.ends.get(p, 0) for p in mine})
-            reader.read_to_end(lambda msg: seen.append(msg.key()), RACE_READ_TIMEOUT_S, until=mine)
+            try:
+                reader.read_to_end(lambda msg: seen.append(msg.key()), RACE_READ_TIMEOUT_S, until=mine)
+            except NotCaughtUp:
+                return True
         return any(key in keys for key in seen)
 
     def change(self, make: Callable[[SettingsStore], Sequence[Doc]], expected: Mapping[str, int] | None = None) -> list[Doc]:
