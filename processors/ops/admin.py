@@ -239,14 +239,6 @@ class SettingsAdmin:
                 continue
         raise SettingsConflict(f"the documents kept changing during {MAX_ATTEMPTS} attempts: nothing saved, try again")
 
-    def _company(self, store: SettingsStore, company_id: str, create: bool = False) -> CompanySettings:
-        company = store.company(company_id)
-        if company is None:
-            if not create:
-                raise rules.SettingsError(f"unknown company: {company_id} (connect a CRM first)")
-            company = rules.new_company(company_id, now_ms(), self._actor)
-        return company
-
     def set_connected(self, company_id: str, crm: Crm, on: bool) -> CompanySettings:
         return self._one(lambda s: rules.set_connected(self._company(s, company_id, create=on), crm, on, now_ms(), self._actor))
 
